@@ -1,0 +1,45 @@
+# isolde: `make demo` and `make check` are the two commands a user needs.
+# Each installs what is missing (Debian), builds, and runs.
+
+PACKAGES := gcc meson ninja-build pkg-config libcmocka-dev python3 python3-pytest
+BUILD := build
+ASAN_BUILD := build-asan
+PYTEST := /usr/bin/python3 -m pytest
+
+.PHONY: all deps build build-asan demo check unit unit-asan system bench clean
+
+all: build
+
+deps:
+	@./scripts/install-deps.sh $(PACKAGES)
+
+build: deps
+	@[ -f $(BUILD)/build.ninja ] || meson setup $(BUILD)
+	ninja -C $(BUILD)
+
+# AddressSanitizer + UndefinedBehaviorSanitizer, used by `make check`.
+build-asan: deps
+	@[ -f $(ASAN_BUILD)/build.ninja ] || meson setup $(ASAN_BUILD) -Dbuildtype=debug \
+		-Db_sanitize=address,undefined -Db_lundef=false
+	ninja -C $(ASAN_BUILD)
+
+demo: build
+	$(BUILD)/src/tools/isolde demo
+
+unit: build
+	meson test -C $(BUILD) --suite unit --print-errorlogs
+
+unit-asan: build-asan
+	meson test -C $(ASAN_BUILD) --suite unit --print-errorlogs
+
+system: build build-asan
+	ISOLDE_BUILD=$(abspath $(BUILD)) ISOLDE_ASAN_BUILD=$(abspath $(ASAN_BUILD)) \
+		$(PYTEST) -v -rs tests/system
+
+check: unit unit-asan system
+
+bench: build
+	./bench/modes.sh $(BUILD)/src/tools/isolde
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)

@@ -1,0 +1,150 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * isolde/blk.h - libisolde's block front end.
+ *
+ * Opens a block device through an isolated driver domain: a separate driver
+ * process that reaches the image only through an fd the front end opened and
+ * passed, and that talks to the front end only over a shared-memory ring.
+ *
+ *     struct isolde_blk_config cfg;
+ *     isolde_blk_config_default(&cfg);
+ *     cfg.image = "disk.img";
+ *     cfg.notify = ISOLDE_NOTIFY_HYBRID;
+ *     struct isolde_blk *dev = isolde_blk_open(&cfg, err, sizeof err);
+ *     isolde_blk_write(dev, buf, 4096, 0);
+ *     isolde_blk_close(dev);
+ *
+ * Synchronous calls return 0 or a negative errno. The asynchronous API
+ * (isolde_blk_submit / isolde_blk_push / isolde_blk_reap) keeps up to
+ * queue_depth requests in flight. A handle must be used by one thread at a
+ * time.
+ *
+ * Buffers: any user buffer works (copy mode: data is copied through the
+ * shared data area). A buffer from isolde_blk_buf_alloc() lives in the data
+ * area itself and is granted to the driver without a copy (zero copy); note
+ * that the driver can see and write such a buffer while a request on it is
+ * in flight.
+ *
+ * The front end trusts nothing the driver writes: every response is copied
+ * once into private memory and checked against a private shadow of the
+ * request. A response that fails the check is a protocol violation: the
+ * driver is killed and every pending and later request fails with -EIO;
+ * isolde_blk_error() says why.
+ */
+#ifndef ISOLDE_BLK_H
+#define ISOLDE_BLK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "isolde/blkif.h"
+#include "isolde/notify.h"
+
+#define ISOLDE_BLK_DEFAULT_QUEUE_DEPTH 32u
+#define ISOLDE_BLK_MAX_QUEUE_DEPTH 1024u
+#define ISOLDE_BLK_DEFAULT_MAX_IO (1u << 20)
+#define ISOLDE_BLK_DEFAULT_TIMEOUT_MS 30000u
+
+struct isolde_blk_config {
+	const char *image;          /* path of an image file or block device */
+	const char *driver;         /* driver name (blk-file) or a path to a driver binary */
+	enum isolde_notify_mode notify;
+	unsigned queue_depth;       /* max requests in flight; ring = next power of two */
+	size_t max_io;              /* largest single request, bytes */
+	size_t data_size;           /* data area bytes; 0 = queue_depth * max_io, capped */
+	bool readonly;
+	bool direct;                /* O_DIRECT on the image */
+	unsigned timeout_ms;        /* a request outstanding this long means a hung driver */
+	char **driver_args;         /* extra argv for the driver (test drivers), NULL-terminated */
+	void *owned;                /* private: memory owned by isolde_blk_config_parse */
+};
+
+void isolde_blk_config_default(struct isolde_blk_config *cfg);
+
+/*
+ * Parse "image=PATH,driver=NAME,notify=MODE,qd=N,readonly,direct,max_io=BYTES"
+ * into cfg (strings point into a private copy owned by cfg until
+ * isolde_blk_config_free). A bare first element without '=' is the image.
+ * Returns 0, or -1 with a message naming the bad field in err.
+ */
+int isolde_blk_config_parse(struct isolde_blk_config *cfg, const char *spec,
+			    char *err, size_t errlen);
+void isolde_blk_config_free(struct isolde_blk_config *cfg);
+
+struct isolde_blk;
+
+struct isolde_blk *isolde_blk_open(const struct isolde_blk_config *cfg, char *err, size_t errlen);
+/* Completes nothing: pending requests are abandoned. Stops the driver. */
+void isolde_blk_close(struct isolde_blk *dev);
+
+uint64_t isolde_blk_size(const struct isolde_blk *dev);
+unsigned isolde_blk_queue_depth(const struct isolde_blk *dev);
+size_t isolde_blk_max_io(const struct isolde_blk *dev);
+pid_t isolde_blk_driver_pid(const struct isolde_blk *dev);
+/* True once the driver has failed and the device fails all I/O. */
+bool isolde_blk_failed(const struct isolde_blk *dev);
+/* The reason for the last failure, or "" if none. */
+const char *isolde_blk_error(const struct isolde_blk *dev);
+
+/* ---- synchronous I/O (copy or zero copy, any size: split at max_io) ---- */
+int isolde_blk_read(struct isolde_blk *dev, void *buf, size_t len, uint64_t offset);
+int isolde_blk_write(struct isolde_blk *dev, const void *buf, size_t len, uint64_t offset);
+int isolde_blk_write_fua(struct isolde_blk *dev, const void *buf, size_t len, uint64_t offset);
+int isolde_blk_flush(struct isolde_blk *dev);
+int isolde_blk_discard(struct isolde_blk *dev, uint64_t offset, uint64_t len);
+int isolde_blk_write_zeroes(struct isolde_blk *dev, uint64_t offset, uint64_t len, bool may_unmap);
+
+/* ---- zero-copy buffers in the shared data area ---- */
+void *isolde_blk_buf_alloc(struct isolde_blk *dev, size_t len);
+void isolde_blk_buf_free(struct isolde_blk *dev, void *buf);
+
+/* ---- asynchronous I/O ---- */
+struct isolde_blk_io {
+	uint8_t op;          /* enum isolde_blk_op */
+	uint16_t flags;      /* ISOLDE_BLK_F_* */
+	void *buf;           /* READ/WRITE data; NULL otherwise */
+	uint32_t len;        /* <= max_io */
+	uint64_t offset;
+	void *user_data;
+	int result;          /* set on completion: 0 or -errno */
+};
+
+/*
+ * Queue io on the ring (not yet visible to the driver: see isolde_blk_push).
+ * Returns 0; -EAGAIN if the queue or the data area is full (reap first);
+ * -EINVAL for a malformed request (unknown op or flag, range beyond the
+ * device, len 0 or > max_io, misaligned with direct); -EROFS for a write to a
+ * read-only device; -EIO if the device has failed. io must stay
+ * valid until reaped.
+ */
+int isolde_blk_submit(struct isolde_blk *dev, struct isolde_blk_io *io);
+
+/* Publish queued requests to the driver; kicks it at most once. */
+void isolde_blk_push(struct isolde_blk *dev);
+
+/*
+ * Push, then collect up to max completed requests into done[], waiting until
+ * at least min are done (or timeout_ms passes; -1 waits as long as the device
+ * lives). Returns the number collected, or a negative errno.
+ */
+int isolde_blk_reap(struct isolde_blk *dev, struct isolde_blk_io **done, unsigned max,
+		    unsigned min, int timeout_ms);
+
+/* Requests submitted and not yet reaped. */
+unsigned isolde_blk_inflight(const struct isolde_blk *dev);
+
+struct isolde_blk_stats {
+	uint64_t requests;         /* completed */
+	uint64_t errors;           /* completed with an error */
+	uint64_t kicks;            /* eventfd signals front end -> driver */
+	uint64_t calls;            /* eventfd signals driver -> front end, as counted by the front end */
+	uint64_t front_sleeps;     /* times the front end blocked waiting */
+	uint64_t bytes_copied;     /* copy-mode bytes through the data area */
+	uint64_t protocol_violations;
+};
+
+void isolde_blk_get_stats(const struct isolde_blk *dev, struct isolde_blk_stats *st);
+
+#endif

@@ -1,0 +1,97 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * isolde/shm.h - the layout of a driver domain's one shared memory object.
+ *
+ *   offset 0            struct isolde_shm_header (one page)
+ *   ring_offset         struct isolde_sring + nslots * 128-byte slots
+ *   grant_offset        grant_count struct isolde_grant (mapped read-only
+ *                       by the driver)
+ *   data_offset         data area: buffers the requests name through grants
+ *
+ * Every region starts on a page boundary. The memfd is sealed against
+ * shrinking and growing, so a driver cannot make the front end's mapping
+ * fault by truncating it.
+ */
+#ifndef ISOLDE_SHM_H
+#define ISOLDE_SHM_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#include "isolde/ring.h"
+
+#define ISOLDE_SHM_MAGIC UINT64_C(0x69736f6c64650a01) /* "isolde\n\1" */
+#define ISOLDE_SHM_VERSION 1u
+#define ISOLDE_PAGE_SIZE 4096u
+
+/* device_flags */
+#define ISOLDE_DEV_READONLY 0x1u
+#define ISOLDE_DEV_BLOCKDEV 0x2u /* the device fd is a block device, not a file */
+
+/* driver_state values (written by the driver, informational only) */
+#define ISOLDE_DRIVER_STARTING 0u
+#define ISOLDE_DRIVER_READY 1u
+#define ISOLDE_DRIVER_FAILED 2u
+
+struct isolde_shm_header {
+	/*
+	 * Written by the front end before the driver starts; never changed
+	 * while the driver runs. The driver checks it once at start.
+	 */
+	uint64_t magic;
+	uint32_t version;
+	uint32_t header_size;
+	uint64_t total_size;
+	uint64_t ring_offset;
+	uint32_t ring_slots;
+	uint32_t slot_size;
+	uint64_t grant_offset;
+	uint32_t grant_count;
+	uint32_t max_segs;
+	uint64_t data_offset;
+	uint64_t data_size;
+	uint64_t device_size;
+	uint32_t device_flags;
+	uint32_t notify_mode;  /* enum isolde_notify_mode */
+	uint32_t spin_min_ns;  /* hybrid window bounds */
+	uint32_t spin_max_ns;
+	uint32_t generation;   /* bumped on every driver (re)start */
+	uint32_t reserved0;
+
+	/*
+	 * Written by the driver. The front end never bases a decision about
+	 * data on these: they are for liveness and statistics only.
+	 */
+	_Alignas(ISOLDE_CACHELINE) uint32_t driver_state;
+	uint32_t driver_pid;
+	uint64_t heartbeat;       /* incremented once per service-loop pass */
+	uint64_t requests_done;
+	uint64_t batches;         /* service-loop passes that found requests */
+};
+
+_Static_assert(sizeof(struct isolde_shm_header) <= ISOLDE_PAGE_SIZE, "header fits a page");
+
+struct isolde_shm_layout {
+	uint32_t ring_slots;
+	uint32_t grant_count;
+	uint64_t ring_offset;
+	uint64_t grant_offset;
+	uint64_t data_offset;
+	uint64_t data_size;
+	uint64_t total_size;
+};
+
+/*
+ * Compute the layout for ring_slots slots (a power of two) and a data area of
+ * at least data_size bytes (rounded up to pages). Returns 0, or -1 if the
+ * inputs are out of range.
+ */
+int isolde_shm_layout_compute(struct isolde_shm_layout *l, uint32_t ring_slots, uint64_t data_size);
+
+/*
+ * Driver side: check a private copy of the header against the size of the
+ * shared object. Returns NULL if consistent, else a message naming the field.
+ */
+const char *isolde_shm_header_check(const struct isolde_shm_header *h, uint64_t object_size);
+
+#endif

@@ -1,0 +1,284 @@
+// SPDX-License-Identifier: MIT
+#define _GNU_SOURCE
+#include "backend.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "isolde/domain.h"
+
+void isolde_driver_log(const struct isolde_driver *drv, const char *fmt, ...)
+{
+	char line[512];
+	va_list ap;
+	int n;
+
+	n = snprintf(line, sizeof line, "isolde driver %s[%d]: ", drv->ops->name, (int)getpid());
+	va_start(ap, fmt);
+	vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
+	va_end(ap);
+	/* One write per line so lines from several processes do not interleave. */
+	size_t len = strlen(line);
+	if (len < sizeof line - 1)
+		line[len++] = '\n';
+	(void)!write(2, line, len);
+}
+
+static int parse_fd(const char *s)
+{
+	char *end;
+	long v = strtol(s, &end, 10);
+	return (*s && !*end && v >= 0 && v < 1024) ? (int)v : -1;
+}
+
+static int parse_args(struct isolde_driver *drv, int argc, char **argv, int fds[4])
+{
+	static const char *const fd_opts[4] = { "--shm-fd", "--kick-fd", "--call-fd", "--device-fd" };
+
+	for (int i = 1; i < argc; i++) {
+		const char *arg = argv[i];
+		const char *value = i + 1 < argc ? argv[i + 1] : NULL;
+		bool matched = false;
+
+		for (int k = 0; k < 4; k++) {
+			if (strcmp(arg, fd_opts[k]) == 0) {
+				if (!value || (fds[k] = parse_fd(value)) < 0) {
+					isolde_driver_log(drv, "%s needs a file descriptor number", arg);
+					return -1;
+				}
+				i++;
+				matched = true;
+			}
+		}
+		if (matched)
+			continue;
+		if (strncmp(arg, "--", 2) == 0 && drv->ops->parse_arg) {
+			const char *eq = strchr(arg, '=');
+			char key[64];
+			size_t klen = eq ? (size_t)(eq - arg) : strlen(arg);
+			if (klen >= sizeof key) {
+				isolde_driver_log(drv, "argument too long: %s", arg);
+				return -1;
+			}
+			memcpy(key, arg, klen);
+			key[klen] = '\0';
+			if (drv->ops->parse_arg(drv, key, eq ? eq + 1 : NULL) == 0)
+				continue;
+		}
+		isolde_driver_log(drv, "unknown argument: %s", arg);
+		return -1;
+	}
+	for (int k = 0; k < 4; k++) {
+		if (fds[k] < 0) {
+			isolde_driver_log(drv, "missing %s", fd_opts[k]);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static int attach(struct isolde_driver *drv, int shm_fd)
+{
+	struct stat st;
+	unsigned char *base;
+	const char *bad;
+
+	if (fstat(shm_fd, &st) != 0 || st.st_size < (off_t)ISOLDE_PAGE_SIZE) {
+		isolde_driver_log(drv, "shared memory fd is unusable");
+		return -1;
+	}
+	base = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, shm_fd, 0);
+	if (base == MAP_FAILED) {
+		isolde_driver_log(drv, "cannot map shared memory: %s", strerror(errno));
+		return -1;
+	}
+	drv->header = (struct isolde_shm_header *)base;
+	isolde_copy_from_shared(&drv->params, drv->header, sizeof drv->params);
+	bad = isolde_shm_header_check(&drv->params, (uint64_t)st.st_size);
+	if (bad) {
+		isolde_driver_log(drv, "shared memory header is inconsistent: field %s", bad);
+		return -1;
+	}
+	/* The grant table is the front end's; a stray write to it is a driver
+	 * bug and should fault here rather than pass unnoticed. */
+	size_t grant_bytes = (size_t)drv->params.grant_count * sizeof(struct isolde_grant);
+	size_t grant_span = (grant_bytes + ISOLDE_PAGE_SIZE - 1) & ~(size_t)(ISOLDE_PAGE_SIZE - 1);
+	if (mprotect(base + drv->params.grant_offset, grant_span, PROT_READ) != 0) {
+		isolde_driver_log(drv, "cannot protect the grant table: %s", strerror(errno));
+		return -1;
+	}
+	isolde_back_ring_attach(&drv->ring, (struct isolde_sring *)(base + drv->params.ring_offset),
+				drv->params.ring_slots, drv->params.slot_size);
+	drv->grants.table = (const struct isolde_grant *)(base + drv->params.grant_offset);
+	drv->grants.count = drv->params.grant_count;
+	drv->grants.data = base + drv->params.data_offset;
+	drv->grants.data_size = drv->params.data_size;
+	return 0;
+}
+
+static bool range_ok(const struct isolde_driver *drv, uint64_t offset, uint64_t length)
+{
+	return offset <= drv->params.device_size && length <= drv->params.device_size - offset;
+}
+
+/* Map the request's segments to iovecs through the grant accessor. */
+static uint8_t map_segments(struct isolde_driver *drv, const struct isolde_blk_request *req,
+			    struct iovec *iov)
+{
+	unsigned access = req->op == ISOLDE_BLK_OP_READ ? ISOLDE_GRANT_DRIVER_WRITES
+							: ISOLDE_GRANT_DRIVER_READS;
+	uint64_t total = 0;
+
+	if (req->nr_segs == 0 || req->nr_segs > ISOLDE_BLK_MAX_SEGS)
+		return ISOLDE_BLK_S_INVALID;
+	for (unsigned i = 0; i < req->nr_segs; i++) {
+		const struct isolde_blk_seg *s = &req->seg[i];
+		void *p = isolde_grant_access(&drv->grants, s->gref, s->offset, s->length, access);
+		if (!p)
+			return ISOLDE_BLK_S_INVALID;
+		iov[i].iov_base = p;
+		iov[i].iov_len = s->length;
+		total += s->length;
+	}
+	return total == req->length ? ISOLDE_BLK_S_OK : ISOLDE_BLK_S_INVALID;
+}
+
+void isolde_driver_serve(struct isolde_driver *drv, const struct isolde_blk_request *req,
+			 struct isolde_blk_response *rsp)
+{
+	struct iovec iov[ISOLDE_BLK_MAX_SEGS];
+	int iovcnt = 0;
+	uint8_t status = ISOLDE_BLK_S_OK;
+
+	memset(rsp, 0, sizeof *rsp);
+	rsp->id = req->id;
+	rsp->op = req->op;
+
+	switch (req->op) {
+	case ISOLDE_BLK_OP_READ:
+	case ISOLDE_BLK_OP_WRITE:
+		if (req->length == 0 || !range_ok(drv, req->offset, req->length))
+			status = ISOLDE_BLK_S_INVALID;
+		else
+			status = map_segments(drv, req, iov);
+		iovcnt = req->nr_segs;
+		break;
+	case ISOLDE_BLK_OP_FLUSH:
+		if (req->length != 0 || req->nr_segs != 0)
+			status = ISOLDE_BLK_S_INVALID;
+		break;
+	case ISOLDE_BLK_OP_DISCARD:
+	case ISOLDE_BLK_OP_WRITE_ZEROES:
+		if (req->nr_segs != 0 || !range_ok(drv, req->offset, req->length))
+			status = ISOLDE_BLK_S_INVALID;
+		break;
+	default:
+		status = ISOLDE_BLK_S_UNSUPPORTED;
+	}
+	if (status == ISOLDE_BLK_S_OK && (req->flags & ~ISOLDE_BLK_F_ALL))
+		status = ISOLDE_BLK_S_INVALID;
+	if (status == ISOLDE_BLK_S_OK && req->op != ISOLDE_BLK_OP_READ &&
+	    req->op != ISOLDE_BLK_OP_FLUSH && (drv->params.device_flags & ISOLDE_DEV_READONLY))
+		status = ISOLDE_BLK_S_INVALID;
+	if (status == ISOLDE_BLK_S_OK)
+		status = drv->ops->io(drv, req, iov, iovcnt);
+	rsp->status = status;
+	rsp->length = status == ISOLDE_BLK_S_OK ? req->length : 0;
+}
+
+void isolde_driver_respond(struct isolde_driver *drv, const struct isolde_blk_response *rsp)
+{
+	memcpy(isolde_back_next_response(&drv->ring), rsp, sizeof *rsp);
+	drv->ring.rsp_prod_pvt++;
+	if (isolde_back_push_responses(&drv->ring))
+		drv->notify_pending = true;
+	__atomic_fetch_add(&drv->header->requests_done, 1, __ATOMIC_RELAXED);
+}
+
+static void handle_default(struct isolde_driver *drv, const struct isolde_blk_request *req)
+{
+	struct isolde_blk_response rsp;
+
+	isolde_driver_serve(drv, req, &rsp);
+	isolde_driver_respond(drv, &rsp);
+}
+
+static bool requests_pending(void *ctx)
+{
+	return isolde_back_unconsumed_requests(ctx) != 0;
+}
+
+static bool requests_arm_check(void *ctx)
+{
+	return isolde_back_final_check_requests(ctx);
+}
+
+static const struct isolde_wait_ops request_wait = {
+	.pending = requests_pending,
+	.arm_check = requests_arm_check,
+};
+
+static void serve_forever(struct isolde_driver *drv)
+{
+	void (*handle)(struct isolde_driver *, const struct isolde_blk_request *) =
+		drv->ops->handle ? drv->ops->handle : handle_default;
+
+	for (;;) {
+		uint32_t n = isolde_back_unconsumed_requests(&drv->ring);
+
+		__atomic_store_n(&drv->header->heartbeat, drv->header->heartbeat + 1, __ATOMIC_RELAXED);
+		if (n == 0) {
+			if (isolde_wait(&drv->waiter, &request_wait, &drv->ring, -1) == ISOLDE_WAIT_ERROR) {
+				isolde_driver_log(drv, "waiting for requests failed: %s", strerror(errno));
+				exit(1);
+			}
+			continue;
+		}
+		__atomic_fetch_add(&drv->header->batches, 1, __ATOMIC_RELAXED);
+		while (n--) {
+			struct isolde_blk_request req;
+
+			isolde_copy_from_shared(&req, isolde_back_request_at(&drv->ring, drv->ring.req_cons),
+						sizeof req);
+			drv->ring.req_cons++;
+			handle(drv, &req);
+		}
+		/* Many responses, one call: responses were published one by
+		 * one (a spinning front end sees each at once), the eventfd is
+		 * written once per batch. */
+		isolde_waiter_signal(&drv->waiter, drv->notify_pending);
+		drv->notify_pending = false;
+	}
+}
+
+int isolde_driver_main(int argc, char **argv, const struct isolde_driver_ops *ops)
+{
+	static struct isolde_driver drv;
+	int fds[4] = { -1, -1, -1, -1 };
+
+	drv.ops = ops;
+	if (parse_args(&drv, argc, argv, fds) != 0)
+		return 2;
+	drv.device_fd = fds[3];
+	if (attach(&drv, fds[0]) != 0)
+		return 1;
+	isolde_waiter_init(&drv.waiter, (enum isolde_notify_mode)drv.params.notify_mode, fds[1], fds[2], -1,
+			   drv.params.spin_min_ns, drv.params.spin_max_ns);
+	if (ops->init && ops->init(&drv) != 0) {
+		__atomic_store_n(&drv.header->driver_state, ISOLDE_DRIVER_FAILED, __ATOMIC_RELEASE);
+		return 1;
+	}
+	drv.header->driver_pid = (uint32_t)getpid();
+	__atomic_store_n(&drv.header->driver_state, ISOLDE_DRIVER_READY, __ATOMIC_RELEASE);
+	/* Ready is always signalled, whatever the mode: the launcher waits on it. */
+	uint64_t one = 1;
+	(void)!write(fds[2], &one, sizeof one);
+	serve_forever(&drv);
+	return 0;
+}

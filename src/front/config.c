@@ -1,0 +1,119 @@
+// SPDX-License-Identifier: MIT
+#include "isolde/blk.h"
+#include "isolde/units.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void isolde_blk_config_default(struct isolde_blk_config *cfg)
+{
+	memset(cfg, 0, sizeof *cfg);
+	cfg->driver = "blk-file";
+	cfg->notify = ISOLDE_NOTIFY_HYBRID;
+	cfg->queue_depth = ISOLDE_BLK_DEFAULT_QUEUE_DEPTH;
+	cfg->max_io = ISOLDE_BLK_DEFAULT_MAX_IO;
+	cfg->timeout_ms = ISOLDE_BLK_DEFAULT_TIMEOUT_MS;
+}
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+static int parse_field(struct isolde_blk_config *cfg, char *key, char *value, char *err, size_t errlen)
+{
+	uint64_t v;
+
+	if (strcmp(key, "image") == 0 || strcmp(key, "driver") == 0) {
+		if (!value || !*value)
+			return fail(err, errlen, "field '%s' needs a value", key);
+		if (key[0] == 'i')
+			cfg->image = value;
+		else
+			cfg->driver = value;
+		return 0;
+	}
+	if (strcmp(key, "notify") == 0) {
+		if (!value || isolde_notify_mode_parse(value, &cfg->notify))
+			return fail(err, errlen, "field 'notify': '%s' is not event, spin or hybrid",
+				    value ? value : "");
+		return 0;
+	}
+	if (strcmp(key, "qd") == 0) {
+		if (!value || isolde_parse_u64(value, &v) || v == 0 || v > ISOLDE_BLK_MAX_QUEUE_DEPTH)
+			return fail(err, errlen, "field 'qd': '%s' is not a queue depth in 1..%u",
+				    value ? value : "", ISOLDE_BLK_MAX_QUEUE_DEPTH);
+		cfg->queue_depth = (unsigned)v;
+		return 0;
+	}
+	if (strcmp(key, "max_io") == 0) {
+		if (!value || isolde_parse_size(value, &v) || v < 4096 || v > (64u << 20) || v % 4096)
+			return fail(err, errlen,
+				    "field 'max_io': '%s' is not a multiple of 4k between 4k and 64M",
+				    value ? value : "");
+		cfg->max_io = (size_t)v;
+		return 0;
+	}
+	if (strcmp(key, "timeout_ms") == 0) {
+		if (!value || isolde_parse_u64(value, &v) || v == 0 || v > 3600000)
+			return fail(err, errlen, "field 'timeout_ms': '%s' is not in 1..3600000",
+				    value ? value : "");
+		cfg->timeout_ms = (unsigned)v;
+		return 0;
+	}
+	if (strcmp(key, "readonly") == 0 || strcmp(key, "direct") == 0) {
+		if (value)
+			return fail(err, errlen, "field '%s' takes no value", key);
+		if (key[0] == 'r')
+			cfg->readonly = true;
+		else
+			cfg->direct = true;
+		return 0;
+	}
+	return fail(err, errlen, "unknown field '%s' (known: image, driver, notify, qd, max_io, "
+		    "timeout_ms, readonly, direct)", key);
+}
+
+int isolde_blk_config_parse(struct isolde_blk_config *cfg, const char *spec, char *err, size_t errlen)
+{
+	char *copy = strdup(spec);
+	char *save = NULL;
+	bool first = true;
+
+	if (!copy)
+		return fail(err, errlen, "out of memory");
+	if (cfg->owned) {
+		/* Fields of an earlier parse point into the memory freed here. */
+		isolde_blk_config_free(cfg);
+		cfg->image = NULL;
+		cfg->driver = "blk-file";
+	}
+	cfg->owned = copy;
+	for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save), first = false) {
+		char *eq = strchr(tok, '=');
+		if (!eq && first && strcmp(tok, "readonly") && strcmp(tok, "direct")) {
+			cfg->image = tok;
+			continue;
+		}
+		if (eq)
+			*eq = '\0';
+		if (parse_field(cfg, tok, eq ? eq + 1 : NULL, err, errlen))
+			return -1;
+	}
+	if (!cfg->image)
+		return fail(err, errlen, "no image given (image=PATH)");
+	return 0;
+}
+
+void isolde_blk_config_free(struct isolde_blk_config *cfg)
+{
+	free(cfg->owned);
+	cfg->owned = NULL;
+}

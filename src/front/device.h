@@ -1,0 +1,40 @@
+/* SPDX-License-Identifier: MIT */
+/* The front end's private device state, shared by its source files. */
+#ifndef ISOLDE_FRONT_DEVICE_H
+#define ISOLDE_FRONT_DEVICE_H
+
+#include <limits.h>
+#include <stdbool.h>
+
+#include "isolde/blk.h"
+#include "isolde/domain.h"
+#include "isolde/notify.h"
+#include "isolde/ring.h"
+
+#include "buf_pool.h"
+#include "shadow.h"
+
+struct isolde_blk {
+	char image[PATH_MAX];
+	int device_fd;
+	uint64_t size;
+	bool readonly;
+	unsigned align;            /* offsets and lengths must be multiples (O_DIRECT) */
+	unsigned queue_depth;
+	size_t max_io;
+	unsigned timeout_ms;
+
+	struct isolde_domain domain;
+	struct isolde_front_ring ring;
+	struct isolde_waiter waiter;
+	struct isolde_shadow shadow;
+	struct isolde_buf_pool pool;
+	uint64_t pool_offset;      /* zero-copy pool, within the data area */
+
+	bool failed;
+	char error[512];
+	struct isolde_blk_stats stats;
+	struct isolde_blk_io *sync_ios; /* queue_depth of them, for the sync API */
+};
+
+#endif

@@ -1,0 +1,189 @@
+// SPDX-License-Identifier: MIT
+#include "isolde/notify.h"
+#include "isolde/ring.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* A spinning side looks at the clock and the watch fd this often. The clock
+ * is a vDSO call; the watch fd is a poll() and only happens about once a
+ * millisecond, so a busy ring never pays for it. */
+#define SPIN_CLOCK_EVERY 64u
+#define SPIN_WATCH_EVERY_NS 1000000u
+
+static const char *const mode_names[] = {
+	[ISOLDE_NOTIFY_EVENT] = "event",
+	[ISOLDE_NOTIFY_SPIN] = "spin",
+	[ISOLDE_NOTIFY_HYBRID] = "hybrid",
+};
+
+const char *isolde_notify_mode_name(enum isolde_notify_mode m)
+{
+	if ((unsigned)m < sizeof mode_names / sizeof mode_names[0])
+		return mode_names[m];
+	return "unknown";
+}
+
+int isolde_notify_mode_parse(const char *name, enum isolde_notify_mode *m)
+{
+	for (unsigned i = 0; i < sizeof mode_names / sizeof mode_names[0]; i++) {
+		if (strcmp(name, mode_names[i]) == 0) {
+			*m = (enum isolde_notify_mode)i;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+uint64_t isolde_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+void isolde_waiter_init(struct isolde_waiter *w, enum isolde_notify_mode mode,
+			int wait_fd, int peer_fd, int watch_fd,
+			uint32_t spin_min_ns, uint32_t spin_max_ns)
+{
+	memset(w, 0, sizeof *w);
+	w->mode = mode;
+	w->wait_fd = wait_fd;
+	w->peer_fd = peer_fd;
+	w->watch_fd = watch_fd;
+	w->spin_min_ns = spin_min_ns ? spin_min_ns : ISOLDE_HYBRID_SPIN_MIN_NS;
+	w->spin_max_ns = spin_max_ns >= w->spin_min_ns ? spin_max_ns : w->spin_min_ns;
+	w->spin_ns = w->spin_min_ns * 4 < w->spin_max_ns ? w->spin_min_ns * 4 : w->spin_max_ns;
+}
+
+void isolde_waiter_signal(struct isolde_waiter *w, bool needed)
+{
+	uint64_t one = 1;
+
+	if (!needed || w->mode == ISOLDE_NOTIFY_SPIN || w->peer_fd < 0)
+		return;
+	/* EAGAIN means the counter is saturated: the peer is signalled anyway.
+	 * The fd is non-blocking so a peer cannot stall us by filling it. */
+	if (write(w->peer_fd, &one, sizeof one) == sizeof one)
+		w->signals_sent++;
+}
+
+static bool watch_fired(int fd)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+
+	return fd >= 0 && poll(&p, 1, 0) > 0;
+}
+
+/* Spin until pending, the window ends or the watch fires. */
+static enum isolde_wait_result spin_until(struct isolde_waiter *w, const struct isolde_wait_ops *ops,
+					  void *ctx, uint64_t start, uint64_t until,
+					  uint64_t *found_after)
+{
+	uint64_t next_watch = start + SPIN_WATCH_EVERY_NS;
+
+	for (uint32_t i = 1;; i++) {
+		if (ops->pending(ctx)) {
+			if (found_after)
+				*found_after = i < SPIN_CLOCK_EVERY ? 0 : isolde_now_ns() - start;
+			return ISOLDE_WAIT_READY;
+		}
+		isolde_cpu_relax();
+		if (i % SPIN_CLOCK_EVERY)
+			continue;
+		uint64_t now = isolde_now_ns();
+		if (now >= until)
+			return ISOLDE_WAIT_TIMEOUT;
+		if (now >= next_watch) {
+			if (watch_fired(w->watch_fd))
+				return ISOLDE_WAIT_WATCH;
+			next_watch = now + SPIN_WATCH_EVERY_NS;
+		}
+	}
+}
+
+static void drain_eventfd(struct isolde_waiter *w)
+{
+	uint64_t v;
+
+	if (read(w->wait_fd, &v, sizeof v) == sizeof v)
+		w->signals_received += v;
+}
+
+/* Arm, re-check, then sleep in poll() until signalled, watched or timed out. */
+static enum isolde_wait_result block_until(struct isolde_waiter *w, const struct isolde_wait_ops *ops,
+					   void *ctx, uint64_t deadline)
+{
+	if (ops->arm_check(ctx))
+		return ISOLDE_WAIT_READY;
+
+	struct pollfd p[2] = {
+		{ .fd = w->wait_fd, .events = POLLIN },
+		{ .fd = w->watch_fd, .events = POLLIN },
+	};
+	nfds_t n = w->watch_fd >= 0 ? 2 : 1;
+	int timeout_ms = -1;
+
+	if (deadline != UINT64_MAX) {
+		uint64_t now = isolde_now_ns();
+		if (now >= deadline)
+			return ISOLDE_WAIT_TIMEOUT;
+		uint64_t ms = (deadline - now + 999999) / 1000000;
+		timeout_ms = ms > INT32_MAX ? INT32_MAX : (int)ms;
+	}
+	w->sleeps++;
+	int r = poll(p, n, timeout_ms);
+	if (r < 0) {
+		if (errno == EINTR)
+			return ISOLDE_WAIT_READY;
+		return ISOLDE_WAIT_ERROR;
+	}
+	if (r == 0)
+		return ops->pending(ctx) ? ISOLDE_WAIT_READY : ISOLDE_WAIT_TIMEOUT;
+	if (p[0].revents & POLLIN)
+		drain_eventfd(w);
+	if (n == 2 && p[1].revents)
+		return ops->pending(ctx) ? ISOLDE_WAIT_READY : ISOLDE_WAIT_WATCH;
+	return ISOLDE_WAIT_READY;
+}
+
+enum isolde_wait_result isolde_wait(struct isolde_waiter *w, const struct isolde_wait_ops *ops,
+				    void *ctx, int64_t timeout_ns)
+{
+	uint64_t start = isolde_now_ns();
+	uint64_t deadline = timeout_ns < 0 ? UINT64_MAX : start + (uint64_t)timeout_ns;
+
+	switch (w->mode) {
+	case ISOLDE_NOTIFY_SPIN:
+		return spin_until(w, ops, ctx, start, deadline, NULL);
+	case ISOLDE_NOTIFY_HYBRID: {
+		uint64_t window_end = start + w->spin_ns;
+		uint64_t found_after = 0;
+		enum isolde_wait_result r;
+
+		r = spin_until(w, ops, ctx, start, window_end < deadline ? window_end : deadline,
+			       &found_after);
+		if (r == ISOLDE_WAIT_READY) {
+			/* Work came within the window: keep the window at least
+			 * twice what it took, so the next wait also spins. */
+			uint64_t want = found_after * 2;
+			if (want > w->spin_ns)
+				w->spin_ns = want < w->spin_max_ns ? (uint32_t)want : w->spin_max_ns;
+			return r;
+		}
+		if (r == ISOLDE_WAIT_WATCH)
+			return r;
+		/* The window was wasted: halve it, then sleep. */
+		w->spin_ns = w->spin_ns / 2 > w->spin_min_ns ? w->spin_ns / 2 : w->spin_min_ns;
+		return block_until(w, ops, ctx, deadline);
+	}
+	case ISOLDE_NOTIFY_EVENT:
+	default:
+		return block_until(w, ops, ctx, deadline);
+	}
+}

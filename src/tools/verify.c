@@ -1,0 +1,444 @@
+// SPDX-License-Identifier: MIT
+#define _GNU_SOURCE
+#include "verify.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "pattern.h"
+
+#define UNKNOWN_SEQ UINT64_MAX /* a failed write left the block undefined */
+#define MISMATCH_REPORT_MAX 10
+
+struct slot {
+	struct isolde_blk_io io;
+	unsigned char *buf;
+	uint64_t block;
+	uint64_t seq;
+};
+
+struct workload {
+	const struct verify_options *o;
+	struct verify_result *r;
+	struct isolde_blk *dev;
+	uint64_t nblocks;
+	unsigned depth;
+	uint64_t *expected; /* per block: seq of the last successful write; 0 = never */
+	unsigned char *busy;
+	struct slot *slots;
+	struct slot **free_slots;
+	unsigned nfree;
+	uint64_t rng;
+};
+
+static uint64_t pick_idle_block(struct workload *w)
+{
+	uint64_t b = pattern_rand(&w->rng) % w->nblocks;
+
+	while (w->busy[b])
+		b = (b + 1) % w->nblocks;
+	return b;
+}
+
+/* Reap at least one completion and hand each to on_done. */
+static int reap_some(struct workload *w, unsigned *inflight, void (*on_done)(struct workload *, struct slot *))
+{
+	struct isolde_blk_io *done[64];
+	int n = isolde_blk_reap(w->dev, done, 64, 1, -1);
+
+	if (n < 0)
+		return n;
+	for (int i = 0; i < n; i++) {
+		struct slot *s = done[i]->user_data;
+		on_done(w, s);
+		w->free_slots[w->nfree++] = s;
+	}
+	*inflight -= (unsigned)n;
+	return 0;
+}
+
+static void write_done(struct workload *w, struct slot *s)
+{
+	w->busy[s->block] = 0;
+	w->r->writes++;
+	if (s->io.result == 0) {
+		w->expected[s->block] = s->seq;
+	} else {
+		w->r->errors++;
+		w->expected[s->block] = UNKNOWN_SEQ;
+	}
+}
+
+static void read_done(struct workload *w, struct slot *s)
+{
+	w->r->reads++;
+	if (s->io.result != 0) {
+		w->r->errors++;
+		return;
+	}
+	enum pattern_verdict v = pattern_check(s->buf, w->o->bs, w->o->seed, s->block, s->seq);
+	if (v != PATTERN_OK) {
+		if (w->r->mismatches++ < MISMATCH_REPORT_MAX)
+			fprintf(stderr, "isolde verify: block %llu (offset %llu) is %s\n",
+				(unsigned long long)s->block, (unsigned long long)(s->block * w->o->bs),
+				pattern_verdict_name(v));
+	}
+}
+
+/* Submit one request; false once the device refuses (failed). */
+static bool submit(struct workload *w, struct slot *s, uint8_t op, unsigned *inflight)
+{
+	s->io.op = op;
+	s->io.flags = 0;
+	s->io.buf = s->buf;
+	s->io.len = (uint32_t)w->o->bs;
+	s->io.offset = s->block * w->o->bs;
+	s->io.user_data = s;
+	int r = isolde_blk_submit(w->dev, &s->io);
+	if (r == 0) {
+		(*inflight)++;
+		w->nfree--;
+		return true;
+	}
+	/* -EAGAIN cannot happen: slots never outnumber the queue depth. */
+	w->r->errors++;
+	return false;
+}
+
+static int write_phase(struct workload *w)
+{
+	unsigned inflight = 0;
+	uint64_t issued = 0, seq = 0;
+	bool refused = false;
+
+	while ((issued < w->o->ops && !refused) || inflight > 0) {
+		while (inflight < w->depth && issued < w->o->ops && !refused) {
+			struct slot *s = w->free_slots[w->nfree - 1];
+			s->block = pick_idle_block(w);
+			s->seq = ++seq;
+			pattern_fill(s->buf, w->o->bs, w->o->seed, s->block, s->seq);
+			issued++;
+			if (!submit(w, s, ISOLDE_BLK_OP_WRITE, &inflight)) {
+				w->r->writes++;
+				refused = true;
+				break;
+			}
+			w->busy[s->block] = 1;
+		}
+		if (inflight > 0 && reap_some(w, &inflight, write_done) < 0)
+			return -1;
+	}
+	return refused ? -1 : 0;
+}
+
+static int read_phase(struct workload *w)
+{
+	unsigned inflight = 0;
+	uint64_t b = 0;
+	bool refused = false;
+
+	for (;;) {
+		while (inflight < w->depth && b < w->nblocks && !refused) {
+			if (w->expected[b] == 0 || w->expected[b] == UNKNOWN_SEQ) {
+				b++;
+				continue;
+			}
+			struct slot *s = w->free_slots[w->nfree - 1];
+			s->block = b;
+			s->seq = w->expected[b];
+			b++;
+			if (!submit(w, s, ISOLDE_BLK_OP_READ, &inflight)) {
+				w->r->reads++;
+				refused = true;
+			}
+		}
+		if (inflight == 0)
+			break;
+		if (reap_some(w, &inflight, read_done) < 0)
+			return -1;
+	}
+	return refused ? -1 : 0;
+}
+
+static void free_workload(struct workload *w)
+{
+	if (w->slots) {
+		for (unsigned i = 0; i < w->depth; i++) {
+			if (w->o->zero_copy)
+				isolde_blk_buf_free(w->dev, w->slots[i].buf);
+			else
+				free(w->slots[i].buf);
+		}
+	}
+	free(w->slots);
+	free(w->free_slots);
+	free(w->expected);
+	free(w->busy);
+}
+
+int verify_run(const struct verify_options *o, struct verify_result *r, char *err, size_t errlen)
+{
+	struct workload w = { .o = o, .r = r, .rng = o->seed };
+	struct isolde_blk_config cfg = o->cfg;
+	uint64_t start;
+
+	memset(r, 0, sizeof *r);
+	if (o->bs > cfg.max_io)
+		cfg.max_io = (o->bs + 4095) / 4096 * 4096;
+	w.dev = isolde_blk_open(&cfg, err, errlen);
+	if (!w.dev)
+		return -1;
+	r->driver_pid = isolde_blk_driver_pid(w.dev);
+	if (o->announce)
+		fprintf(stderr, "isolde verify: driver %s is pid %d (front end pid %d), notify %s, qd %u\n",
+			cfg.driver, (int)r->driver_pid, (int)getpid(), isolde_notify_mode_name(cfg.notify),
+			cfg.queue_depth);
+
+	w.nblocks = isolde_blk_size(w.dev) / o->bs;
+	if (w.nblocks == 0) {
+		snprintf(err, errlen, "image %s (%llu bytes) is smaller than one %llu-byte block", cfg.image,
+			 (unsigned long long)isolde_blk_size(w.dev), (unsigned long long)o->bs);
+		isolde_blk_close(w.dev);
+		return -1;
+	}
+	w.depth = cfg.queue_depth < w.nblocks ? cfg.queue_depth : (unsigned)w.nblocks;
+	w.expected = calloc(w.nblocks, sizeof *w.expected);
+	w.busy = calloc(w.nblocks, 1);
+	w.slots = calloc(w.depth, sizeof *w.slots);
+	w.free_slots = calloc(w.depth, sizeof *w.free_slots);
+	if (!w.expected || !w.busy || !w.slots || !w.free_slots)
+		goto oom;
+	for (unsigned i = 0; i < w.depth; i++) {
+		w.slots[i].buf = o->zero_copy ? isolde_blk_buf_alloc(w.dev, o->bs)
+					      : aligned_alloc(4096, (o->bs + 4095) / 4096 * 4096);
+		if (!w.slots[i].buf)
+			goto oom;
+		w.free_slots[w.nfree++] = &w.slots[i];
+	}
+
+	start = isolde_now_ns();
+	if (write_phase(&w) == 0)
+		read_phase(&w);
+	r->seconds = (double)(isolde_now_ns() - start) / 1e9;
+	isolde_blk_get_stats(w.dev, &r->stats);
+	if (isolde_blk_failed(w.dev))
+		snprintf(r->error, sizeof r->error, "%s", isolde_blk_error(w.dev));
+	free_workload(&w);
+	isolde_blk_close(w.dev);
+	return 0;
+oom:
+	snprintf(err, errlen, "out of memory (or zero-copy pool too small for qd %u x %llu bytes)",
+		 w.depth, (unsigned long long)o->bs);
+	free_workload(&w);
+	isolde_blk_close(w.dev);
+	return -1;
+}
+
+/* ---- the command ---- */
+
+static int run_verify_command(int argc, char **argv);
+
+const struct cli_command verify_command = {
+	.name = "verify",
+	.summary = "write self-describing blocks through an isolated driver, read them back, check",
+	.usage =
+	"usage: isolde verify --image PATH [OPTIONS]\n"
+	"\n"
+	"Random writes of seeded, self-describing blocks through an isolated driver\n"
+	"domain at a queue depth, then a read-back and check of every block written.\n"
+	"Exits 0 only if every request succeeded and every block verified.\n"
+	"THIS OVERWRITES DATA IN THE IMAGE.\n"
+	"\n"
+	"  --image PATH        image file or block device (required)\n"
+	"  --size SIZE         create PATH as a sparse file of SIZE if it does not exist\n"
+	"  --driver NAME|PATH  driver to run (default blk-file)\n"
+	"  --driver-arg ARG    extra argument for the driver (repeatable; test drivers)\n"
+	"  --notify MODE       event, spin or hybrid (default hybrid)\n"
+	"  --ops N             number of writes (default 10000)\n"
+	"  --qd D              queue depth, 1..1024 (default 32)\n"
+	"  --bs BYTES          block size, 512..16M, multiple of 512 (default 4k)\n"
+	"  --seed S            random seed (default 1)\n"
+	"  --zero-copy         use buffers in the shared data area instead of copying\n"
+	"  --direct            open the image with O_DIRECT\n"
+	"  --timeout-ms MS     a request unanswered this long means a hung driver (default 30000)\n"
+	"  --force             allow a block device as the image\n"
+	"  --json              print one JSON object: ops, errors, mismatches, driver_pid,\n"
+	"                      restarts, seconds, ...\n"
+	"  -h, --help          this text\n",
+	.run = run_verify_command,
+};
+
+static int create_image(const char *path, uint64_t size, char *err, size_t errlen)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+
+	if (fd < 0) {
+		if (errno == EEXIST)
+			return 0;
+		snprintf(err, errlen, "cannot create image %s: %s", path, strerror(errno));
+		return -1;
+	}
+	if (ftruncate(fd, (off_t)size) != 0) {
+		snprintf(err, errlen, "cannot size image %s: %s", path, strerror(errno));
+		close(fd);
+		unlink(path);
+		return -1;
+	}
+	close(fd);
+	return 0;
+}
+
+static void print_json(const struct verify_options *o, const struct verify_result *r)
+{
+	printf("{\"ops\": %llu, \"writes\": %llu, \"reads\": %llu, \"errors\": %llu, "
+	       "\"mismatches\": %llu, \"driver_pid\": %d, \"restarts\": 0, \"replayed\": 0, "
+	       "\"seconds\": %.6f, \"notify\": \"%s\", \"qd\": %u, \"bs\": %llu, \"driver\": ",
+	       (unsigned long long)(r->writes + r->reads), (unsigned long long)r->writes,
+	       (unsigned long long)r->reads, (unsigned long long)r->errors,
+	       (unsigned long long)r->mismatches, (int)r->driver_pid, r->seconds,
+	       isolde_notify_mode_name(o->cfg.notify), o->cfg.queue_depth, (unsigned long long)o->bs);
+	json_string(stdout, o->cfg.driver);
+	printf(", \"kicks\": %llu, \"calls\": %llu, \"protocol_violations\": %llu, \"error\": ",
+	       (unsigned long long)r->stats.kicks, (unsigned long long)r->stats.calls,
+	       (unsigned long long)r->stats.protocol_violations);
+	if (r->error[0])
+		json_string(stdout, r->error);
+	else
+		fputs("null", stdout);
+	puts("}");
+}
+
+static void print_human(const struct verify_options *o, const struct verify_result *r)
+{
+	uint64_t ops = r->writes + r->reads;
+
+	printf("verify: %llu ops (%llu writes, %llu reads) in %.3f s, %.0f ops/s; %llu errors, "
+	       "%llu mismatches; driver %s pid %d, notify %s, qd %u, bs %llu\n",
+	       (unsigned long long)ops, (unsigned long long)r->writes, (unsigned long long)r->reads,
+	       r->seconds, r->seconds > 0 ? (double)ops / r->seconds : 0.0,
+	       (unsigned long long)r->errors, (unsigned long long)r->mismatches, o->cfg.driver,
+	       (int)r->driver_pid, isolde_notify_mode_name(o->cfg.notify), o->cfg.queue_depth,
+	       (unsigned long long)o->bs);
+}
+
+enum { OPT_SIZE = 256, OPT_DRIVER_ARG, OPT_ZERO_COPY, OPT_DIRECT, OPT_TIMEOUT, OPT_FORCE, OPT_JSON };
+
+static int run_verify_command(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "image", required_argument, NULL, 'i' },
+		{ "size", required_argument, NULL, OPT_SIZE },
+		{ "driver", required_argument, NULL, 'd' },
+		{ "driver-arg", required_argument, NULL, OPT_DRIVER_ARG },
+		{ "notify", required_argument, NULL, 'n' },
+		{ "ops", required_argument, NULL, 'o' },
+		{ "qd", required_argument, NULL, 'q' },
+		{ "bs", required_argument, NULL, 'b' },
+		{ "seed", required_argument, NULL, 's' },
+		{ "zero-copy", no_argument, NULL, OPT_ZERO_COPY },
+		{ "direct", no_argument, NULL, OPT_DIRECT },
+		{ "timeout-ms", required_argument, NULL, OPT_TIMEOUT },
+		{ "force", no_argument, NULL, OPT_FORCE },
+		{ "json", no_argument, NULL, OPT_JSON },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const struct cli_command *cmd = &verify_command;
+	struct verify_options o = { .ops = 10000, .bs = 4096, .seed = 1, .announce = true };
+	struct verify_result r;
+	char *driver_args[33] = { NULL };
+	unsigned ndriver_args = 0;
+	uint64_t size = 0, v;
+	bool json = false, force = false;
+	char err[512];
+	int c;
+
+	isolde_blk_config_default(&o.cfg);
+	optind = 1;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'i': o.cfg.image = optarg; break;
+		case OPT_SIZE:
+			if (!cli_parse_size(cmd, "--size", optarg, 4096, UINT64_C(1) << 50, &size))
+				return EXIT_USAGE;
+			break;
+		case 'd': o.cfg.driver = optarg; break;
+		case OPT_DRIVER_ARG:
+			if (ndriver_args == 32)
+				return cli_usage_error(cmd, "--driver-arg: at most 32");
+			driver_args[ndriver_args++] = optarg;
+			break;
+		case 'n':
+			if (isolde_notify_mode_parse(optarg, &o.cfg.notify))
+				return cli_usage_error(cmd, "--notify: '%s' is not event, spin or hybrid", optarg);
+			break;
+		case 'o':
+			if (!cli_parse_u64(cmd, "--ops", optarg, 1, UINT64_C(1) << 40, &o.ops))
+				return EXIT_USAGE;
+			break;
+		case 'q':
+			if (!cli_parse_u64(cmd, "--qd", optarg, 1, ISOLDE_BLK_MAX_QUEUE_DEPTH, &v))
+				return EXIT_USAGE;
+			o.cfg.queue_depth = (unsigned)v;
+			break;
+		case 'b':
+			if (!cli_parse_size(cmd, "--bs", optarg, 512, 16u << 20, &o.bs))
+				return EXIT_USAGE;
+			if (o.bs % 512)
+				return cli_usage_error(cmd, "--bs: %s is not a multiple of 512", optarg);
+			break;
+		case 's':
+			if (!cli_parse_u64(cmd, "--seed", optarg, 0, UINT64_MAX, &o.seed))
+				return EXIT_USAGE;
+			break;
+		case OPT_ZERO_COPY: o.zero_copy = true; break;
+		case OPT_DIRECT: o.cfg.direct = true; break;
+		case OPT_TIMEOUT:
+			if (!cli_parse_u64(cmd, "--timeout-ms", optarg, 1, 3600000, &v))
+				return EXIT_USAGE;
+			o.cfg.timeout_ms = (unsigned)v;
+			break;
+		case OPT_FORCE: force = true; break;
+		case OPT_JSON: json = true; break;
+		case 'h': return cli_help(cmd);
+		case ':': return cli_usage_error(cmd, "%s needs a value", argv[optind - 1]);
+		default: return cli_usage_error(cmd, "unknown option '%s'", argv[optind - 1]);
+		}
+	}
+	if (optind < argc)
+		return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+	if (!o.cfg.image)
+		return cli_usage_error(cmd, "--image is required");
+	if (ndriver_args)
+		o.cfg.driver_args = driver_args;
+	if (size && create_image(o.cfg.image, size, err, sizeof err)) {
+		fprintf(stderr, "isolde verify: %s\n", err);
+		return 1;
+	}
+	struct stat st;
+	if (stat(o.cfg.image, &st) == 0 && S_ISBLK(st.st_mode) && !force)
+		return cli_usage_error(cmd, "%s is a block device and verify overwrites it; add --force",
+				       o.cfg.image);
+	if (o.zero_copy && o.bs * o.cfg.queue_depth > (16u << 20))
+		o.cfg.data_size = o.bs * o.cfg.queue_depth;
+
+	if (verify_run(&o, &r, err, sizeof err) != 0) {
+		fprintf(stderr, "isolde verify: %s\n", err);
+		return 1;
+	}
+	if (r.error[0])
+		fprintf(stderr, "isolde verify: %s\n", r.error);
+	if (json)
+		print_json(&o, &r);
+	else
+		print_human(&o, &r);
+	return verify_passed(&r) ? 0 : 1;
+}

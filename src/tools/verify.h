@@ -1,0 +1,45 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The verified workload: random writes of self-describing blocks through an
+ * isolated driver at a queue depth, then a read-back of every block written.
+ * Used by `isolde verify` and `isolde demo`.
+ */
+#ifndef ISOLDE_TOOLS_VERIFY_H
+#define ISOLDE_TOOLS_VERIFY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "isolde/blk.h"
+
+struct verify_options {
+	struct isolde_blk_config cfg;
+	uint64_t ops;      /* writes; every block written is then read back */
+	uint64_t bs;
+	uint64_t seed;
+	bool zero_copy;    /* buffers in the shared data area instead of copying */
+	bool announce;     /* print the driver's pid on stderr once it runs */
+};
+
+struct verify_result {
+	uint64_t writes;
+	uint64_t reads;
+	uint64_t errors;      /* requests that completed with an error or could not be queued */
+	uint64_t mismatches;  /* blocks that read back different from what was written */
+	pid_t driver_pid;
+	double seconds;
+	struct isolde_blk_stats stats;
+	char error[512];      /* the device's failure, if any */
+};
+
+/* Returns 0 if the workload ran (look at the result), -1 if it could not start (err). */
+int verify_run(const struct verify_options *o, struct verify_result *r, char *err, size_t errlen);
+
+/* Did every request succeed and every block verify? */
+static inline bool verify_passed(const struct verify_result *r)
+{
+	return r->errors == 0 && r->mismatches == 0 && r->error[0] == '\0';
+}
+
+#endif

@@ -1,0 +1,134 @@
+"""Fixtures for system tests: the real isolde binaries, temporary images,
+and helpers that run them and always clean up the processes they start."""
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = Path(os.environ.get("ISOLDE_BUILD", ROOT / "build"))
+ASAN_BUILD = Path(os.environ.get("ISOLDE_ASAN_BUILD", ROOT / "build-asan"))
+
+MODES = ["event", "spin", "hybrid"]
+SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "runtime error:", "UndefinedBehaviorSanitizer")
+
+
+class Build:
+    def __init__(self, root: Path, name: str):
+        self.root = root
+        self.name = name
+        self.isolde = root / "src" / "tools" / "isolde"
+        # Faulty drivers always come from the normal build: a sanitizer in
+        # the driver would catch its deliberate crash before the front end
+        # sees it. The front end under test is this build's.
+        self.fault_driver = BUILD / "tests" / "drivers" / "fault-driver"
+
+    def available(self):
+        return self.isolde.exists() and self.fault_driver.exists()
+
+
+def sanitizer_env():
+    env = dict(os.environ)
+    env["ASAN_OPTIONS"] = "detect_leaks=1:abort_on_error=0:exitcode=86"
+    env["UBSAN_OPTIONS"] = "halt_on_error=1:print_stacktrace=1:exitcode=87"
+    return env
+
+
+class Isolde:
+    """Runs one build's isolde binary."""
+
+    def __init__(self, build: Build):
+        self.build = build
+
+    def run(self, *args, timeout=120, check_sanitizers=True):
+        p = subprocess.run([str(self.build.isolde), *map(str, args)], capture_output=True,
+                           text=True, timeout=timeout, env=sanitizer_env())
+        if check_sanitizers:
+            assert_no_sanitizer_report(p.stderr)
+        return p
+
+    def verify(self, image, *args, timeout=120):
+        p = self.run("verify", "--image", image, "--json", *args, timeout=timeout)
+        assert p.stdout.strip(), f"no JSON on stdout; stderr:\n{p.stderr}"
+        return p, json.loads(p.stdout)
+
+    def start(self, *args):
+        """Start isolde in the background; the caller must stop() it."""
+        return subprocess.Popen([str(self.build.isolde), *map(str, args)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=sanitizer_env(),
+                                start_new_session=True)
+
+
+def assert_no_sanitizer_report(stderr):
+    for marker in SANITIZER_MARKERS:
+        assert marker not in stderr, f"sanitizer report:\n{stderr}"
+
+
+def stop(proc):
+    """Kill a background isolde and everything in its session, and reap it."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def read_driver_pid(proc, timeout=20):
+    """isolde verify announces 'driver X is pid N' on stderr once it runs."""
+    deadline = time.monotonic() + timeout
+    lines = []
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if " is pid " in line:
+            return int(line.split(" is pid ")[1].split()[0])
+    raise AssertionError("isolde never announced its driver pid:\n" + "".join(lines))
+
+
+@pytest.fixture(scope="session")
+def builds():
+    normal = Build(BUILD, "normal")
+    if not normal.available():
+        pytest.fail(f"isolde is not built in {BUILD}: run make")
+    return normal
+
+
+@pytest.fixture(scope="session")
+def isolde(builds):
+    return Isolde(builds)
+
+
+def _asan_build():
+    b = Build(ASAN_BUILD, "asan")
+    return b if b.available() else None
+
+
+@pytest.fixture(scope="session", params=["normal", "asan"])
+def any_isolde(request, builds):
+    """The normal build and the ASan+UBSan build."""
+    if request.param == "normal":
+        return Isolde(builds)
+    b = _asan_build()
+    if b is None:
+        pytest.fail(f"the ASan build is missing in {ASAN_BUILD}: run make build-asan")
+    return Isolde(b)
+
+
+@pytest.fixture
+def image(tmp_path):
+    """A 32 MiB sparse image, removed with tmp_path."""
+    path = tmp_path / "disk.img"
+    with open(path, "wb") as f:
+        f.truncate(32 << 20)
+    yield path
+    path.unlink(missing_ok=True)
