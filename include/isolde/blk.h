@@ -22,14 +22,26 @@
  * Buffers: any user buffer works (copy mode: data is copied through the
  * shared data area). A buffer from isolde_blk_buf_alloc() lives in the data
  * area itself and is granted to the driver without a copy (zero copy); note
- * that the driver can see and write such a buffer while a request on it is
- * in flight.
+ * that the driver maps the whole data area for its whole life, so it can read
+ * and write such a buffer at any time, and a replayed write re-sends whatever
+ * the buffer then holds. Copy mode keeps the caller's data out of the
+ * driver's reach: a replayed write is copied again from the caller's buffer.
  *
  * The front end trusts nothing the driver writes: every response is copied
  * once into private memory and checked against a private shadow of the
- * request. A response that fails the check is a protocol violation: the
- * driver is killed and every pending and later request fails with -EIO;
- * isolde_blk_error() says why.
+ * request. When the driver fails - it exits or is killed, a response fails
+ * the check (a protocol violation), or it stops making progress while I/O is
+ * pending (a hang) - the front end kills it, starts a fresh one and replays
+ * every pending request from the shadow, in submission order: the caller
+ * sees neither an error nor a duplicated effect. Restarts are limited by the
+ * driver's policy (N per window, with backoff for a driver that fails before
+ * completing anything); past the budget the device fails for good and every
+ * pending and later request gets -EIO, and isolde_blk_error() says why.
+ *
+ * This work happens inside the calls that wait (isolde_blk_reap and the
+ * synchronous calls): a driver that dies while nobody waits is restarted on
+ * the next wait. The driver is killed if the thread that opened the device
+ * exits (PR_SET_PDEATHSIG).
  */
 #ifndef ISOLDE_BLK_H
 #define ISOLDE_BLK_H
@@ -41,11 +53,11 @@
 
 #include "isolde/blkif.h"
 #include "isolde/notify.h"
+#include "isolde/supervisor.h"
 
 #define ISOLDE_BLK_DEFAULT_QUEUE_DEPTH 32u
 #define ISOLDE_BLK_MAX_QUEUE_DEPTH 1024u
 #define ISOLDE_BLK_DEFAULT_MAX_IO (1u << 20)
-#define ISOLDE_BLK_DEFAULT_TIMEOUT_MS 30000u
 
 struct isolde_blk_config {
 	const char *image;          /* path of an image file or block device */
@@ -53,10 +65,13 @@ struct isolde_blk_config {
 	enum isolde_notify_mode notify;
 	unsigned queue_depth;       /* max requests in flight; ring = next power of two */
 	size_t max_io;              /* largest single request, bytes */
-	size_t data_size;           /* data area bytes; 0 = queue_depth * max_io, capped */
+	size_t data_size;           /* zero-copy pool bytes (after one max_io bounce
+				     * buffer per queue slot); 0 = 16 MiB */
 	bool readonly;
 	bool direct;                /* O_DIRECT on the image */
-	unsigned timeout_ms;        /* a request outstanding this long means a hung driver */
+	unsigned timeout_ms;        /* hang detection: no heartbeat this long while I/O
+				     * is pending; 0 = the policy's heartbeat */
+	const char *policy;         /* policy file; NULL = the driver's shipped policy */
 	char **driver_args;         /* extra argv for the driver (test drivers), NULL-terminated */
 	void *owned;                /* private: memory owned by isolde_blk_config_parse */
 };
@@ -64,8 +79,8 @@ struct isolde_blk_config {
 void isolde_blk_config_default(struct isolde_blk_config *cfg);
 
 /*
- * Parse "image=PATH,driver=NAME,notify=MODE,qd=N,readonly,direct,max_io=BYTES"
- * into cfg (strings point into a private copy owned by cfg until
+ * Parse "image=PATH,driver=NAME,notify=MODE,qd=N,readonly,direct,max_io=BYTES,
+ * timeout_ms=MS,policy=PATH" into cfg (strings point into a private copy owned by cfg until
  * isolde_blk_config_free). A bare first element without '=' is the image.
  * Returns 0, or -1 with a message naming the bad field in err.
  */
@@ -83,10 +98,14 @@ uint64_t isolde_blk_size(const struct isolde_blk *dev);
 unsigned isolde_blk_queue_depth(const struct isolde_blk *dev);
 size_t isolde_blk_max_io(const struct isolde_blk *dev);
 pid_t isolde_blk_driver_pid(const struct isolde_blk *dev);
-/* True once the driver has failed and the device fails all I/O. */
+/* True once the driver has failed past its restart budget: all I/O fails. */
 bool isolde_blk_failed(const struct isolde_blk *dev);
-/* The reason for the last failure, or "" if none. */
+/* Why the device failed, or "" if it has not. */
 const char *isolde_blk_error(const struct isolde_blk *dev);
+/* Restarts by failure class, replayed requests, recovery times. */
+const struct isolde_supervisor_stats *isolde_blk_supervisor_stats(const struct isolde_blk *dev);
+/* The driver's generation: 1 for the first driver, +1 per restart. */
+uint32_t isolde_blk_generation(const struct isolde_blk *dev);
 
 /* ---- synchronous I/O (copy or zero copy, any size: split at max_io) ---- */
 int isolde_blk_read(struct isolde_blk *dev, void *buf, size_t len, uint64_t offset);
@@ -113,7 +132,7 @@ struct isolde_blk_io {
 
 /*
  * Queue io on the ring (not yet visible to the driver: see isolde_blk_push).
- * Returns 0; -EAGAIN if the queue or the data area is full (reap first);
+ * Returns 0; -EAGAIN if queue_depth requests are in flight (reap first);
  * -EINVAL for a malformed request (unknown op or flag, range beyond the
  * device, len 0 or > max_io, misaligned with direct); -EROFS for a write to a
  * read-only device; -EIO if the device has failed. io must stay
@@ -143,6 +162,7 @@ struct isolde_blk_stats {
 	uint64_t front_sleeps;     /* times the front end blocked waiting */
 	uint64_t bytes_copied;     /* copy-mode bytes through the data area */
 	uint64_t protocol_violations;
+	uint64_t denials;          /* system calls the driver's policy refused */
 };
 
 void isolde_blk_get_stats(const struct isolde_blk *dev, struct isolde_blk_stats *st);

@@ -9,10 +9,17 @@
  *   5     call eventfd (driver -> front end)
  *   6     the device, opened by the launcher (the driver opens nothing itself)
  *
- * The driver is started with fork + exec of its own binary, in its own process
+ * The driver is started with clone + exec of its own binary (by fd, so the
+ * binary needs no path inside the driver's empty root), in its own process
  * group, and is killed if the launcher's thread dies (PR_SET_PDEATHSIG).
- * A domain can be started again after it stopped: the ring and grants are
- * reset and the generation bumped, so a restarted driver starts clean.
+ * Between clone and exec the child enters the sandbox its policy describes
+ * (src/domain/sandbox.h); the seccomp listener comes back to the launcher,
+ * which answers every system call the policy does not allow.
+ *
+ * A domain can be started again after it stopped: the header is rewritten
+ * from the launcher's private copy, the ring and grants are reset and the
+ * generation bumped, so a restarted driver starts clean whatever its
+ * predecessor scribbled.
  */
 #ifndef ISOLDE_DOMAIN_H
 #define ISOLDE_DOMAIN_H
@@ -25,6 +32,7 @@
 
 #include "isolde/grant.h"
 #include "isolde/notify.h"
+#include "isolde/policy.h"
 #include "isolde/ring.h"
 #include "isolde/shm.h"
 
@@ -44,6 +52,14 @@ struct isolde_domain_params {
 	uint32_t ring_slots;
 	uint64_t data_size;
 	enum isolde_notify_mode notify;
+	const struct isolde_policy *policy; /* required: what the driver may do */
+};
+
+/* How the last driver process ended (filled by isolde_domain_reap). */
+struct isolde_exit {
+	bool signaled;     /* killed by a signal (else exited) */
+	int code;          /* the signal, or the exit status */
+	char text[160];    /* "(pid 12) was killed by signal 11 (SIGSEGV)" */
 };
 
 struct isolde_domain {
@@ -62,7 +78,16 @@ struct isolde_domain {
 	int call_fd;
 	pid_t pid;                     /* 0 when not running */
 	int pidfd;                     /* -1 when not running */
+	int listener_fd;               /* seccomp notifications of the running driver, or -1 */
+	int watch_fd;                  /* epoll set: pidfd + listener; readable = look */
+	int binary_fd;                 /* the driver executable, opened once */
 	uint32_t generation;
+	struct isolde_policy policy;
+	struct isolde_shm_header header_template; /* what start writes, every time */
+	uint64_t denials;              /* system calls refused by policy */
+	char last_denial[64];
+	struct isolde_exit last_exit;
+	bool warned;                   /* sandbox degradation already reported */
 };
 
 /*
@@ -80,10 +105,17 @@ int isolde_domain_create(struct isolde_domain *d, const struct isolde_domain_par
 int isolde_domain_start(struct isolde_domain *d, char *err, size_t errlen);
 
 /*
- * If the driver has exited, reap it and describe how ("killed by signal 9
- * (SIGKILL)") in why; returns true. Returns false if it is still running.
+ * If the driver has exited, reap it, record how in d->last_exit and return
+ * true. Returns false if it is still running.
  */
-bool isolde_domain_reap(struct isolde_domain *d, char *why, size_t whylen);
+bool isolde_domain_reap(struct isolde_domain *d);
+
+/*
+ * Answer pending seccomp notifications of the running driver: log each
+ * refused call (driver, pid, call name) on stderr and fail it with EPERM.
+ * Returns the number answered.
+ */
+unsigned isolde_domain_answer_syscalls(struct isolde_domain *d);
 
 /* Kill the driver (SIGKILL) and reap it; a no-op if it is not running. */
 void isolde_domain_kill(struct isolde_domain *d);

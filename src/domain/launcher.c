@@ -3,7 +3,16 @@
 #include "isolde/domain.h"
 #include "isolde/blkif.h"
 
+#include "sandbox.h"
+
 #include <errno.h>
+#include <linux/sched.h>
+#include <linux/seccomp.h>
+#include <sched.h>
+#include <stddef.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -14,6 +23,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/pidfd.h>
+#include <sys/socket.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -144,6 +154,12 @@ int isolde_domain_create(struct isolde_domain *d, const struct isolde_domain_par
 {
 	memset(d, 0, sizeof *d);
 	d->shm_fd = d->kick_fd = d->call_fd = d->pidfd = -1;
+	d->listener_fd = d->watch_fd = d->binary_fd = -1;
+	if (!p->policy) {
+		set_err(err, errlen, "driver %s: no policy", p->driver);
+		return -1;
+	}
+	d->policy = *p->policy;
 	d->device_fd = p->device_fd;
 	snprintf(d->driver_name, sizeof d->driver_name, "%s", base_name(p->driver));
 
@@ -156,6 +172,14 @@ int isolde_domain_create(struct isolde_domain *d, const struct isolde_domain_par
 	}
 	d->argv = build_argv(d->driver_path, p->driver_args);
 	if (!d->argv)
+		goto fail_errno;
+	/* Executed by fd: the driver's root is empty, and a binary replaced on
+	 * disk after open does not change what restarts run. */
+	d->binary_fd = open(d->driver_path, O_PATH | O_CLOEXEC);
+	if (d->binary_fd < 0)
+		goto fail_errno;
+	d->watch_fd = epoll_create1(EPOLL_CLOEXEC);
+	if (d->watch_fd < 0)
 		goto fail_errno;
 
 	d->shm_fd = memfd_create("isolde-domain", MFD_CLOEXEC | MFD_ALLOW_SEALING);
@@ -179,7 +203,7 @@ int isolde_domain_create(struct isolde_domain *d, const struct isolde_domain_par
 	if (d->kick_fd < 0 || d->call_fd < 0)
 		goto fail_errno;
 
-	struct isolde_shm_header *h = d->header;
+	struct isolde_shm_header *h = &d->header_template;
 	h->magic = ISOLDE_SHM_MAGIC;
 	h->version = ISOLDE_SHM_VERSION;
 	h->header_size = sizeof *h;
@@ -205,54 +229,138 @@ fail_errno:
 	return -1;
 }
 
-/* In the child between fork and exec: only async-signal-safe calls. */
-static void exec_driver(struct isolde_domain *d, pid_t parent, int status_fd)
+/* Messages from the child to the launcher on the status pipe. */
+enum child_msg { CHILD_LISTENER = 1, CHILD_FAILED = 2 };
+struct child_report {
+	int kind;
+	int value;      /* listener fd number, or errno */
+	char stage[48]; /* what failed */
+};
+
+/* The filter travels parent -> child; a static buffer, so the child need
+ * not allocate between clone and exec. */
+static unsigned char filter_buf[ISOLDE_SANDBOX_FILTER_MAX];
+
+static void child_fail(int status_fd, const char *stage)
+{
+	struct child_report r = { .kind = CHILD_FAILED, .value = errno };
+
+	strncpy(r.stage, stage, sizeof r.stage - 1);
+	(void)!write(status_fd, &r, sizeof r);
+	_exit(127);
+}
+
+static bool read_full(int fd, void *buf, size_t len)
+{
+	unsigned char *p = buf;
+
+	while (len > 0) {
+		ssize_t n = read(fd, p, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return false;
+		p += n;
+		len -= (size_t)n;
+	}
+	return true;
+}
+
+/* In the child between clone and exec: only async-signal-safe calls. */
+static void exec_driver(struct isolde_domain *d, const struct isolde_sandbox *sb, pid_t parent,
+			int status_fd, int control_fd)
 {
 	int src[4] = { d->shm_fd, d->kick_fd, d->call_fd, d->device_fd };
 	int tmp[4];
 	sigset_t none;
-	int e;
+	const char *stage = "start";
+	char *const no_env[] = { NULL };
 
 	if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
-		goto fail;
+		child_fail(status_fd, "set the parent-death signal");
 	setpgid(0, 0);
-	/* A crashing driver is a routine event here, not something to keep
-	 * a core file of. */
-	struct rlimit no_core = { 0, 0 };
-	setrlimit(RLIMIT_CORE, &no_core);
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
 	for (int s = 1; s < NSIG; s++)
 		signal(s, SIG_DFL);
 
-	/* Move everything out of the way of 3..6 first, then into place. */
+	/* Move everything out of the way of 3..6 first, then into place;
+	 * the pipes and the binary stay above, close-on-exec. */
 	for (int i = 0; i < 4; i++) {
 		tmp[i] = fcntl(src[i], F_DUPFD, 16);
 		if (tmp[i] < 0)
-			goto fail;
+			child_fail(status_fd, "arrange fds");
 	}
-	int status_tmp = fcntl(status_fd, F_DUPFD_CLOEXEC, 16);
-	if (status_tmp < 0)
-		goto fail;
-	status_fd = status_tmp;
+	int keep[3] = { fcntl(status_fd, F_DUPFD_CLOEXEC, 16), fcntl(control_fd, F_DUPFD_CLOEXEC, 16),
+			fcntl(d->binary_fd, F_DUPFD_CLOEXEC, 16) };
+	if (keep[0] < 0 || keep[1] < 0 || keep[2] < 0)
+		child_fail(status_fd, "arrange fds");
+	status_fd = keep[0];
+	control_fd = keep[1];
+	int binary_fd = keep[2];
 	for (int i = 0; i < 4; i++) {
 		if (dup2(tmp[i], ISOLDE_DRIVER_FD_SHM + i) < 0)
-			goto fail;
+			child_fail(status_fd, "arrange fds");
 	}
-	int null_fd = open("/dev/null", O_RDWR);
+	int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
 	if (null_fd < 0 || dup2(null_fd, 0) < 0 || dup2(null_fd, 1) < 0)
-		goto fail;
-	/* Everything past the device fd goes, except the exec status pipe,
-	 * which is close-on-exec. */
-	for (int fd = ISOLDE_DRIVER_FD_DEVICE + 1; fd < status_fd; fd++)
-		close(fd);
-	close_range((unsigned)status_fd + 1, ~0u, 0);
+		child_fail(status_fd, "open /dev/null");
+	for (int fd = ISOLDE_DRIVER_FD_DEVICE + 1; fd < 1024; fd++) {
+		if (fd != status_fd && fd != control_fd && fd != binary_fd)
+			close(fd);
+	}
+	close_range(1024, ~0u, 0);
 
-	execv(d->driver_path, d->argv);
-fail:
-	e = errno;
-	(void)!write(status_fd, &e, sizeof e);
-	_exit(127);
+	if (isolde_sandbox_enter(sb, &stage) != 0)
+		child_fail(status_fd, stage);
+
+	uint32_t len;
+	if (!read_full(control_fd, &len, sizeof len) || len > sizeof filter_buf ||
+	    !read_full(control_fd, filter_buf, len))
+		child_fail(status_fd, "receive the seccomp filter");
+	int listener = isolde_sandbox_load_filter(filter_buf, len);
+	if (listener < 0)
+		child_fail(status_fd, "load the seccomp filter");
+	/* The launcher takes the listener with pidfd_getfd; only then may
+	 * the driver's copy go, so that the driver cannot answer itself. */
+	struct child_report r = { .kind = CHILD_LISTENER, .value = listener };
+	char ack;
+	if (write(status_fd, &r, sizeof r) != sizeof r || !read_full(control_fd, &ack, 1))
+		child_fail(status_fd, "hand over the seccomp listener");
+	close(listener);
+
+	syscall(SYS_execveat, binary_fd, "", d->argv, no_env, AT_EMPTY_PATH);
+	child_fail(status_fd, "execute the driver");
+}
+
+unsigned isolde_domain_answer_syscalls(struct isolde_domain *d)
+{
+	unsigned answered = 0;
+
+	while (d->listener_fd >= 0) {
+		struct pollfd p = { .fd = d->listener_fd, .events = POLLIN };
+		struct seccomp_notif req;
+		struct seccomp_notif_resp resp;
+
+		if (poll(&p, 1, 0) <= 0 || !(p.revents & POLLIN))
+			break;
+		memset(&req, 0, sizeof req);
+		if (ioctl(d->listener_fd, SECCOMP_IOCTL_NOTIF_RECV, &req) != 0)
+			break; /* the caller died meanwhile */
+		memset(&resp, 0, sizeof resp);
+		resp.id = req.id;
+		resp.error = -EPERM;
+		char *name = isolde_sandbox_syscall_name(req.data.nr);
+		d->denials++;
+		snprintf(d->last_denial, sizeof d->last_denial, "%s", name ? name : "?");
+		fprintf(stderr, "isolde: policy %s denied driver %s (pid %d) system call %s (%d): "
+			"refused with EPERM\n", d->policy.source, d->driver_name, (int)req.pid,
+			name ? name : "?", req.data.nr);
+		free(name);
+		ioctl(d->listener_fd, SECCOMP_IOCTL_NOTIF_SEND, &resp);
+		answered++;
+	}
+	return answered;
 }
 
 static int wait_ready(struct isolde_domain *d, char *err, size_t errlen)
@@ -269,9 +377,10 @@ static int wait_ready(struct isolde_domain *d, char *err, size_t errlen)
 				d->driver_name, (int)d->pid, ISOLDE_DRIVER_START_TIMEOUT_MS);
 			return -1;
 		}
-		struct pollfd p[2] = { { .fd = d->call_fd, .events = POLLIN },
-				       { .fd = d->pidfd, .events = POLLIN } };
-		int r = poll(p, 2, (int)((deadline - now) / 1000000) + 1);
+		struct pollfd p[3] = { { .fd = d->call_fd, .events = POLLIN },
+				       { .fd = d->pidfd, .events = POLLIN },
+				       { .fd = d->listener_fd, .events = POLLIN } };
+		int r = poll(p, 3, (int)((deadline - now) / 1000000) + 1);
 		if (r < 0 && errno != EINTR) {
 			set_err(err, errlen, "waiting for driver %s: %s", d->driver_name, strerror(errno));
 			return -1;
@@ -280,75 +389,166 @@ static int wait_ready(struct isolde_domain *d, char *err, size_t errlen)
 			uint64_t v;
 			(void)!read(d->call_fd, &v, sizeof v);
 		}
+		if (p[2].revents & POLLIN)
+			isolde_domain_answer_syscalls(d);
 		if (p[1].revents) {
-			char why[160];
 			if (__atomic_load_n(&d->header->driver_state, __ATOMIC_ACQUIRE) == ISOLDE_DRIVER_READY)
 				continue;
-			isolde_domain_reap(d, why, sizeof why);
-			set_err(err, errlen, "driver %s %s before it was ready", d->driver_name, why);
+			isolde_domain_reap(d);
+			set_err(err, errlen, "driver %s %s before it was ready", d->driver_name,
+				d->last_exit.text);
 			return -1;
 		}
 	}
 }
 
+/* clone3 into new namespaces where allowed; without them (with a warning)
+ * where not. Returns the child's pid in both processes' sense of fork(). */
+static pid_t clone_driver(struct isolde_domain *d, struct isolde_sandbox *sb, int *pidfd)
+{
+	struct clone_args args;
+
+	for (;;) {
+		memset(&args, 0, sizeof args);
+		args.flags = CLONE_PIDFD;
+		if (sb->namespaces)
+			args.flags |= CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS;
+		args.pidfd = (uint64_t)(uintptr_t)pidfd;
+		args.exit_signal = SIGCHLD;
+		pid_t pid = (pid_t)syscall(SYS_clone3, &args, sizeof args);
+		if (pid >= 0 || !sb->namespaces || (errno != EPERM && errno != EINVAL && errno != ENOSPC &&
+						    errno != EUSERS))
+			return pid;
+		if (!d->warned)
+			fprintf(stderr, "isolde: warning: driver %s runs without new namespaces or an empty "
+				"root: clone3 refused them (%s)\n", d->driver_name, strerror(errno));
+		d->warned = true;
+		sb->namespaces = false;
+	}
+}
+
+static int start_failed(struct isolde_domain *d, int status_pipe, int control_pipe)
+{
+	if (status_pipe >= 0)
+		close(status_pipe);
+	if (control_pipe >= 0)
+		close(control_pipe);
+	isolde_domain_kill(d);
+	return -1;
+}
+
 int isolde_domain_start(struct isolde_domain *d, char *err, size_t errlen)
 {
-	int status_pipe[2];
+	int status_pipe[2], control_pipe[2];
 	pid_t parent = getpid();
-	int child_errno = 0;
+	struct isolde_sandbox sb;
+	struct child_report report;
+	int pidfd = -1;
 
 	if (d->pid > 0) {
 		set_err(err, errlen, "driver %s is already running (pid %d)", d->driver_name, (int)d->pid);
 		return -1;
 	}
+	memset(&d->last_exit, 0, sizeof d->last_exit);
+	/* Whatever the last driver wrote, the next one starts from our copy. */
+	d->generation++;
+	d->header_template.generation = d->generation;
+	memcpy(d->header, &d->header_template, sizeof *d->header);
 	isolde_sring_init(d->sring);
 	memset(d->grants, 0, (size_t)d->layout.grant_count * sizeof *d->grants);
-	d->generation++;
-	d->header->generation = d->generation;
-	d->header->driver_state = ISOLDE_DRIVER_STARTING;
-	d->header->driver_pid = 0;
-	d->header->heartbeat = 0;
-	d->header->requests_done = 0;
-	d->header->batches = 0;
 	uint64_t v;
 	(void)!read(d->kick_fd, &v, sizeof v);
 	(void)!read(d->call_fd, &v, sizeof v);
 
-	if (pipe2(status_pipe, O_CLOEXEC) != 0) {
+	isolde_sandbox_plan(&sb, &d->policy, d->layout.total_size);
+	if (!sb.drop_identity && !d->warned) {
+		fprintf(stderr, "isolde: warning: not root: driver %s keeps this user's identity and gets "
+			"no new namespaces or empty root (seccomp, no_new_privs and rlimits still apply)\n",
+			d->driver_name);
+		d->warned = true;
+	}
+	/* The control channel is a socket so that writing to a driver killed
+	 * mid-start fails with EPIPE instead of raising SIGPIPE in the caller. */
+	if (pipe2(status_pipe, O_CLOEXEC) != 0 ||
+	    socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, control_pipe) != 0) {
 		set_err(err, errlen, "cannot start driver %s: pipe: %s", d->driver_name, strerror(errno));
 		return -1;
 	}
-	pid_t pid = fork();
+	pid_t pid = clone_driver(d, &sb, &pidfd);
 	if (pid < 0) {
-		set_err(err, errlen, "cannot start driver %s: fork: %s", d->driver_name, strerror(errno));
-		close(status_pipe[0]);
-		close(status_pipe[1]);
+		set_err(err, errlen, "cannot start driver %s: clone3: %s", d->driver_name, strerror(errno));
+		close(status_pipe[0]), close(status_pipe[1]), close(control_pipe[0]), close(control_pipe[1]);
 		return -1;
 	}
 	if (pid == 0) {
 		close(status_pipe[0]);
-		exec_driver(d, parent, status_pipe[1]);
+		close(control_pipe[1]);
+		exec_driver(d, &sb, parent, status_pipe[1], control_pipe[0]);
 	}
 	close(status_pipe[1]);
+	close(control_pipe[0]);
 	d->pid = pid;
-	d->pidfd = pidfd_open(pid, 0);
-	ssize_t n = read(status_pipe[0], &child_errno, sizeof child_errno);
+	d->pidfd = pidfd;
+
+	/* The filter names the driver's pid, so it is built now. */
+	ssize_t len = isolde_sandbox_build_filter(&sb, pid, filter_buf, sizeof filter_buf, err, errlen);
+	if (len < 0)
+		return start_failed(d, status_pipe[0], control_pipe[1]);
+	uint32_t len32 = (uint32_t)len;
+	if (send(control_pipe[1], &len32, sizeof len32, MSG_NOSIGNAL) != sizeof len32 ||
+	    send(control_pipe[1], filter_buf, (size_t)len, MSG_NOSIGNAL) != len) {
+		set_err(err, errlen, "cannot pass the seccomp filter to driver %s", d->driver_name);
+		return start_failed(d, status_pipe[0], control_pipe[1]);
+	}
+	if (!read_full(status_pipe[0], &report, sizeof report) || report.kind != CHILD_LISTENER) {
+		if (report.kind == CHILD_FAILED)
+			set_err(err, errlen, "cannot sandbox driver %s: %s: %s", d->driver_name, report.stage,
+				strerror(report.value));
+		else
+			set_err(err, errlen, "driver %s died while entering its sandbox", d->driver_name);
+		return start_failed(d, status_pipe[0], control_pipe[1]);
+	}
+	d->listener_fd = (int)syscall(SYS_pidfd_getfd, pidfd, report.value, 0);
+	if (d->listener_fd < 0) {
+		set_err(err, errlen, "cannot take the seccomp listener of driver %s: %s", d->driver_name,
+			strerror(errno));
+		return start_failed(d, status_pipe[0], control_pipe[1]);
+	}
+	fcntl(d->listener_fd, F_SETFD, FD_CLOEXEC);
+	if (send(control_pipe[1], "k", 1, MSG_NOSIGNAL) != 1) {
+		set_err(err, errlen, "driver %s died while entering its sandbox", d->driver_name);
+		return start_failed(d, status_pipe[0], control_pipe[1]);
+	}
+	close(control_pipe[1]);
+
+	/* The child's execveat is the one notification we let through. */
+	struct pollfd pl[2] = { { .fd = d->listener_fd, .events = POLLIN }, { .fd = pidfd, .events = POLLIN } };
+	if (poll(pl, 2, ISOLDE_DRIVER_START_TIMEOUT_MS) > 0 && (pl[0].revents & POLLIN)) {
+		struct seccomp_notif req;
+		struct seccomp_notif_resp resp;
+		memset(&req, 0, sizeof req);
+		if (ioctl(d->listener_fd, SECCOMP_IOCTL_NOTIF_RECV, &req) == 0) {
+			memset(&resp, 0, sizeof resp);
+			resp.id = req.id;
+			if (req.pid == (uint32_t)pid && req.data.nr == SYS_execveat)
+				resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
+			else
+				resp.error = -EPERM;
+			ioctl(d->listener_fd, SECCOMP_IOCTL_NOTIF_SEND, &resp);
+		}
+	}
+	/* EOF on the close-on-exec status pipe: the exec happened. */
+	ssize_t n = read(status_pipe[0], &report, sizeof report);
 	close(status_pipe[0]);
-	if (n == sizeof child_errno) {
-		waitpid(pid, NULL, 0);
-		if (d->pidfd >= 0)
-			close(d->pidfd);
-		d->pid = 0;
-		d->pidfd = -1;
-		set_err(err, errlen, "cannot execute driver %s (%s): %s", d->driver_name,
-			d->driver_path, strerror(child_errno));
-		return -1;
+	if (n == sizeof report && report.kind == CHILD_FAILED) {
+		set_err(err, errlen, "cannot start driver %s (%s): %s: %s", d->driver_name, d->driver_path,
+			report.stage, strerror(report.value));
+		return start_failed(d, -1, -1);
 	}
-	if (d->pidfd < 0) {
-		set_err(err, errlen, "pidfd_open: %s", strerror(errno));
-		isolde_domain_kill(d);
-		return -1;
-	}
+
+	struct epoll_event ev = { .events = EPOLLIN };
+	epoll_ctl(d->watch_fd, EPOLL_CTL_ADD, d->pidfd, &ev);
+	epoll_ctl(d->watch_fd, EPOLL_CTL_ADD, d->listener_fd, &ev);
 	if (wait_ready(d, err, errlen) != 0) {
 		isolde_domain_kill(d);
 		return -1;
@@ -356,29 +556,46 @@ int isolde_domain_start(struct isolde_domain *d, char *err, size_t errlen)
 	return 0;
 }
 
-bool isolde_domain_reap(struct isolde_domain *d, char *why, size_t whylen)
+static void release_process(struct isolde_domain *d)
 {
+	if (d->pidfd >= 0) {
+		epoll_ctl(d->watch_fd, EPOLL_CTL_DEL, d->pidfd, NULL);
+		close(d->pidfd);
+	}
+	if (d->listener_fd >= 0) {
+		epoll_ctl(d->watch_fd, EPOLL_CTL_DEL, d->listener_fd, NULL);
+		close(d->listener_fd);
+	}
+	d->pidfd = d->listener_fd = -1;
+	d->pid = 0;
+}
+
+bool isolde_domain_reap(struct isolde_domain *d)
+{
+	struct isolde_exit *x = &d->last_exit;
 	siginfo_t info;
 
 	if (d->pid <= 0)
 		return true;
 	memset(&info, 0, sizeof info);
+	memset(x, 0, sizeof *x);
 	if (waitid(P_PIDFD, (id_t)d->pidfd, &info, WEXITED | WNOHANG) != 0) {
 		if (errno != ECHILD)
 			return false;
-		set_err(why, whylen, "(pid %d) is gone", (int)d->pid);
+		set_err(x->text, sizeof x->text, "(pid %d) is gone", (int)d->pid);
 	} else if (info.si_pid == 0) {
 		return false;
 	} else if (info.si_code == CLD_EXITED) {
-		set_err(why, whylen, "(pid %d) exited with status %d", (int)d->pid, info.si_status);
+		x->code = info.si_status;
+		set_err(x->text, sizeof x->text, "(pid %d) exited with status %d", (int)d->pid, info.si_status);
 	} else {
-		set_err(why, whylen, "(pid %d) was killed by signal %d (SIG%s)%s", (int)d->pid,
+		x->signaled = true;
+		x->code = info.si_status;
+		set_err(x->text, sizeof x->text, "(pid %d) was killed by signal %d (SIG%s)%s", (int)d->pid,
 			info.si_status, sigabbrev_np(info.si_status) ? sigabbrev_np(info.si_status) : "?",
 			info.si_code == CLD_DUMPED ? ", core dumped" : "");
 	}
-	close(d->pidfd);
-	d->pidfd = -1;
-	d->pid = 0;
+	release_process(d);
 	return true;
 }
 
@@ -386,19 +603,17 @@ void isolde_domain_kill(struct isolde_domain *d)
 {
 	if (d->pid <= 0)
 		return;
-	if (d->pidfd >= 0)
-		pidfd_send_signal(d->pidfd, SIGKILL, NULL, 0);
-	else
-		kill(d->pid, SIGKILL);
+	/* Already dead: keep how it ended. */
+	if (isolde_domain_reap(d))
+		return;
+	pid_t pid = d->pid;
 	siginfo_t info;
-	if (d->pidfd >= 0)
-		waitid(P_PIDFD, (id_t)d->pidfd, &info, WEXITED);
-	else
-		waitpid(d->pid, NULL, 0);
-	if (d->pidfd >= 0)
-		close(d->pidfd);
-	d->pidfd = -1;
-	d->pid = 0;
+	pidfd_send_signal(d->pidfd, SIGKILL, NULL, 0);
+	waitid(P_PIDFD, (id_t)d->pidfd, &info, WEXITED);
+	memset(&d->last_exit, 0, sizeof d->last_exit);
+	set_err(d->last_exit.text, sizeof d->last_exit.text, "(pid %d) was stopped by the launcher",
+		(int)pid);
+	release_process(d);
 }
 
 void isolde_domain_destroy(struct isolde_domain *d)
@@ -412,8 +627,12 @@ void isolde_domain_destroy(struct isolde_domain *d)
 		close(d->kick_fd);
 	if (d->call_fd >= 0)
 		close(d->call_fd);
+	if (d->watch_fd >= 0)
+		close(d->watch_fd);
+	if (d->binary_fd >= 0)
+		close(d->binary_fd);
 	free_argv(d->argv);
 	d->argv = NULL;
 	d->shm = NULL;
-	d->shm_fd = d->kick_fd = d->call_fd = -1;
+	d->shm_fd = d->kick_fd = d->call_fd = d->watch_fd = d->binary_fd = -1;
 }

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define ZERO_COPY_POOL_DEFAULT (16u << 20)
@@ -82,6 +83,38 @@ static int open_image(struct isolde_blk *dev, const struct isolde_blk_config *cf
 	return 0;
 }
 
+static const char *base_name(const char *path)
+{
+	const char *s = strrchr(path, '/');
+	return s ? s + 1 : path;
+}
+
+/* The driver's policy: given, or the one shipped for it. It must name the
+ * driver it is used with, and allow the device access asked for. */
+static int load_policy(struct isolde_blk *dev, const struct isolde_blk_config *cfg, char *err,
+		       size_t errlen)
+{
+	const char *driver = base_name(cfg->driver);
+	char path[PATH_MAX];
+
+	if (cfg->policy)
+		snprintf(path, sizeof path, "%s", cfg->policy);
+	else if (isolde_policy_find(driver, path, sizeof path, err, errlen))
+		return -1;
+	if (isolde_policy_load(&dev->policy, path, err, errlen))
+		return -1;
+	if (strcmp(dev->policy.driver, driver) != 0) {
+		set_err(err, errlen, "policy %s is for driver %s, not %s", path, dev->policy.driver, driver);
+		return -1;
+	}
+	if (!dev->policy.device_writable && !cfg->readonly) {
+		set_err(err, errlen, "policy %s allows driver %s read-only access; open the device "
+			"read-only", path, driver);
+		return -1;
+	}
+	return 0;
+}
+
 static int check_config(const struct isolde_blk_config *cfg, char *err, size_t errlen)
 {
 	if (!cfg->image || !*cfg->image) {
@@ -105,8 +138,8 @@ static int check_config(const struct isolde_blk_config *cfg, char *err, size_t e
 		set_err(err, errlen, "unknown notify mode %d", (int)cfg->notify);
 		return -1;
 	}
-	if (cfg->timeout_ms == 0) {
-		set_err(err, errlen, "timeout_ms must be positive");
+	if (cfg->timeout_ms > 3600000) {
+		set_err(err, errlen, "timeout_ms %u is more than an hour", cfg->timeout_ms);
 		return -1;
 	}
 	return 0;
@@ -126,14 +159,20 @@ struct isolde_blk *isolde_blk_open(const struct isolde_blk_config *cfg, char *er
 	}
 	dev->device_fd = -1;
 	dev->domain.shm_fd = dev->domain.kick_fd = dev->domain.call_fd = dev->domain.pidfd = -1;
+	dev->domain.listener_fd = dev->domain.watch_fd = dev->domain.binary_fd = -1;
 	snprintf(dev->image, sizeof dev->image, "%s", cfg->image);
 	dev->readonly = cfg->readonly;
 	dev->queue_depth = cfg->queue_depth;
 	dev->max_io = cfg->max_io;
-	dev->timeout_ms = cfg->timeout_ms;
 
-	if (open_image(dev, cfg, &dev_flags, err, errlen))
+	if (load_policy(dev, cfg, err, errlen) || open_image(dev, cfg, &dev_flags, err, errlen))
 		goto fail;
+	dev->hang_ms = cfg->timeout_ms ? cfg->timeout_ms : dev->policy.heartbeat_ms;
+	if (isolde_supervisor_init(&dev->supervisor, dev->policy.restart_max, dev->policy.restart_window_s,
+				   dev->policy.crash_loop_max)) {
+		set_err(err, errlen, "out of memory");
+		goto fail;
+	}
 
 	/* Data area: one bounce buffer of max_io per shadow entry for copy
 	 * mode, then the zero-copy pool. */
@@ -151,6 +190,7 @@ struct isolde_blk *isolde_blk_open(const struct isolde_blk_config *cfg, char *er
 		.ring_slots = next_pow2(cfg->queue_depth),
 		.data_size = bounce + pool,
 		.notify = cfg->notify,
+		.policy = &dev->policy,
 	};
 	if (isolde_shadow_init(&dev->shadow, cfg->queue_depth) ||
 	    isolde_buf_pool_init(&dev->pool, (uint32_t)(pool / ISOLDE_PAGE_SIZE)) ||
@@ -164,7 +204,8 @@ struct isolde_blk *isolde_blk_open(const struct isolde_blk_config *cfg, char *er
 		goto fail;
 	isolde_front_ring_attach(&dev->ring, dev->domain.sring, params.ring_slots, ISOLDE_BLK_SLOT_SIZE);
 	isolde_waiter_init(&dev->waiter, cfg->notify, dev->domain.call_fd, dev->domain.kick_fd,
-			   dev->domain.pidfd, ISOLDE_HYBRID_SPIN_MIN_NS, ISOLDE_HYBRID_SPIN_MAX_NS);
+			   dev->domain.watch_fd, ISOLDE_HYBRID_SPIN_MIN_NS, ISOLDE_HYBRID_SPIN_MAX_NS);
+	dev->heartbeat_changed_ns = isolde_now_ns();
 	return dev;
 fail:
 	isolde_blk_close(dev);
@@ -180,6 +221,7 @@ void isolde_blk_close(struct isolde_blk *dev)
 		close(dev->device_fd);
 	isolde_shadow_fini(&dev->shadow);
 	isolde_buf_pool_fini(&dev->pool);
+	isolde_supervisor_fini(&dev->supervisor);
 	free(dev->sync_ios);
 	free(dev);
 }
@@ -192,17 +234,25 @@ bool isolde_blk_failed(const struct isolde_blk *dev) { return dev->failed; }
 const char *isolde_blk_error(const struct isolde_blk *dev) { return dev->error; }
 unsigned isolde_blk_inflight(const struct isolde_blk *dev) { return isolde_shadow_in_flight(&dev->shadow); }
 
+const struct isolde_supervisor_stats *isolde_blk_supervisor_stats(const struct isolde_blk *dev)
+{
+	return &dev->supervisor.stats;
+}
+
+uint32_t isolde_blk_generation(const struct isolde_blk *dev) { return dev->domain.generation; }
+
 void isolde_blk_get_stats(const struct isolde_blk *dev, struct isolde_blk_stats *st)
 {
 	*st = dev->stats;
+	st->denials = dev->domain.denials;
 	st->kicks = dev->waiter.signals_sent;
 	st->calls = dev->waiter.signals_received;
 	st->front_sleeps = dev->waiter.sleeps;
 }
 
-/* ---- failure ---- */
+/* ---- failure and recovery ---- */
 
-/* The driver is unusable: stop it, and fail everything pending and later. */
+/* Past the restart budget: stop the driver, fail everything now and later. */
 static void fail_device(struct isolde_blk *dev, const char *fmt, ...)
 {
 	va_list ap;
@@ -214,14 +264,142 @@ static void fail_device(struct isolde_blk *dev, const char *fmt, ...)
 	va_end(ap);
 	dev->failed = true;
 	isolde_domain_kill(&dev->domain);
+	fprintf(stderr, "isolde: %s\n", dev->error);
 }
 
-static void driver_exited(struct isolde_blk *dev)
+/* Write request e (shadow index idx) onto the ring, granting its buffer. */
+static void post_request(struct isolde_blk *dev, uint32_t idx)
 {
-	char why[160];
+	struct isolde_shadow_entry *e = &dev->shadow.entries[idx];
+	struct isolde_blk_request req;
 
-	if (isolde_domain_reap(&dev->domain, why, sizeof why))
-		fail_device(dev, "driver %s %s; pending and new I/O fails", dev->domain.driver_name, why);
+	memset(&req, 0, sizeof req);
+	req.id = e->id;
+	req.op = e->op;
+	req.flags = e->flags;
+	req.offset = e->offset;
+	req.length = e->length;
+	if (e->op == ISOLDE_BLK_OP_READ || e->op == ISOLDE_BLK_OP_WRITE) {
+		uint32_t gref = idx * ISOLDE_BLK_MAX_SEGS;
+
+		isolde_grant_set(dev->domain.grants, gref, e->data_offset, e->length,
+				 e->op == ISOLDE_BLK_OP_READ ? ISOLDE_GRANT_DRIVER_WRITES
+							     : ISOLDE_GRANT_DRIVER_READS);
+		req.nr_segs = 1;
+		req.seg[0].gref = gref;
+		req.seg[0].length = e->length;
+	}
+	memcpy(isolde_front_next_request(&dev->ring), &req, sizeof req);
+	dev->ring.req_prod_pvt++;
+}
+
+static int by_sequence(const void *a, const void *b, void *ctx)
+{
+	const struct isolde_shadow *s = ctx;
+	uint64_t x = s->entries[*(const uint32_t *)a].id, y = s->entries[*(const uint32_t *)b].id;
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * Re-post every request in the shadow to a fresh driver, oldest first, so a
+ * flush still follows the writes it was meant to cover. Copy-mode writes are
+ * copied again from the caller's buffer: the dead driver may have scribbled
+ * on the data area.
+ */
+static unsigned replay(struct isolde_blk *dev)
+{
+	uint32_t order[ISOLDE_BLK_MAX_QUEUE_DEPTH];
+	unsigned n = 0;
+	uint64_t now = isolde_now_ns();
+
+	for (uint32_t i = 0; i < dev->shadow.depth; i++)
+		if (dev->shadow.entries[i].id != 0)
+			order[n++] = i;
+	qsort_r(order, n, sizeof order[0], by_sequence, &dev->shadow);
+	for (unsigned k = 0; k < n; k++) {
+		struct isolde_shadow_entry *e = &dev->shadow.entries[order[k]];
+
+		if (e->copy && e->op == ISOLDE_BLK_OP_WRITE)
+			memcpy(dev->domain.data + e->data_offset, e->io->buf, e->length);
+		e->submitted_ns = now;
+		post_request(dev, order[k]);
+	}
+	isolde_waiter_signal(&dev->waiter, isolde_front_push_requests(&dev->ring) || n > 0);
+	return n;
+}
+
+/*
+ * The driver failed: kill what is left of it, and start a fresh one within
+ * the restart budget, then replay. Past the budget the device fails.
+ */
+static void driver_failed(struct isolde_blk *dev, enum isolde_failure failure, const char *detail)
+{
+	uint64_t detected = isolde_now_ns();
+	char why[512];
+
+	snprintf(why, sizeof why, "%s", detail);
+	isolde_domain_kill(&dev->domain);
+	for (;;) {
+		uint64_t now = isolde_now_ns();
+
+		if (!isolde_supervisor_may_restart(&dev->supervisor, dev->progress, now)) {
+			if (!dev->progress && dev->supervisor.no_progress >= dev->policy.crash_loop_max)
+				fail_device(dev, "driver %s failed (%s: %s) after %u restarts in a row that "
+					    "completed no request (crash-loop limit of policy %s); pending "
+					    "and new I/O fails", dev->domain.driver_name,
+					    isolde_failure_name(failure), why, dev->supervisor.no_progress,
+					    dev->policy.source);
+			else
+				fail_device(dev, "driver %s failed (%s: %s) and its restart budget of %u per "
+					    "%u s (policy %s) is spent; pending and new I/O fails",
+					    dev->domain.driver_name, isolde_failure_name(failure), why,
+					    dev->policy.restart_max, dev->policy.restart_window_s,
+					    dev->policy.source);
+			return;
+		}
+		uint64_t backoff = isolde_supervisor_record_restart(&dev->supervisor, failure,
+								   dev->progress, now);
+		fprintf(stderr, "isolde: driver %s failed (%s: %s); restart %llu, generation %u%s\n",
+			dev->domain.driver_name, isolde_failure_name(failure), why,
+			(unsigned long long)dev->supervisor.stats.restarts, dev->domain.generation + 1,
+			backoff ? " after backoff" : "");
+		if (backoff) {
+			struct timespec ts = { (time_t)(backoff / 1000000000u), (long)(backoff % 1000000000u) };
+			nanosleep(&ts, NULL);
+		}
+		dev->progress = false;
+		char err[400];
+		if (isolde_domain_start(&dev->domain, err, sizeof err) == 0)
+			break;
+		/* Killed from outside while starting is not a start failure. */
+		const struct isolde_exit *x = &dev->domain.last_exit;
+		failure = x->signaled && isolde_classify_exit(true, x->code) == ISOLDE_FAIL_KILLED
+				  ? ISOLDE_FAIL_KILLED : ISOLDE_FAIL_START;
+		snprintf(why, sizeof why, "%s", err);
+	}
+	isolde_front_ring_attach(&dev->ring, dev->domain.sring, dev->domain.layout.ring_slots,
+				 ISOLDE_BLK_SLOT_SIZE);
+	dev->waiter.spin_ns = dev->waiter.spin_min_ns;
+	dev->heartbeat_seen = 0;
+	dev->heartbeat_changed_ns = isolde_now_ns();
+	unsigned n = replay(dev);
+	dev->supervisor.stats.replayed += n;
+	if (n)
+		dev->recovery_started_ns = detected;
+	else
+		isolde_supervisor_record_recovery(&dev->supervisor, (isolde_now_ns() - detected) / 1000);
+}
+
+static void protocol_violation(struct isolde_blk *dev, const char *fmt, ...)
+{
+	char why[400];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof why, fmt, ap);
+	va_end(ap);
+	dev->stats.protocol_violations++;
+	driver_failed(dev, ISOLDE_FAIL_PROTOCOL, why);
 }
 
 /* ---- submission ---- */
@@ -279,7 +457,6 @@ static int check_io(const struct isolde_blk *dev, const struct isolde_blk_io *io
 
 int isolde_blk_submit(struct isolde_blk *dev, struct isolde_blk_io *io)
 {
-	struct isolde_blk_request req;
 	struct isolde_shadow_entry *e;
 	int r, idx;
 
@@ -302,15 +479,7 @@ int isolde_blk_submit(struct isolde_blk *dev, struct isolde_blk_io *io)
 	e->length = io->len;
 	e->submitted_ns = isolde_now_ns();
 
-	memset(&req, 0, sizeof req);
-	req.id = e->id;
-	req.op = io->op;
-	req.flags = io->flags;
-	req.offset = io->offset;
-	req.length = io->len;
 	if (io->op == ISOLDE_BLK_OP_READ || io->op == ISOLDE_BLK_OP_WRITE) {
-		uint32_t gref = (uint32_t)idx * ISOLDE_BLK_MAX_SEGS;
-
 		if (!in_data_area(dev, io->buf, io->len, &e->data_offset)) {
 			e->copy = true;
 			e->data_offset = (uint64_t)idx * dev->max_io;
@@ -319,16 +488,8 @@ int isolde_blk_submit(struct isolde_blk *dev, struct isolde_blk_io *io)
 				dev->stats.bytes_copied += io->len;
 			}
 		}
-		isolde_grant_set(dev->domain.grants, gref, e->data_offset, io->len,
-				 io->op == ISOLDE_BLK_OP_READ ? ISOLDE_GRANT_DRIVER_WRITES
-							      : ISOLDE_GRANT_DRIVER_READS);
-		req.nr_segs = 1;
-		req.seg[0].gref = gref;
-		req.seg[0].offset = 0;
-		req.seg[0].length = io->len;
 	}
-	memcpy(isolde_front_next_request(&dev->ring), &req, sizeof req);
-	dev->ring.req_prod_pvt++;
+	post_request(dev, (uint32_t)idx);
 	return 0;
 }
 
@@ -364,6 +525,12 @@ static struct isolde_blk_io *complete(struct isolde_blk *dev, uint32_t idx, int 
 		dev->stats.bytes_copied += e->length;
 	}
 	io->result = result;
+	dev->progress = true;
+	if (dev->recovery_started_ns && !dev->failed) {
+		isolde_supervisor_record_recovery(&dev->supervisor,
+						  (isolde_now_ns() - dev->recovery_started_ns) / 1000);
+		dev->recovery_started_ns = 0;
+	}
 	dev->stats.requests++;
 	if (result)
 		dev->stats.errors++;
@@ -379,11 +546,9 @@ static unsigned consume_responses(struct isolde_blk *dev, struct isolde_blk_io *
 	int64_t avail = isolde_front_unconsumed_responses(&dev->ring, &prod);
 
 	if (avail < 0) {
-		dev->stats.protocol_violations++;
-		fail_device(dev, "driver %s (pid %d) violated the protocol: it published responses up to "
-			    "index %u but only %u requests were outstanding; the driver was stopped",
-			    dev->domain.driver_name, (int)dev->domain.pid, prod,
-			    dev->ring.req_prod_pvt - dev->ring.rsp_cons);
+		protocol_violation(dev, "(pid %d) published %u responses but only %u requests were "
+				   "outstanding", (int)dev->domain.pid, prod - dev->ring.rsp_cons,
+				   dev->ring.req_prod_pvt - dev->ring.rsp_cons);
 		return 0;
 	}
 	while (avail-- > 0 && n < max) {
@@ -396,9 +561,7 @@ static unsigned consume_responses(struct isolde_blk *dev, struct isolde_blk_io *
 					sizeof rsp);
 		dev->ring.rsp_cons++;
 		if (isolde_shadow_check(&dev->shadow, &rsp, &idx, why, sizeof why)) {
-			dev->stats.protocol_violations++;
-			fail_device(dev, "driver %s (pid %d) violated the protocol: %s; the driver was stopped",
-				    dev->domain.driver_name, (int)dev->domain.pid, why);
+			protocol_violation(dev, "(pid %d) %s", (int)dev->domain.pid, why);
 			return n;
 		}
 		done[n++] = complete(dev, idx, status_errno(rsp.status));
@@ -436,20 +599,54 @@ static const struct isolde_wait_ops response_wait = {
 	.arm_check = responses_arm_check,
 };
 
-/* A request older than the timeout means the driver hung. */
+/*
+ * A hang: requests are pending and the driver's heartbeat has not moved for
+ * hang_ms. The heartbeat is the driver's word, so a request waiting ten
+ * times as long counts as a hang too, whatever the heartbeat says.
+ */
 static void check_hang(struct isolde_blk *dev, uint64_t now)
 {
-	uint64_t limit = (uint64_t)dev->timeout_ms * 1000000;
+	uint64_t hb = __atomic_load_n(&dev->domain.header->heartbeat, __ATOMIC_RELAXED);
+	uint64_t limit = (uint64_t)dev->hang_ms * 1000000;
+	char why[200];
 
+	if (hb != dev->heartbeat_seen) {
+		dev->heartbeat_seen = hb;
+		dev->heartbeat_changed_ns = now;
+	}
+	if (isolde_shadow_in_flight(&dev->shadow) == 0) {
+		dev->heartbeat_changed_ns = now;
+		return;
+	}
+	if (now - dev->heartbeat_changed_ns >= limit) {
+		snprintf(why, sizeof why, "(pid %d) made no progress for %u ms with %u requests pending",
+			 (int)dev->domain.pid, dev->hang_ms, isolde_shadow_in_flight(&dev->shadow));
+		driver_failed(dev, ISOLDE_FAIL_HANG, why);
+		return;
+	}
 	for (uint32_t i = 0; i < dev->shadow.depth; i++) {
 		const struct isolde_shadow_entry *e = &dev->shadow.entries[i];
-		if (e->id != 0 && now - e->submitted_ns > limit) {
-			fail_device(dev, "driver %s (pid %d) did not answer a %s request within %u ms; "
-				    "the driver was stopped", dev->domain.driver_name,
-				    (int)dev->domain.pid, isolde_blk_op_name(e->op), dev->timeout_ms);
+		if (e->id != 0 && now - e->submitted_ns >= 10 * limit) {
+			snprintf(why, sizeof why, "(pid %d) left a %s request unanswered for %u ms",
+				 (int)dev->domain.pid, isolde_blk_op_name(e->op), 10 * dev->hang_ms);
+			driver_failed(dev, ISOLDE_FAIL_HANG, why);
 			return;
 		}
 	}
+}
+
+/* The watch fd fired: a system call to answer, or the driver ended. */
+static void watch_fired(struct isolde_blk *dev, struct isolde_blk_io **done, unsigned max, unsigned *n)
+{
+	isolde_domain_answer_syscalls(&dev->domain);
+	if (dev->domain.pid > 0 && !isolde_domain_reap(&dev->domain))
+		return;
+	/* Take what it answered before it died, then recover the rest. */
+	*n += consume_responses(dev, done + *n, max - *n);
+	if (dev->domain.pid > 0 || dev->failed)
+		return; /* the responses themselves were a violation, already handled */
+	const struct isolde_exit *x = &dev->domain.last_exit;
+	driver_failed(dev, isolde_classify_exit(x->signaled, x->code), x->text);
 }
 
 int isolde_blk_reap(struct isolde_blk *dev, struct isolde_blk_io **done, unsigned max,
@@ -471,6 +668,7 @@ int isolde_blk_reap(struct isolde_blk *dev, struct isolde_blk_io **done, unsigne
 			return (int)n;
 
 		uint64_t now = isolde_now_ns();
+		check_hang(dev, now);
 		if (now >= deadline)
 			return (int)n;
 		int64_t slice = WAIT_SLICE_NS;
@@ -478,15 +676,10 @@ int isolde_blk_reap(struct isolde_blk *dev, struct isolde_blk_io **done, unsigne
 			slice = (int64_t)(deadline - now);
 		switch (isolde_wait(&dev->waiter, &response_wait, dev, slice)) {
 		case ISOLDE_WAIT_READY:
+		case ISOLDE_WAIT_TIMEOUT:
 			break;
 		case ISOLDE_WAIT_WATCH:
-			/* The driver exited. Take what it answered before it
-			 * died; then fail the rest. */
-			n += consume_responses(dev, done + n, max - n);
-			driver_exited(dev);
-			break;
-		case ISOLDE_WAIT_TIMEOUT:
-			check_hang(dev, isolde_now_ns());
+			watch_fired(dev, done, max, &n);
 			break;
 		case ISOLDE_WAIT_ERROR:
 			return -errno;

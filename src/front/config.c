@@ -14,7 +14,6 @@ void isolde_blk_config_default(struct isolde_blk_config *cfg)
 	cfg->notify = ISOLDE_NOTIFY_HYBRID;
 	cfg->queue_depth = ISOLDE_BLK_DEFAULT_QUEUE_DEPTH;
 	cfg->max_io = ISOLDE_BLK_DEFAULT_MAX_IO;
-	cfg->timeout_ms = ISOLDE_BLK_DEFAULT_TIMEOUT_MS;
 }
 
 static int fail(char *err, size_t errlen, const char *fmt, ...)
@@ -31,13 +30,15 @@ static int parse_field(struct isolde_blk_config *cfg, char *key, char *value, ch
 {
 	uint64_t v;
 
-	if (strcmp(key, "image") == 0 || strcmp(key, "driver") == 0) {
+	if (strcmp(key, "image") == 0 || strcmp(key, "driver") == 0 || strcmp(key, "policy") == 0) {
 		if (!value || !*value)
 			return fail(err, errlen, "field '%s' needs a value", key);
 		if (key[0] == 'i')
 			cfg->image = value;
-		else
+		else if (key[0] == 'd')
 			cfg->driver = value;
+		else
+			cfg->policy = value;
 		return 0;
 	}
 	if (strcmp(key, "notify") == 0) {
@@ -78,7 +79,7 @@ static int parse_field(struct isolde_blk_config *cfg, char *key, char *value, ch
 		return 0;
 	}
 	return fail(err, errlen, "unknown field '%s' (known: image, driver, notify, qd, max_io, "
-		    "timeout_ms, readonly, direct)", key);
+		    "timeout_ms, policy, readonly, direct)", key);
 }
 
 int isolde_blk_config_parse(struct isolde_blk_config *cfg, const char *spec, char *err, size_t errlen)
@@ -94,6 +95,7 @@ int isolde_blk_config_parse(struct isolde_blk_config *cfg, const char *spec, cha
 		isolde_blk_config_free(cfg);
 		cfg->image = NULL;
 		cfg->driver = "blk-file";
+		cfg->policy = NULL;
 	}
 	cfg->owned = copy;
 	for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save), first = false) {

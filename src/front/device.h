@@ -9,7 +9,9 @@
 #include "isolde/blk.h"
 #include "isolde/domain.h"
 #include "isolde/notify.h"
+#include "isolde/policy.h"
 #include "isolde/ring.h"
+#include "isolde/supervisor.h"
 
 #include "buf_pool.h"
 #include "shadow.h"
@@ -22,7 +24,8 @@ struct isolde_blk {
 	unsigned align;            /* offsets and lengths must be multiples (O_DIRECT) */
 	unsigned queue_depth;
 	size_t max_io;
-	unsigned timeout_ms;
+	uint32_t hang_ms;          /* no heartbeat this long with I/O pending = hang */
+	struct isolde_policy policy;
 
 	struct isolde_domain domain;
 	struct isolde_front_ring ring;
@@ -31,7 +34,14 @@ struct isolde_blk {
 	struct isolde_buf_pool pool;
 	uint64_t pool_offset;      /* zero-copy pool, within the data area */
 
-	bool failed;
+	struct isolde_supervisor supervisor;
+	bool progress;             /* the running driver completed a request */
+	uint64_t heartbeat_seen;   /* last heartbeat value read, and when it changed */
+	uint64_t heartbeat_changed_ns;
+	uint64_t recovery_started_ns; /* failure detected; 0 once the first replayed
+				       * request completed */
+
+	bool failed;               /* past the restart budget: every request fails */
 	char error[512];
 	struct isolde_blk_stats stats;
 	struct isolde_blk_io *sync_ios; /* queue_depth of them, for the sync API */

@@ -38,9 +38,9 @@ const struct cli_command demo_command = {
 };
 
 /*
- * The image is created and unlinked at once; the driver domain opens it
- * again through /proc/self/fd, so nothing is left behind even if the demo
- * is killed.
+ * The image is created and unlinked at once; the front end (this process)
+ * opens it again through /proc/self/fd and hands the driver that fd, so
+ * nothing is left behind even if the demo is killed.
  */
 static int make_temp_image(const char *dir, char *path, size_t len)
 {

@@ -228,6 +228,8 @@ int verify_run(const struct verify_options *o, struct verify_result *r, char *er
 		read_phase(&w);
 	r->seconds = (double)(isolde_now_ns() - start) / 1e9;
 	isolde_blk_get_stats(w.dev, &r->stats);
+	r->supervisor = *isolde_blk_supervisor_stats(w.dev);
+	r->generation = isolde_blk_generation(w.dev);
 	if (isolde_blk_failed(w.dev))
 		snprintf(r->error, sizeof r->error, "%s", isolde_blk_error(w.dev));
 	free_workload(&w);
@@ -267,10 +269,15 @@ const struct cli_command verify_command = {
 	"  --seed S            random seed (default 1)\n"
 	"  --zero-copy         use buffers in the shared data area instead of copying\n"
 	"  --direct            open the image with O_DIRECT\n"
-	"  --timeout-ms MS     a request unanswered this long means a hung driver (default 30000)\n"
+	"  --policy FILE       the driver's policy (default: the one shipped for the driver)\n"
+	"  --timeout-ms MS     hang detection: no driver progress this long while I/O is\n"
+	"                      pending (default: the policy's heartbeat)\n"
 	"  --force             allow a block device as the image\n"
 	"  --json              print one JSON object: ops, errors, mismatches, driver_pid,\n"
-	"                      restarts, seconds, ...\n"
+	"                      restarts, replayed, seconds, ...\n"
+	"\n"
+	"A driver that fails is restarted and the I/O it had in flight replayed; the\n"
+	"workload should not notice. Restarts are counted and logged on stderr.\n"
 	"  -h, --help          this text\n",
 	.run = run_verify_command,
 };
@@ -297,17 +304,29 @@ static int create_image(const char *path, uint64_t size, char *err, size_t errle
 
 static void print_json(const struct verify_options *o, const struct verify_result *r)
 {
+	const struct isolde_supervisor_stats *sup = &r->supervisor;
+	uint32_t p50, p99, max;
+
+	isolde_supervisor_recovery_summary(sup, &p50, &p99, &max);
 	printf("{\"ops\": %llu, \"writes\": %llu, \"reads\": %llu, \"errors\": %llu, "
-	       "\"mismatches\": %llu, \"driver_pid\": %d, \"restarts\": 0, \"replayed\": 0, "
+	       "\"mismatches\": %llu, \"driver_pid\": %d, \"restarts\": %llu, \"replayed\": %llu, "
 	       "\"seconds\": %.6f, \"notify\": \"%s\", \"qd\": %u, \"bs\": %llu, \"driver\": ",
 	       (unsigned long long)(r->writes + r->reads), (unsigned long long)r->writes,
 	       (unsigned long long)r->reads, (unsigned long long)r->errors,
-	       (unsigned long long)r->mismatches, (int)r->driver_pid, r->seconds,
+	       (unsigned long long)r->mismatches, (int)r->driver_pid,
+	       (unsigned long long)sup->restarts, (unsigned long long)sup->replayed, r->seconds,
 	       isolde_notify_mode_name(o->cfg.notify), o->cfg.queue_depth, (unsigned long long)o->bs);
 	json_string(stdout, o->cfg.driver);
-	printf(", \"kicks\": %llu, \"calls\": %llu, \"protocol_violations\": %llu, \"error\": ",
+	printf(", \"generation\": %u, \"restarts_by_reason\": {", r->generation);
+	for (int f = 0; f < ISOLDE_FAIL_COUNT; f++)
+		printf("%s\"%s\": %llu", f ? ", " : "", isolde_failure_name((enum isolde_failure)f),
+		       (unsigned long long)sup->by_failure[f]);
+	printf("}, \"recovery_us\": {\"count\": %u, \"p50\": %u, \"p99\": %u, \"max\": %u}",
+	       sup->recovery_count, p50, p99, max);
+	printf(", \"kicks\": %llu, \"calls\": %llu, \"protocol_violations\": %llu, \"denials\": %llu, "
+	       "\"error\": ",
 	       (unsigned long long)r->stats.kicks, (unsigned long long)r->stats.calls,
-	       (unsigned long long)r->stats.protocol_violations);
+	       (unsigned long long)r->stats.protocol_violations, (unsigned long long)r->stats.denials);
 	if (r->error[0])
 		json_string(stdout, r->error);
 	else
@@ -320,15 +339,17 @@ static void print_human(const struct verify_options *o, const struct verify_resu
 	uint64_t ops = r->writes + r->reads;
 
 	printf("verify: %llu ops (%llu writes, %llu reads) in %.3f s, %.0f ops/s; %llu errors, "
-	       "%llu mismatches; driver %s pid %d, notify %s, qd %u, bs %llu\n",
+	       "%llu mismatches; driver %s pid %d, notify %s, qd %u, bs %llu; %llu restarts, "
+	       "%llu requests replayed\n",
 	       (unsigned long long)ops, (unsigned long long)r->writes, (unsigned long long)r->reads,
 	       r->seconds, r->seconds > 0 ? (double)ops / r->seconds : 0.0,
 	       (unsigned long long)r->errors, (unsigned long long)r->mismatches, o->cfg.driver,
 	       (int)r->driver_pid, isolde_notify_mode_name(o->cfg.notify), o->cfg.queue_depth,
-	       (unsigned long long)o->bs);
+	       (unsigned long long)o->bs, (unsigned long long)r->supervisor.restarts,
+	       (unsigned long long)r->supervisor.replayed);
 }
 
-enum { OPT_SIZE = 256, OPT_DRIVER_ARG, OPT_ZERO_COPY, OPT_DIRECT, OPT_TIMEOUT, OPT_FORCE, OPT_JSON };
+enum { OPT_SIZE = 256, OPT_POLICY, OPT_DRIVER_ARG, OPT_ZERO_COPY, OPT_DIRECT, OPT_TIMEOUT, OPT_FORCE, OPT_JSON };
 
 static int run_verify_command(int argc, char **argv)
 {
@@ -337,6 +358,7 @@ static int run_verify_command(int argc, char **argv)
 		{ "size", required_argument, NULL, OPT_SIZE },
 		{ "driver", required_argument, NULL, 'd' },
 		{ "driver-arg", required_argument, NULL, OPT_DRIVER_ARG },
+		{ "policy", required_argument, NULL, OPT_POLICY },
 		{ "notify", required_argument, NULL, 'n' },
 		{ "ops", required_argument, NULL, 'o' },
 		{ "qd", required_argument, NULL, 'q' },
@@ -371,6 +393,7 @@ static int run_verify_command(int argc, char **argv)
 				return EXIT_USAGE;
 			break;
 		case 'd': o.cfg.driver = optarg; break;
+		case OPT_POLICY: o.cfg.policy = optarg; break;
 		case OPT_DRIVER_ARG:
 			if (ndriver_args == 32)
 				return cli_usage_error(cmd, "--driver-arg: at most 32");
@@ -427,8 +450,9 @@ static int run_verify_command(int argc, char **argv)
 	if (stat(o.cfg.image, &st) == 0 && S_ISBLK(st.st_mode) && !force)
 		return cli_usage_error(cmd, "%s is a block device and verify overwrites it; add --force",
 				       o.cfg.image);
-	if (o.zero_copy && o.bs * o.cfg.queue_depth > (16u << 20))
-		o.cfg.data_size = o.bs * o.cfg.queue_depth;
+	uint64_t zero_copy_bytes = (o.bs + 4095) / 4096 * 4096 * o.cfg.queue_depth;
+	if (o.zero_copy && zero_copy_bytes > (16u << 20))
+		o.cfg.data_size = zero_copy_bytes;
 
 	if (verify_run(&o, &r, err, sizeof err) != 0) {
 		fprintf(stderr, "isolde verify: %s\n", err);

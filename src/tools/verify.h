@@ -30,6 +30,8 @@ struct verify_result {
 	pid_t driver_pid;
 	double seconds;
 	struct isolde_blk_stats stats;
+	struct isolde_supervisor_stats supervisor;
+	uint32_t generation;
 	char error[512];      /* the device's failure, if any */
 };
 

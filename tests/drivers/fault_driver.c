@@ -2,8 +2,9 @@
 /*
  * fault-driver: blk-file with one deterministic fault, for tests. It serves
  * requests correctly until request number --after (counting from 1), then
- * misbehaves as --fault says, once (or for good, for faults that kill or
- * hang it). Built with the test suite; never installed.
+ * misbehaves as --fault says. Every driver process counts from 1 again, so a
+ * restarted driver faults again after --after more requests: a workload sees
+ * the fault many times. Built with the test suite; never installed.
  *
  *   unknown-id      answer with an id no request ever had
  *   dup-id          answer correctly, then publish the same response again
@@ -15,13 +16,28 @@
  *   prod-overflow   publish a response index far past the responses written,
  *                   then stop (so no later push corrects it)
  *   exit            exit(3)
- *   segfault        write through a null pointer
- *   abort           abort()
+ *   segfault        write through a null pointer (MMU exception)
+ *   grant-write     write into the grant table, mapped read-only (MMU exception)
+ *   sigill          execute an undefined instruction (CPU exception)
+ *   sigfpe          divide by zero (CPU exception)
+ *   abort           abort() (panic)
  *   hang            stop answering (sleep forever)
+ *   spin-hang       stop answering (loop forever, burning CPU)
+ *   slow            answer this one request --delay-ms late (default 50)
+ *   syscall         try openat, socket and execve (each refused by policy),
+ *                   then carry on correctly
+ *   syscall-kill    call ptrace (on the kill list: the policy kills it)
+ *   wild-write      scribble over the header, the ring and the data area
+ *   leak            allocate and touch 1 MiB per request from here on, until
+ *                   memory runs out at the policy's limit; then abort
  */
 #define _GNU_SOURCE
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
+#include <sys/ptrace.h>
+#include <sys/socket.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -30,12 +46,15 @@
 
 static const char *fault = "none";
 static unsigned long after = 1;
+static unsigned long delay_ms = 50;
+static bool leaking;
 static unsigned long seen;
 static uint64_t last_completed_id;
 
 static const char *const known_faults[] = {
 	"none", "unknown-id", "dup-id", "stale-id", "oversize-length", "short-length",
-	"bad-status", "wrong-op", "prod-overflow", "exit", "segfault", "abort", "hang",
+	"bad-status", "wrong-op", "prod-overflow", "exit", "segfault", "grant-write", "sigill",
+	"sigfpe", "abort", "hang", "spin-hang", "slow", "syscall", "syscall-kill", "wild-write", "leak",
 };
 
 static int parse_arg(struct isolde_driver *drv, const char *key, const char *value)
@@ -50,6 +69,11 @@ static int parse_arg(struct isolde_driver *drv, const char *key, const char *val
 		isolde_driver_log(drv, "unknown fault '%s'", value);
 		return -1;
 	}
+	if (strcmp(key, "--delay-ms") == 0 && value) {
+		char *end;
+		delay_ms = strtoul(value, &end, 10);
+		return (*value && !*end) ? 0 : -1;
+	}
 	if (strcmp(key, "--after") == 0 && value) {
 		char *end;
 		after = strtoul(value, &end, 10);
@@ -63,20 +87,67 @@ static bool is(const char *name)
 	return strcmp(fault, name) == 0;
 }
 
+static void sleep_ms(unsigned long ms)
+{
+	struct timespec ts = { (time_t)(ms / 1000), (long)(ms % 1000) * 1000000L };
+	nanosleep(&ts, NULL);
+}
+
+static void leak_one_mib(struct isolde_driver *drv)
+{
+	unsigned char *p = malloc(1 << 20);
+
+	if (!p) {
+		isolde_driver_log(drv, "out of memory after leaking: aborting");
+		abort();
+	}
+	memset(p, 0xa5, 1 << 20); /* touched, so it is really used */
+}
+
 static void misbehave(struct isolde_driver *drv, const struct isolde_blk_request *req)
 {
 	struct isolde_blk_response rsp;
+	volatile int zero = 0, seven = 7;
 
 	isolde_driver_log(drv, "injecting fault %s at request %lu", fault, seen);
 	if (is("exit"))
 		exit(3);
 	if (is("segfault"))
 		*(volatile int *)NULL = 1;
+	if (is("grant-write"))
+		*(volatile uint16_t *)&drv->grants.table[0].access = 3;
+	if (is("sigill"))
+		__builtin_trap();
+	if (is("sigfpe"))
+		zero = seven / zero; /* not 1/x: gcc turns that into a compare */
 	if (is("abort"))
 		abort();
 	if (is("hang"))
 		for (;;)
 			pause();
+	if (is("spin-hang"))
+		for (;;)
+			__asm__ volatile("" ::: "memory");
+	if (is("slow"))
+		sleep_ms(delay_ms);
+	if (is("syscall")) {
+		char *const argv[] = { "/bin/sh", NULL };
+		int fd = open("/etc/passwd", O_RDONLY);
+		int sock = socket(AF_INET, SOCK_STREAM, 0);
+		execve("/bin/sh", argv, NULL);
+		isolde_driver_log(drv, "open: %d, socket: %d, execve returned: all refused", fd, sock);
+	}
+	if (is("syscall-kill"))
+		ptrace(PTRACE_TRACEME, 0, NULL, NULL);
+	if (is("wild-write")) {
+		/* Everything the driver can write: the header's page, the ring
+		 * and the data area. (The grant table is read-only to it.) */
+		unsigned char *base = (unsigned char *)drv->header;
+		memset(base, 0xa5, drv->params.grant_offset);
+		memset(base + drv->params.data_offset, 0x5a, drv->params.data_size);
+	}
+	if (is("leak"))
+		leaking = true;
 
 	isolde_driver_serve(drv, req, &rsp);
 	if (is("unknown-id"))
@@ -113,6 +184,8 @@ static void handle(struct isolde_driver *drv, const struct isolde_blk_request *r
 		misbehave(drv, req);
 		return;
 	}
+	if (leaking)
+		leak_one_mib(drv);
 	isolde_driver_serve(drv, req, &rsp);
 	isolde_driver_respond(drv, &rsp);
 	last_completed_id = rsp.id;

@@ -1,0 +1,337 @@
+// SPDX-License-Identifier: MIT
+#include "isolde/policy.h"
+#include "isolde/units.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#ifndef ISOLDE_SOURCE_POLICY_DIR
+#define ISOLDE_SOURCE_POLICY_DIR ""
+#endif
+#ifndef ISOLDE_BUILD_ROOT
+#define ISOLDE_BUILD_ROOT ""
+#endif
+#ifndef ISOLDE_POLICY_INSTALL_DIR
+#define ISOLDE_POLICY_INSTALL_DIR "/usr/local/share/isolde/policies"
+#endif
+
+#define MAX_POLICY_BYTES 65536
+
+enum key { K_DRIVER, K_DEVICE, K_SYSCALLS, K_MEMORY, K_FILES, K_HEARTBEAT, K_RESTART, K_CRASH_LOOP,
+	   K_COUNT };
+
+static const char *const key_names[K_COUNT] = {
+	"driver", "device", "syscalls", "memory", "files", "heartbeat", "restart", "crash-loop",
+};
+
+static const struct {
+	const char *name;
+	uint32_t bit;
+} groups[] = {
+	{ "base", ISOLDE_SYSCALLS_BASE },
+	{ "io", ISOLDE_SYSCALLS_IO },
+	{ "sync", ISOLDE_SYSCALLS_SYNC },
+	{ "uring", ISOLDE_SYSCALLS_URING },
+};
+
+const char *isolde_syscall_group_name(uint32_t group)
+{
+	for (size_t i = 0; i < sizeof groups / sizeof groups[0]; i++)
+		if (groups[i].bit == group)
+			return groups[i].name;
+	return "unknown";
+}
+
+struct parse_ctx {
+	const char *name;
+	unsigned line;
+	char *err;
+	size_t errlen;
+};
+
+static int fail(struct parse_ctx *c, const char *key, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	if (key)
+		n = snprintf(c->err, c->errlen, "%s:%u: field '%s': ", c->name, c->line, key);
+	else
+		n = snprintf(c->err, c->errlen, "%s:%u: ", c->name, c->line);
+	if (n < 0 || (size_t)n >= c->errlen)
+		return -1;
+	va_start(ap, fmt);
+	vsnprintf(c->err + n, c->errlen - (size_t)n, fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+/* Split a line into words in place; returns the count. */
+static int split(char *s, char **words, int max)
+{
+	int n = 0;
+
+	while (*s) {
+		while (isspace((unsigned char)*s))
+			*s++ = '\0';
+		if (!*s)
+			break;
+		if (n == max)
+			return max + 1;
+		words[n++] = s;
+		while (*s && !isspace((unsigned char)*s))
+			s++;
+	}
+	return n;
+}
+
+/* "2000ms", "2s" -> milliseconds. */
+static int parse_duration_ms(const char *s, uint64_t *ms)
+{
+	size_t len = strlen(s);
+	char num[32];
+	uint64_t scale;
+
+	if (len > 2 && strcmp(s + len - 2, "ms") == 0) {
+		scale = 1;
+		len -= 2;
+	} else if (len > 1 && s[len - 1] == 's') {
+		scale = 1000;
+		len -= 1;
+	} else {
+		return -1;
+	}
+	if (len == 0 || len >= sizeof num)
+		return -1;
+	memcpy(num, s, len);
+	num[len] = '\0';
+	if (isolde_parse_u64(num, ms) || *ms > UINT32_MAX / scale)
+		return -1;
+	*ms *= scale;
+	return 0;
+}
+
+static int parse_value(struct isolde_policy *p, struct parse_ctx *c, enum key k, char **w, int n)
+{
+	const char *key = key_names[k];
+	uint64_t v, ms;
+
+	switch (k) {
+	case K_DRIVER:
+		if (n != 1 || strlen(w[0]) >= sizeof p->driver)
+			return fail(c, key, "expected one driver name");
+		snprintf(p->driver, sizeof p->driver, "%s", w[0]);
+		return 0;
+	case K_DEVICE:
+		if (n == 1 && strcmp(w[0], "read-only") == 0)
+			p->device_writable = false;
+		else if (n == 1 && strcmp(w[0], "read-write") == 0)
+			p->device_writable = true;
+		else
+			return fail(c, key, "expected read-only or read-write");
+		return 0;
+	case K_SYSCALLS:
+		if (n == 0)
+			return fail(c, key, "expected one or more groups (base, io, sync, uring)");
+		p->syscalls = 0;
+		for (int i = 0; i < n; i++) {
+			uint32_t bit = 0;
+			for (size_t g = 0; g < sizeof groups / sizeof groups[0]; g++)
+				if (strcmp(w[i], groups[g].name) == 0)
+					bit = groups[g].bit;
+			if (!bit)
+				return fail(c, key, "unknown group '%s' (known: base, io, sync, uring)", w[i]);
+			p->syscalls |= bit;
+		}
+		if (!(p->syscalls & ISOLDE_SYSCALLS_BASE))
+			return fail(c, key, "group 'base' is required: no driver runs without it");
+		return 0;
+	case K_MEMORY:
+		if (n != 1 || isolde_parse_size(w[0], &v) || v < (1u << 20) || v > (UINT64_C(1) << 40))
+			return fail(c, key, "expected a size between 1M and 1T, like 64M");
+		p->memory_bytes = v;
+		return 0;
+	case K_FILES:
+		if (n != 1 || isolde_parse_u64(w[0], &v) || v < 8 || v > 65536)
+			return fail(c, key, "expected a number between 8 and 65536");
+		p->max_files = (uint32_t)v;
+		return 0;
+	case K_HEARTBEAT:
+		if (n != 1 || parse_duration_ms(w[0], &ms) || ms < 10 || ms > 3600000)
+			return fail(c, key, "expected a duration between 10ms and 3600s, like 2000ms or 2s");
+		p->heartbeat_ms = (uint32_t)ms;
+		return 0;
+	case K_RESTART:
+		if (n != 3 || strcmp(w[1], "per") != 0 || isolde_parse_u64(w[0], &v) || v > 10000 ||
+		    parse_duration_ms(w[2], &ms) || ms < 1000 || ms % 1000)
+			return fail(c, key, "expected 'N per Ss', like '10 per 60s' (N up to 10000, S >= 1)");
+		p->restart_max = (uint32_t)v;
+		p->restart_window_s = (uint32_t)(ms / 1000);
+		return 0;
+	case K_CRASH_LOOP:
+		if (n != 1 || isolde_parse_u64(w[0], &v) || v < 1 || v > 1000)
+			return fail(c, key, "expected a number of restarts between 1 and 1000");
+		p->crash_loop_max = (uint32_t)v;
+		return 0;
+	default:
+		return -1;
+	}
+}
+
+int isolde_policy_parse(struct isolde_policy *p, const char *name, const char *text,
+			char *err, size_t errlen)
+{
+	struct parse_ctx c = { .name = name, .line = 0, .err = err, .errlen = errlen };
+	bool seen[K_COUNT] = { false };
+	char *copy = strdup(text), *save = NULL, *line;
+	int rc = -1;
+
+	memset(p, 0, sizeof *p);
+	snprintf(p->source, sizeof p->source, "%s", name);
+	if (!copy) {
+		snprintf(err, errlen, "%s: out of memory", name);
+		return -1;
+	}
+	/* strtok_r would skip empty lines and lose the count; walk by hand. */
+	for (line = copy; line; line = save) {
+		char *words[8];
+		char *hash;
+		int n;
+
+		save = strchr(line, '\n');
+		if (save)
+			*save++ = '\0';
+		c.line++;
+		if ((hash = strchr(line, '#')))
+			*hash = '\0';
+		n = split(line, words, 6);
+		if (n == 0)
+			continue;
+		if (n > 6) {
+			fail(&c, NULL, "too many words");
+			goto out;
+		}
+		enum key k = K_COUNT;
+		for (int i = 0; i < K_COUNT; i++)
+			if (strcmp(words[0], key_names[i]) == 0)
+				k = (enum key)i;
+		if (k == K_COUNT) {
+			fail(&c, words[0], "unknown key (known: driver, device, syscalls, memory, files, "
+				 "heartbeat, restart, crash-loop)");
+			goto out;
+		}
+		if (seen[k]) {
+			fail(&c, words[0], "given twice");
+			goto out;
+		}
+		seen[k] = true;
+		if (parse_value(p, &c, k, words + 1, n - 1))
+			goto out;
+	}
+	for (int i = 0; i < K_COUNT; i++) {
+		if (!seen[i]) {
+			snprintf(err, errlen, "%s: missing required key '%s'", name, key_names[i]);
+			goto out;
+		}
+	}
+	rc = 0;
+out:
+	free(copy);
+	return rc;
+}
+
+int isolde_policy_load(struct isolde_policy *p, const char *path, char *err, size_t errlen)
+{
+	FILE *f = fopen(path, "re");
+	char *text;
+	size_t n;
+
+	if (!f) {
+		snprintf(err, errlen, "cannot read policy %s: %s", path, strerror(errno));
+		return -1;
+	}
+	text = malloc(MAX_POLICY_BYTES + 1);
+	if (!text) {
+		fclose(f);
+		snprintf(err, errlen, "%s: out of memory", path);
+		return -1;
+	}
+	n = fread(text, 1, MAX_POLICY_BYTES + 1, f);
+	fclose(f);
+	if (n > MAX_POLICY_BYTES) {
+		free(text);
+		snprintf(err, errlen, "%s: larger than %u bytes", path, MAX_POLICY_BYTES);
+		return -1;
+	}
+	if (memchr(text, '\0', n)) {
+		free(text);
+		snprintf(err, errlen, "%s: not a text file (contains a NUL byte)", path);
+		return -1;
+	}
+	text[n] = '\0';
+	int rc = isolde_policy_parse(p, path, text, err, errlen);
+	free(text);
+	return rc;
+}
+
+static bool running_from_build_tree(void)
+{
+	char exe[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+	size_t root_len = strlen(ISOLDE_BUILD_ROOT);
+
+	if (n <= 0 || root_len == 0)
+		return false;
+	exe[n] = '\0';
+	return strncmp(exe, ISOLDE_BUILD_ROOT, root_len) == 0 && exe[root_len] == '/';
+}
+
+int isolde_policy_find(const char *driver_name, char *path, size_t len, char *err, size_t errlen)
+{
+	const char *dir = getenv("ISOLDE_POLICY_DIR");
+
+	if (!dir || !*dir)
+		dir = running_from_build_tree() ? ISOLDE_SOURCE_POLICY_DIR : ISOLDE_POLICY_INSTALL_DIR;
+	if (snprintf(path, len, "%s/%s.policy", dir, driver_name) >= (int)len) {
+		snprintf(err, errlen, "policy path too long for driver %s", driver_name);
+		return -1;
+	}
+	if (access(path, R_OK) != 0) {
+		snprintf(err, errlen, "no policy for driver %s: cannot read %s: %s", driver_name, path,
+			 strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+void isolde_policy_format(const struct isolde_policy *p, char *buf, size_t len)
+{
+	char sys[64] = "";
+
+	for (size_t g = 0; g < sizeof groups / sizeof groups[0]; g++) {
+		if (p->syscalls & groups[g].bit) {
+			if (sys[0])
+				strcat(sys, " ");
+			strcat(sys, groups[g].name);
+		}
+	}
+	snprintf(buf, len,
+		 "# from %s\n"
+		 "driver     %s\n"
+		 "device     %s\n"
+		 "syscalls   %s\n"
+		 "memory     %lluK\n"
+		 "files      %u\n"
+		 "heartbeat  %ums\n"
+		 "restart    %u per %us\n"
+		 "crash-loop %u\n",
+		 p->source, p->driver, p->device_writable ? "read-write" : "read-only", sys,
+		 (unsigned long long)(p->memory_bytes >> 10), p->max_files, p->heartbeat_ms,
+		 p->restart_max, p->restart_window_s, p->crash_loop_max);
+}
