@@ -1,7 +1,8 @@
 # isolde: `make demo` and `make check` are the two commands a user needs.
 # Each installs what is missing (Debian), builds, and runs.
 
-PACKAGES := gcc meson ninja-build pkg-config libcmocka-dev python3 python3-pytest
+PACKAGES := gcc libc6-dev meson ninja-build pkg-config libseccomp-dev libcmocka-dev \
+	python3 python3-pytest
 BUILD := build
 ASAN_BUILD := build-asan
 PYTEST := /usr/bin/python3 -m pytest

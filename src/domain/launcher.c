@@ -313,6 +313,10 @@ static void exec_driver(struct isolde_domain *d, const struct isolde_sandbox *sb
 
 	if (isolde_sandbox_enter(sb, &stage) != 0)
 		child_fail(status_fd, stage);
+	/* The kernel clears the parent-death signal when credentials change,
+	 * so it is armed (again) after the sandbox dropped them. */
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
+		child_fail(status_fd, "set the parent-death signal");
 
 	uint32_t len;
 	if (!read_full(control_fd, &len, sizeof len) || len > sizeof filter_buf ||

@@ -312,7 +312,8 @@ int isolde_policy_find(const char *driver_name, char *path, size_t len, char *er
 
 void isolde_policy_format(const struct isolde_policy *p, char *buf, size_t len)
 {
-	char sys[64] = "";
+	char sys[64] = "", mem[32];
+	uint64_t m = p->memory_bytes;
 
 	for (size_t g = 0; g < sizeof groups / sizeof groups[0]; g++) {
 		if (p->syscalls & groups[g].bit) {
@@ -321,17 +322,23 @@ void isolde_policy_format(const struct isolde_policy *p, char *buf, size_t len)
 			strcat(sys, groups[g].name);
 		}
 	}
+	if (m % (1u << 30) == 0)
+		snprintf(mem, sizeof mem, "%lluG", (unsigned long long)(m >> 30));
+	else if (m % (1u << 20) == 0)
+		snprintf(mem, sizeof mem, "%lluM", (unsigned long long)(m >> 20));
+	else
+		snprintf(mem, sizeof mem, "%lluK", (unsigned long long)(m >> 10));
 	snprintf(buf, len,
 		 "# from %s\n"
 		 "driver     %s\n"
 		 "device     %s\n"
 		 "syscalls   %s\n"
-		 "memory     %lluK\n"
+		 "memory     %s\n"
 		 "files      %u\n"
 		 "heartbeat  %ums\n"
 		 "restart    %u per %us\n"
 		 "crash-loop %u\n",
 		 p->source, p->driver, p->device_writable ? "read-write" : "read-only", sys,
-		 (unsigned long long)(p->memory_bytes >> 10), p->max_files, p->heartbeat_ms,
+		 mem, p->max_files, p->heartbeat_ms,
 		 p->restart_max, p->restart_window_s, p->crash_loop_max);
 }

@@ -97,6 +97,9 @@ static int load_policy(struct isolde_blk *dev, const struct isolde_blk_config *c
 	const char *driver = base_name(cfg->driver);
 	char path[PATH_MAX];
 
+	/* A driver that does not exist is the first thing to report. */
+	if (isolde_driver_resolve(cfg->driver, path, sizeof path, err, errlen))
+		return -1;
 	if (cfg->policy)
 		snprintf(path, sizeof path, "%s", cfg->policy);
 	else if (isolde_policy_find(driver, path, sizeof path, err, errlen))

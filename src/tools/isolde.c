@@ -8,6 +8,7 @@
 static const struct cli_command *const commands[] = {
 	&verify_command,
 	&demo_command,
+	&policy_command,
 };
 
 #define NCOMMANDS (sizeof commands / sizeof commands[0])

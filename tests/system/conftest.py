@@ -14,6 +14,8 @@ BUILD = Path(os.environ.get("ISOLDE_BUILD", ROOT / "build"))
 ASAN_BUILD = Path(os.environ.get("ISOLDE_ASAN_BUILD", ROOT / "build-asan"))
 
 MODES = ["event", "spin", "hybrid"]
+POLICIES = ROOT / "tests" / "drivers"
+FAULT_POLICY = POLICIES / "fault-driver.policy"
 SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "runtime error:", "UndefinedBehaviorSanitizer")
 
 
@@ -56,6 +58,13 @@ class Isolde:
         assert p.stdout.strip(), f"no JSON on stdout; stderr:\n{p.stderr}"
         return p, json.loads(p.stdout)
 
+    def fault_verify(self, image, fault, after, *extra, policy=FAULT_POLICY, timeout=120):
+        """verify through fault-driver, which misbehaves at request `after`
+        of every driver generation."""
+        return self.verify(image, "--driver", self.build.fault_driver, "--policy", policy,
+                           f"--driver-arg=--fault={fault}", f"--driver-arg=--after={after}",
+                           *extra, timeout=timeout)
+
     def start(self, *args):
         """Start isolde in the background; the caller must stop() it."""
         return subprocess.Popen([str(self.build.isolde), *map(str, args)], stdout=subprocess.PIPE,
@@ -79,6 +88,15 @@ def stop(proc):
         proc.communicate(timeout=10)
     except subprocess.TimeoutExpired:
         pass
+
+
+def driver_children(pid):
+    """The current driver processes of an isolde process."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        return []
 
 
 def read_driver_pid(proc, timeout=20):

@@ -2,8 +2,10 @@
 usage and exits 2; a bad environment (no image, no driver) is a clear error."""
 import pytest
 
+from conftest import FAULT_POLICY
 
-@pytest.mark.parametrize("command", ["verify", "demo"])
+
+@pytest.mark.parametrize("command", ["verify", "demo", "policy"])
 def test_help(isolde, command):
     p = isolde.run(command, "--help")
     assert p.returncode == 0
@@ -69,7 +71,7 @@ def test_bad_driver_name(isolde, image):
 
 def test_driver_that_refuses_to_start(isolde, image):
     p = isolde.run("verify", "--image", image, "--driver", isolde.build.fault_driver,
-                   "--driver-arg=--fault=nonsense")
+                   "--policy", FAULT_POLICY, "--driver-arg=--fault=nonsense")
     assert p.returncode == 1
     assert "unknown fault 'nonsense'" in p.stderr
     assert "exited with status 2 before it was ready" in p.stderr

@@ -1,0 +1,95 @@
+"""Policy files: every error names the file, line and field."""
+import pytest
+
+GOOD = """driver     fault-driver
+device     read-write
+syscalls   base io sync
+memory     64M
+files      16
+heartbeat  2000ms
+restart    100 per 60s
+crash-loop 5
+"""
+
+
+def write(tmp_path, text, name="p.policy"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_valid_policy(isolde, tmp_path):
+    p = isolde.run("policy", "check", write(tmp_path, GOOD))
+    assert p.returncode == 0 and "valid policy for driver fault-driver" in p.stdout
+
+
+@pytest.mark.parametrize("line,replacement,message", [
+    (2, "device     rw", ":2: field 'device': expected read-only or read-write"),
+    (3, "syscalls   base net", ":3: field 'syscalls': unknown group 'net'"),
+    (3, "syscalls   io sync", ":3: field 'syscalls': group 'base' is required"),
+    (4, "memory     lots", ":4: field 'memory': expected a size"),
+    (5, "files      3", ":5: field 'files': expected a number between 8 and 65536"),
+    (6, "heartbeat  2000", ":6: field 'heartbeat': expected a duration"),
+    (7, "restart    100 every 60s", ":7: field 'restart': expected 'N per Ss'"),
+    (8, "crash-loop 0", ":8: field 'crash-loop': expected a number of restarts"),
+    (8, "colour     blue", ":8: field 'colour': unknown key"),
+])
+def test_bad_field_is_named(isolde, tmp_path, line, replacement, message):
+    lines = GOOD.splitlines()
+    lines[line - 1] = replacement
+    path = write(tmp_path, "\n".join(lines) + "\n")
+    p = isolde.run("policy", "check", path)
+    assert p.returncode == 1
+    assert f"{path}{message}" in p.stderr
+
+
+def test_missing_and_repeated_keys(isolde, tmp_path):
+    path = write(tmp_path, GOOD.replace("files      16\n", ""))
+    p = isolde.run("policy", "check", path)
+    assert p.returncode == 1 and f"{path}: missing required key 'files'" in p.stderr
+    path = write(tmp_path, GOOD + "files 32\n", "twice.policy")
+    p = isolde.run("policy", "check", path)
+    assert p.returncode == 1 and f"{path}:9: field 'files': given twice" in p.stderr
+
+
+def test_comments_and_blank_lines_keep_line_numbers(isolde, tmp_path):
+    path = write(tmp_path, "# a comment\n\n" + GOOD.replace("files      16", "files      x  # bad"))
+    p = isolde.run("policy", "check", path)
+    assert p.returncode == 1 and f"{path}:7: field 'files'" in p.stderr
+
+
+def test_unreadable_policy(isolde, tmp_path):
+    p = isolde.run("policy", "check", tmp_path / "absent.policy")
+    assert p.returncode == 1 and "cannot read policy" in p.stderr
+
+
+def test_show_prints_the_shipped_policy(isolde):
+    p = isolde.run("policy", "show", "blk-file")
+    assert p.returncode == 0
+    assert "driver     blk-file" in p.stdout and "syscalls   base io sync" in p.stdout
+    assert "policies/blk-file.policy" in p.stdout
+    p = isolde.run("policy", "show", "no-such-driver")
+    assert p.returncode == 1 and "no policy for driver no-such-driver" in p.stderr
+
+
+def test_policy_for_another_driver_is_refused(isolde, image, tmp_path):
+    p = isolde.run("verify", "--image", image, "--policy", write(tmp_path, GOOD))
+    assert p.returncode == 1 and "is for driver fault-driver, not blk-file" in p.stderr
+
+
+def test_read_only_policy_refuses_a_writable_device(isolde, image, tmp_path):
+    text = GOOD.replace("fault-driver", "blk-file").replace("read-write", "read-only")
+    p = isolde.run("verify", "--image", image, "--policy", write(tmp_path, text))
+    assert p.returncode == 1 and "read-only access" in p.stderr
+
+
+def test_bad_policy_stops_verify_with_its_error(isolde, image, tmp_path):
+    path = write(tmp_path, GOOD.replace("fault-driver", "blk-file").replace("16", "sixteen"))
+    p = isolde.run("verify", "--image", image, "--policy", path)
+    assert p.returncode == 1 and f"{path}:5: field 'files'" in p.stderr
+
+
+def test_policy_help_and_usage(isolde):
+    assert isolde.run("policy", "--help").returncode == 0
+    p = isolde.run("policy", "frob", "x")
+    assert p.returncode == 2 and "unknown action 'frob'" in p.stderr
