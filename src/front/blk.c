@@ -270,6 +270,14 @@ static void fail_device(struct isolde_blk *dev, const char *fmt, ...)
 	fprintf(stderr, "isolde: %s\n", dev->error);
 }
 
+static void recovered(struct isolde_blk *dev, uint64_t micros)
+{
+	isolde_supervisor_record_recovery(&dev->supervisor, micros);
+	fprintf(stderr, "isolde: driver %s generation %u (pid %d) recovered in %llu us, %u requests "
+		"replayed\n", dev->domain.driver_name, dev->domain.generation, (int)dev->domain.pid,
+		(unsigned long long)micros, dev->replayed_last);
+}
+
 /* Write request e (shadow index idx) onto the ring, granting its buffer. */
 static void post_request(struct isolde_blk *dev, uint32_t idx)
 {
@@ -387,10 +395,11 @@ static void driver_failed(struct isolde_blk *dev, enum isolde_failure failure, c
 	dev->heartbeat_changed_ns = isolde_now_ns();
 	unsigned n = replay(dev);
 	dev->supervisor.stats.replayed += n;
+	dev->replayed_last = n;
 	if (n)
 		dev->recovery_started_ns = detected;
 	else
-		isolde_supervisor_record_recovery(&dev->supervisor, (isolde_now_ns() - detected) / 1000);
+		recovered(dev, (isolde_now_ns() - detected) / 1000);
 }
 
 static void protocol_violation(struct isolde_blk *dev, const char *fmt, ...)
@@ -530,8 +539,7 @@ static struct isolde_blk_io *complete(struct isolde_blk *dev, uint32_t idx, int 
 	io->result = result;
 	dev->progress = true;
 	if (dev->recovery_started_ns && !dev->failed) {
-		isolde_supervisor_record_recovery(&dev->supervisor,
-						  (isolde_now_ns() - dev->recovery_started_ns) / 1000);
+		recovered(dev, (isolde_now_ns() - dev->recovery_started_ns) / 1000);
 		dev->recovery_started_ns = 0;
 	}
 	dev->stats.requests++;

@@ -40,6 +40,7 @@ struct isolde_blk {
 	uint64_t heartbeat_changed_ns;
 	uint64_t recovery_started_ns; /* failure detected; 0 once the first replayed
 				       * request completed */
+	unsigned replayed_last;    /* requests replayed by the last restart */
 
 	bool failed;               /* past the restart budget: every request fails */
 	char error[512];
