@@ -141,6 +141,18 @@ static int check_config(const struct isolde_blk_config *cfg, char *err, size_t e
 		set_err(err, errlen, "unknown notify mode %d", (int)cfg->notify);
 		return -1;
 	}
+	/* The data area is one max_io bounce buffer per queue slot plus the
+	 * zero-copy pool; a domain shares at most 4 GiB. */
+	if ((uint64_t)cfg->queue_depth * cfg->max_io > (UINT64_C(2) << 30)) {
+		set_err(err, errlen, "qd %u x max_io %zu needs %llu MiB of bounce buffers, more than the "
+			"2048 MiB a driver domain shares; lower qd or max_io", cfg->queue_depth,
+			cfg->max_io, (unsigned long long)(((uint64_t)cfg->queue_depth * cfg->max_io) >> 20));
+		return -1;
+	}
+	if (cfg->data_size > (UINT64_C(2) << 30) - ISOLDE_PAGE_SIZE) {
+		set_err(err, errlen, "zero-copy pool of %zu bytes is more than 2 GiB", cfg->data_size);
+		return -1;
+	}
 	if (cfg->timeout_ms > 3600000) {
 		set_err(err, errlen, "timeout_ms %u is more than an hour", cfg->timeout_ms);
 		return -1;

@@ -58,7 +58,8 @@ void isolde_waiter_init(struct isolde_waiter *w, enum isolde_notify_mode mode,
 	w->watch_fd = watch_fd;
 	w->spin_min_ns = spin_min_ns ? spin_min_ns : ISOLDE_HYBRID_SPIN_MIN_NS;
 	w->spin_max_ns = spin_max_ns >= w->spin_min_ns ? spin_max_ns : w->spin_min_ns;
-	w->spin_ns = w->spin_min_ns * 4 < w->spin_max_ns ? w->spin_min_ns * 4 : w->spin_max_ns;
+	uint64_t start = (uint64_t)w->spin_min_ns * 4;
+	w->spin_ns = start < w->spin_max_ns ? (uint32_t)start : w->spin_max_ns;
 }
 
 void isolde_waiter_signal(struct isolde_waiter *w, bool needed)
