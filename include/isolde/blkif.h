@@ -73,6 +73,16 @@ _Static_assert(sizeof(struct isolde_blk_request) == ISOLDE_BLK_SLOT_SIZE, "reque
 _Static_assert(sizeof(union isolde_blk_slot) == ISOLDE_BLK_SLOT_SIZE, "slot size");
 _Static_assert(sizeof(struct isolde_blk_response) == 16, "response size");
 
+/* Bytes of a request that carry meaning: the fixed part and nr_segs
+ * segments. Only these are written and read, so a one- or two-segment
+ * request moves one cache line between the cores, not two. */
+#define ISOLDE_BLK_REQUEST_HEAD 32u
+static inline unsigned isolde_blk_request_bytes(unsigned nr_segs)
+{
+	return ISOLDE_BLK_REQUEST_HEAD + nr_segs * (unsigned)sizeof(struct isolde_blk_seg);
+}
+_Static_assert(__builtin_offsetof(struct isolde_blk_request, seg) == ISOLDE_BLK_REQUEST_HEAD, "head");
+
 const char *isolde_blk_op_name(unsigned op);
 const char *isolde_blk_status_name(unsigned status);
 

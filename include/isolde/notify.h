@@ -28,8 +28,8 @@ const char *isolde_notify_mode_name(enum isolde_notify_mode m);
 int isolde_notify_mode_parse(const char *name, enum isolde_notify_mode *m);
 
 /* Hybrid spin window bounds (nanoseconds). */
-#define ISOLDE_HYBRID_SPIN_MIN_NS 2000u
-#define ISOLDE_HYBRID_SPIN_MAX_NS 100000u
+#define ISOLDE_HYBRID_SPIN_MIN_NS 5000u
+#define ISOLDE_HYBRID_SPIN_MAX_NS 200000u
 
 struct isolde_waiter {
 	enum isolde_notify_mode mode;
@@ -72,9 +72,13 @@ enum isolde_wait_result {
 
 /*
  * Wait until ops->pending says there is work, the watch fd fires, or
- * timeout_ns passes (-1: no deadline). In spin mode the watch fd and the clock
- * are only looked at every few thousand polls, so the fast path makes no
- * system call.
+ * timeout_ns passes (-1: no deadline). A spinning side reads the clock every
+ * 64 polls (a vDSO call) and polls the watch fd about once a millisecond, so
+ * the fast path makes no system call.
+ *
+ * Hybrid: spin for spin_ns, then arm and sleep. A sleep that ends within
+ * 4 x spin_max_ns doubles the window (spinning longer would have saved the
+ * wake-up); a longer sleep halves it (the peer really was idle).
  */
 enum isolde_wait_result isolde_wait(struct isolde_waiter *w, const struct isolde_wait_ops *ops,
 				    void *ctx, int64_t timeout_ns);

@@ -61,6 +61,8 @@ struct isolde_front_ring {
 	uint32_t slot_size;
 	uint32_t req_prod_pvt; /* next request slot to fill */
 	uint32_t rsp_cons;     /* next response to consume */
+	bool peer_sleeps;      /* false in spin mode: pushes skip the fence and
+				* the event index, since nobody waits on them */
 };
 
 /* Driver's private view. */
@@ -70,6 +72,7 @@ struct isolde_back_ring {
 	uint32_t slot_size;
 	uint32_t rsp_prod_pvt; /* next response slot to fill */
 	uint32_t req_cons;     /* next request to consume */
+	bool peer_sleeps;      /* as in isolde_front_ring */
 };
 
 static inline bool isolde_ring_order_valid(uint32_t nslots)
@@ -82,6 +85,7 @@ static inline bool isolde_ring_order_valid(uint32_t nslots)
 /* Called once by the creator (front end) before the driver sees the ring. */
 void isolde_sring_init(struct isolde_sring *s);
 
+/* Attach with peer_sleeps = true; a spin-mode side clears it afterwards. */
 void isolde_front_ring_attach(struct isolde_front_ring *fr, struct isolde_sring *s,
 			      uint32_t nslots, uint32_t slot_size);
 void isolde_back_ring_attach(struct isolde_back_ring *br, struct isolde_sring *s,
@@ -116,7 +120,8 @@ static inline void *isolde_front_next_request(struct isolde_front_ring *fr)
 	return isolde_ring_slot(fr->sring, fr->nslots, fr->slot_size, fr->req_prod_pvt);
 }
 
-/* Publish requests filled so far; returns true if the driver must be kicked. */
+/* Publish requests filled so far; returns true if the driver must be kicked
+ * (never when peer_sleeps is false). */
 bool isolde_front_push_requests(struct isolde_front_ring *fr);
 
 /*

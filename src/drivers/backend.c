@@ -115,6 +115,7 @@ static int attach(struct isolde_driver *drv, int shm_fd)
 	}
 	isolde_back_ring_attach(&drv->ring, (struct isolde_sring *)(base + drv->params.ring_offset),
 				drv->params.ring_slots, drv->params.slot_size);
+	drv->ring.peer_sleeps = drv->params.notify_mode != ISOLDE_NOTIFY_SPIN;
 	drv->grants.table = (const struct isolde_grant *)(base + drv->params.grant_offset);
 	drv->grants.count = drv->params.grant_count;
 	drv->grants.data = base + drv->params.data_offset;
@@ -198,7 +199,9 @@ void isolde_driver_respond(struct isolde_driver *drv, const struct isolde_blk_re
 	drv->ring.rsp_prod_pvt++;
 	if (isolde_back_push_responses(&drv->ring))
 		drv->notify_pending = true;
-	__atomic_fetch_add(&drv->header->requests_done, 1, __ATOMIC_RELAXED);
+	/* Statistics for people, not a protocol: plain stores, no locked
+	 * instruction on the per-request path. */
+	__atomic_store_n(&drv->header->requests_done, ++drv->requests_done, __ATOMIC_RELAXED);
 }
 
 static void handle_default(struct isolde_driver *drv, const struct isolde_blk_request *req)
@@ -232,7 +235,7 @@ static void serve_forever(struct isolde_driver *drv)
 	for (;;) {
 		uint32_t n = isolde_back_unconsumed_requests(&drv->ring);
 
-		__atomic_store_n(&drv->header->heartbeat, drv->header->heartbeat + 1, __ATOMIC_RELAXED);
+		__atomic_store_n(&drv->header->heartbeat, ++drv->heartbeat, __ATOMIC_RELAXED);
 		if (n == 0) {
 			if (isolde_wait(&drv->waiter, &request_wait, &drv->ring, -1) == ISOLDE_WAIT_ERROR) {
 				isolde_driver_log(drv, "waiting for requests failed: %s", strerror(errno));
@@ -240,12 +243,19 @@ static void serve_forever(struct isolde_driver *drv)
 			}
 			continue;
 		}
-		__atomic_fetch_add(&drv->header->batches, 1, __ATOMIC_RELAXED);
+		__atomic_store_n(&drv->header->batches, ++drv->batches, __ATOMIC_RELAXED);
 		while (n--) {
 			struct isolde_blk_request req;
+			const unsigned char *slot = isolde_back_request_at(&drv->ring, drv->ring.req_cons);
 
-			isolde_copy_from_shared(&req, isolde_back_request_at(&drv->ring, drv->ring.req_cons),
-						sizeof req);
+			/* The head once, then exactly the segments it announces
+			 * (each byte is still read once; the copy is what is checked). */
+			memset(&req, 0, sizeof req);
+			isolde_copy_from_shared(&req, slot, ISOLDE_BLK_REQUEST_HEAD);
+			if (req.nr_segs <= ISOLDE_BLK_MAX_SEGS)
+				isolde_copy_from_shared(&req.seg, slot + ISOLDE_BLK_REQUEST_HEAD,
+							isolde_blk_request_bytes(req.nr_segs) -
+								ISOLDE_BLK_REQUEST_HEAD);
 			drv->ring.req_cons++;
 			handle(drv, &req);
 		}

@@ -47,6 +47,9 @@ struct isolde_driver {
 	struct isolde_waiter waiter;
 	int device_fd;
 	bool notify_pending;              /* a push in this batch crossed rsp_event */
+	uint64_t heartbeat;               /* private counts, mirrored into the header */
+	uint64_t requests_done;
+	uint64_t batches;
 	void *priv;                       /* driver-specific state */
 };
 

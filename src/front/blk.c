@@ -218,6 +218,7 @@ struct isolde_blk *isolde_blk_open(const struct isolde_blk_config *cfg, char *er
 	if (isolde_domain_start(&dev->domain, err, errlen))
 		goto fail;
 	isolde_front_ring_attach(&dev->ring, dev->domain.sring, params.ring_slots, ISOLDE_BLK_SLOT_SIZE);
+	dev->ring.peer_sleeps = cfg->notify != ISOLDE_NOTIFY_SPIN;
 	isolde_waiter_init(&dev->waiter, cfg->notify, dev->domain.call_fd, dev->domain.kick_fd,
 			   dev->domain.watch_fd, ISOLDE_HYBRID_SPIN_MIN_NS, ISOLDE_HYBRID_SPIN_MAX_NS);
 	dev->heartbeat_changed_ns = isolde_now_ns();
@@ -312,7 +313,7 @@ static void post_request(struct isolde_blk *dev, uint32_t idx)
 		req.seg[0].gref = gref;
 		req.seg[0].length = e->length;
 	}
-	memcpy(isolde_front_next_request(&dev->ring), &req, sizeof req);
+	memcpy(isolde_front_next_request(&dev->ring), &req, isolde_blk_request_bytes(req.nr_segs));
 	dev->ring.req_prod_pvt++;
 }
 
@@ -402,6 +403,7 @@ static void driver_failed(struct isolde_blk *dev, enum isolde_failure failure, c
 	}
 	isolde_front_ring_attach(&dev->ring, dev->domain.sring, dev->domain.layout.ring_slots,
 				 ISOLDE_BLK_SLOT_SIZE);
+	dev->ring.peer_sleeps = dev->waiter.mode != ISOLDE_NOTIFY_SPIN;
 	dev->waiter.spin_ns = dev->waiter.spin_min_ns;
 	dev->heartbeat_seen = 0;
 	dev->heartbeat_changed_ns = isolde_now_ns();

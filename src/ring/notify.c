@@ -83,17 +83,13 @@ static bool watch_fired(int fd)
 
 /* Spin until pending, the window ends or the watch fires. */
 static enum isolde_wait_result spin_until(struct isolde_waiter *w, const struct isolde_wait_ops *ops,
-					  void *ctx, uint64_t start, uint64_t until,
-					  uint64_t *found_after)
+					  void *ctx, uint64_t start, uint64_t until)
 {
 	uint64_t next_watch = start + SPIN_WATCH_EVERY_NS;
 
 	for (uint32_t i = 1;; i++) {
-		if (ops->pending(ctx)) {
-			if (found_after)
-				*found_after = i < SPIN_CLOCK_EVERY ? 0 : isolde_now_ns() - start;
+		if (ops->pending(ctx))
 			return ISOLDE_WAIT_READY;
-		}
 		isolde_cpu_relax();
 		if (i % SPIN_CLOCK_EVERY)
 			continue;
@@ -161,27 +157,31 @@ enum isolde_wait_result isolde_wait(struct isolde_waiter *w, const struct isolde
 
 	switch (w->mode) {
 	case ISOLDE_NOTIFY_SPIN:
-		return spin_until(w, ops, ctx, start, deadline, NULL);
+		return spin_until(w, ops, ctx, start, deadline);
 	case ISOLDE_NOTIFY_HYBRID: {
 		uint64_t window_end = start + w->spin_ns;
-		uint64_t found_after = 0;
 		enum isolde_wait_result r;
 
-		r = spin_until(w, ops, ctx, start, window_end < deadline ? window_end : deadline,
-			       &found_after);
-		if (r == ISOLDE_WAIT_READY) {
-			/* Work came within the window: keep the window at least
-			 * twice what it took, so the next wait also spins. */
-			uint64_t want = found_after * 2;
-			if (want > w->spin_ns)
-				w->spin_ns = want < w->spin_max_ns ? (uint32_t)want : w->spin_max_ns;
+		r = spin_until(w, ops, ctx, start, window_end < deadline ? window_end : deadline);
+		if (r != ISOLDE_WAIT_TIMEOUT || isolde_now_ns() >= deadline)
 			return r;
+		/*
+		 * The window passed without work: sleep. How long the sleep
+		 * lasted says whether that was right. Work that came soon after
+		 * we gave up means a longer window would have caught it without
+		 * a wake-up: double the window. A long sleep means the peer was
+		 * really idle: halve it, so idling stays cheap.
+		 */
+		uint64_t slept_from = isolde_now_ns();
+		r = block_until(w, ops, ctx, deadline);
+		uint64_t slept = isolde_now_ns() - slept_from;
+		if (r == ISOLDE_WAIT_READY && slept < 4 * (uint64_t)w->spin_max_ns) {
+			uint64_t grown = (uint64_t)w->spin_ns * 2;
+			w->spin_ns = grown < w->spin_max_ns ? (uint32_t)grown : w->spin_max_ns;
+		} else {
+			w->spin_ns = w->spin_ns / 2 > w->spin_min_ns ? w->spin_ns / 2 : w->spin_min_ns;
 		}
-		if (r == ISOLDE_WAIT_WATCH)
-			return r;
-		/* The window was wasted: halve it, then sleep. */
-		w->spin_ns = w->spin_ns / 2 > w->spin_min_ns ? w->spin_ns / 2 : w->spin_min_ns;
-		return block_until(w, ops, ctx, deadline);
+		return r;
 	}
 	case ISOLDE_NOTIFY_EVENT:
 	default:

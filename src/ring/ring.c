@@ -29,6 +29,7 @@ void isolde_front_ring_attach(struct isolde_front_ring *fr, struct isolde_sring 
 	fr->slot_size = slot_size;
 	fr->req_prod_pvt = 0;
 	fr->rsp_cons = 0;
+	fr->peer_sleeps = true;
 }
 
 void isolde_back_ring_attach(struct isolde_back_ring *br, struct isolde_sring *s,
@@ -39,6 +40,7 @@ void isolde_back_ring_attach(struct isolde_back_ring *br, struct isolde_sring *s
 	br->slot_size = slot_size;
 	br->rsp_prod_pvt = 0;
 	br->req_cons = 0;
+	br->peer_sleeps = true;
 }
 
 bool isolde_front_push_requests(struct isolde_front_ring *fr)
@@ -49,6 +51,8 @@ bool isolde_front_push_requests(struct isolde_front_ring *fr)
 	if (old == new_)
 		return false;
 	__atomic_store_n(&fr->sring->req_prod, new_, __ATOMIC_RELEASE);
+	if (!fr->peer_sleeps)
+		return false;
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
 	return isolde_ring_need_notify(old, new_,
 				       __atomic_load_n(&fr->sring->req_event, __ATOMIC_RELAXED));
@@ -96,6 +100,8 @@ bool isolde_back_push_responses(struct isolde_back_ring *br)
 	if (old == new_)
 		return false;
 	__atomic_store_n(&br->sring->rsp_prod, new_, __ATOMIC_RELEASE);
+	if (!br->peer_sleeps)
+		return false;
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
 	return isolde_ring_need_notify(old, new_,
 				       __atomic_load_n(&br->sring->rsp_event, __ATOMIC_RELAXED));

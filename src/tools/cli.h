@@ -34,5 +34,6 @@ void json_string(FILE *f, const char *s);
 extern const struct cli_command verify_command;
 extern const struct cli_command demo_command;
 extern const struct cli_command policy_command;
+extern const struct cli_command bench_command;
 
 #endif

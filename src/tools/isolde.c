@@ -9,6 +9,7 @@ static const struct cli_command *const commands[] = {
 	&verify_command,
 	&demo_command,
 	&policy_command,
+	&bench_command,
 };
 
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
