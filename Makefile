@@ -2,17 +2,22 @@
 # Each installs what is missing (Debian), builds, and runs.
 
 PACKAGES := gcc libc6-dev meson ninja-build pkg-config libseccomp-dev libcmocka-dev \
-	python3 python3-pytest
+	python3 python3-pytest gnuplot-nox
+# The tools isolde is measured against, for `make bench`.
+BENCH_PACKAGES := fio nbdkit qemu-system-common
 BUILD := build
 ASAN_BUILD := build-asan
 PYTEST := /usr/bin/python3 -m pytest
 
-.PHONY: all deps build build-asan demo check unit unit-asan system bench clean
+.PHONY: all deps bench-deps build build-asan demo check unit unit-asan system bench clean
 
 all: build
 
 deps:
 	@./scripts/install-deps.sh $(PACKAGES)
+
+bench-deps:
+	@./scripts/install-deps.sh $(BENCH_PACKAGES)
 
 build: deps
 	@[ -f $(BUILD)/build.ninja ] || meson setup $(BUILD)
@@ -39,8 +44,9 @@ system: build build-asan
 
 check: unit unit-asan system
 
-bench: build
-	./bench/modes.sh $(BUILD)/src/tools/isolde
+# Every figure of docs/EVALUATION.md, measured in one run (about 8 minutes).
+bench: build bench-deps
+	./bench/run-all.sh $(BUILD)/src/tools/isolde
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

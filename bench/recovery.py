@@ -53,9 +53,11 @@ def main():
     ap.add_argument("isolde", nargs="?", default="build/src/tools/isolde")
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--interval-ms", type=float, default=50)
+    ap.add_argument("--image-dir", default="/dev/shm")
     a = ap.parse_args()
-    print(f"{'mode':7} {'kills':>6} {'restarts':>8} {'p50 us':>8} {'p99 us':>8} {'max us':>8}")
-    with tempfile.TemporaryDirectory(dir="/dev/shm") as d:
+    print("| mode | kills | recoveries measured | p50 us | p99 us | max us |")
+    print("|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory(dir=a.image_dir) as d:
         image = os.path.join(d, "image")
         with open(image, "wb") as f:
             f.truncate(256 << 20)
@@ -67,7 +69,7 @@ def main():
                 sys.exit(f"no recovery measured in {mode} mode:\n{err[-2000:]}")
             rec.sort()
             p50, p99 = rec[(len(rec) - 1) // 2], rec[(len(rec) - 1) * 99 // 100]
-            print(f"{mode:7} {kills:6} {len(rec):8} {p50:8} {p99:8} {rec[-1]:8}")
+            print(f"| {mode} | {kills} | {len(rec)} | {p50} | {p99} | {rec[-1]} |", flush=True)
 
 
 if __name__ == "__main__":

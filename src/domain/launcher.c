@@ -302,14 +302,17 @@ static void exec_driver(struct isolde_domain *d, const struct isolde_sandbox *sb
 		if (dup2(tmp[i], ISOLDE_DRIVER_FD_SHM + i) < 0)
 			child_fail(status_fd, "arrange fds");
 	}
-	int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+	/* Not close-on-exec: if 0 or 1 was closed, /dev/null lands there and
+	 * dup2 onto itself would keep the flag. */
+	int null_fd = open("/dev/null", O_RDWR);
 	if (null_fd < 0 || dup2(null_fd, 0) < 0 || dup2(null_fd, 1) < 0)
 		child_fail(status_fd, "open /dev/null");
 	for (int fd = ISOLDE_DRIVER_FD_DEVICE + 1; fd < 1024; fd++) {
 		if (fd != status_fd && fd != control_fd && fd != binary_fd)
 			close(fd);
 	}
-	close_range(1024, ~0u, 0);
+	if (close_range(1024, ~0u, 0) != 0)
+		child_fail(status_fd, "close inherited fds");
 
 	if (isolde_sandbox_enter(sb, &stage) != 0)
 		child_fail(status_fd, stage);
@@ -356,7 +359,6 @@ unsigned isolde_domain_answer_syscalls(struct isolde_domain *d)
 		resp.error = -EPERM;
 		char *name = isolde_sandbox_syscall_name(req.data.nr);
 		d->denials++;
-		snprintf(d->last_denial, sizeof d->last_denial, "%s", name ? name : "?");
 		fprintf(stderr, "isolde: policy %s denied driver %s (pid %d) system call %s (%d): "
 			"refused with EPERM\n", d->policy.source, d->driver_name, (int)req.pid,
 			name ? name : "?", req.data.nr);
@@ -446,7 +448,7 @@ int isolde_domain_start(struct isolde_domain *d, char *err, size_t errlen)
 	int status_pipe[2], control_pipe[2];
 	pid_t parent = getpid();
 	struct isolde_sandbox sb;
-	struct child_report report;
+	struct child_report report = { 0 };
 	int pidfd = -1;
 
 	if (d->pid > 0) {

@@ -154,7 +154,7 @@ static int parse_value(struct isolde_policy *p, struct parse_ctx *c, enum key k,
 		return 0;
 	case K_MEMORY:
 		if (n != 1 || isolde_parse_size(w[0], &v) || v < (1u << 20) || v > (UINT64_C(1) << 40))
-			return fail(c, key, "expected a size between 1M and 1T, like 64M");
+			return fail(c, key, "expected a size between 1M and 1024G, like 64M");
 		p->memory_bytes = v;
 		return 0;
 	case K_FILES:
@@ -326,8 +326,10 @@ void isolde_policy_format(const struct isolde_policy *p, char *buf, size_t len)
 		snprintf(mem, sizeof mem, "%lluG", (unsigned long long)(m >> 30));
 	else if (m % (1u << 20) == 0)
 		snprintf(mem, sizeof mem, "%lluM", (unsigned long long)(m >> 20));
-	else
+	else if (m % 1024 == 0)
 		snprintf(mem, sizeof mem, "%lluK", (unsigned long long)(m >> 10));
+	else
+		snprintf(mem, sizeof mem, "%llu", (unsigned long long)m);
 	snprintf(buf, len,
 		 "# from %s\n"
 		 "driver     %s\n"

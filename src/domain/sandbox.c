@@ -32,7 +32,7 @@ static const char *const group_base[] = {
 	"clock_gettime", "clock_nanosleep", "nanosleep", "gettimeofday", "clock_getres",
 	"getpid", "gettid", "poll", "ppoll", "restart_syscall", "sched_yield", "pause",
 	"fstat", "newfstatat", "lseek", "getrandom", "arch_prctl", "set_tid_address",
-	"set_robust_list", "rseq", "prlimit64", "readlink", "fcntl", "dup",
+	"set_robust_list", "rseq", "readlink", "fcntl", "dup",
 };
 static const char *const group_io[] = {
 	"pread64", "pwrite64", "preadv", "pwritev", "preadv2", "pwritev2", "fallocate",
@@ -114,6 +114,13 @@ ssize_t isolde_sandbox_build_filter(const struct isolde_sandbox *sb, pid_t drive
 				goto out;
 			}
 		}
+	}
+	/* getrlimit/setrlimit on itself (pid 0) only: every driver runs as
+	 * nobody, and another's limits are not its business. */
+	r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(prlimit64), 1, SCMP_A0(SCMP_CMP_EQ, 0));
+	if (r) {
+		snprintf(err, errlen, "seccomp: prlimit64 rule: %s", strerror(-r));
+		goto out;
 	}
 	/* abort() and raise() signal the caller itself, nothing else. */
 	r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(tgkill), 1,

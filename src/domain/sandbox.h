@@ -4,8 +4,9 @@
  * clone and exec, so that the driver's own code never runs with more than
  * its policy grants.
  *
- *   namespaces   new mount, network, IPC and UTS namespaces (when the host
- *                allows: root, or CAP_SYS_ADMIN); an empty, read-only root
+ *   namespaces   new mount, network, IPC and UTS namespaces when running as
+ *                root (clone3 refusing them is a warning, not an error); an
+ *                empty, read-only root
  *   identity     uid/gid nobody, no supplementary groups (when root)
  *   rlimits      address space, open files, no new processes, no core dumps
  *   no_new_privs and a seccomp allow-list built from the policy's groups

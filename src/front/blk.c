@@ -142,7 +142,8 @@ static int check_config(const struct isolde_blk_config *cfg, char *err, size_t e
 		return -1;
 	}
 	/* The data area is one max_io bounce buffer per queue slot plus the
-	 * zero-copy pool; a domain shares at most 4 GiB. */
+	 * zero-copy pool; each is held to 2 GiB so the area stays within the
+	 * 4 GiB a grant can address. */
 	if ((uint64_t)cfg->queue_depth * cfg->max_io > (UINT64_C(2) << 30)) {
 		set_err(err, errlen, "qd %u x max_io %zu needs %llu MiB of bounce buffers, more than the "
 			"2048 MiB a driver domain shares; lower qd or max_io", cfg->queue_depth,

@@ -29,7 +29,7 @@ const struct cli_command policy_command = {
 	"  memory     SIZE             address space beyond the shared memory, e.g. 64M\n"
 	"  files      N                open file limit\n"
 	"  heartbeat  DURATION         no progress this long with I/O pending = hang\n"
-	"  restart    N per DURATION   at most N restarts in that window\n"
+	"  restart    N per Ss         at most N restarts in S whole seconds\n"
 	"  crash-loop N                give up after N restarts in a row that completed\n"
 	"                              no request\n",
 	.run = run_policy_command,
