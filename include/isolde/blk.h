@@ -40,8 +40,9 @@
  *
  * This work happens inside the calls that wait (isolde_blk_reap and the
  * synchronous calls): a driver that dies while nobody waits is restarted on
- * the next wait. The driver is killed if the thread that opened the device
- * exits (PR_SET_PDEATHSIG).
+ * the next wait. A driver is killed if the thread that started it exits
+ * (PR_SET_PDEATHSIG): the one that opened the device, or after a restart
+ * the one whose wait restarted it.
  */
 #ifndef ISOLDE_BLK_H
 #define ISOLDE_BLK_H
@@ -153,6 +154,37 @@ int isolde_blk_reap(struct isolde_blk *dev, struct isolde_blk_io **done, unsigne
 
 /* Requests submitted and not yet reaped. */
 unsigned isolde_blk_inflight(const struct isolde_blk *dev);
+
+/* ---- event-loop integration (for servers that wait on many fds) ---- */
+
+/*
+ * The two fds that become readable when the device needs attention: the
+ * call eventfd (the driver answered, once armed with
+ * isolde_blk_prepare_sleep) and the watch fd (the driver exited, or made a
+ * system call its policy refuses). Both stay the same across restarts.
+ */
+void isolde_blk_event_fds(const struct isolde_blk *dev, int *call_fd, int *watch_fd);
+
+/*
+ * Without blocking: publish queued requests, answer the watch fd, detect a
+ * hang, recover a failed driver (restart + replay), and collect up to max
+ * completed requests. Returns how many, or a negative errno.
+ */
+int isolde_blk_poll(struct isolde_blk *dev, struct isolde_blk_io **done, unsigned max);
+
+/*
+ * Call before sleeping on the event fds. Returns true if the caller may
+ * sleep: nothing is waiting to be collected, and (in event and hybrid mode)
+ * the ring is armed so the driver's next answer makes the call fd readable.
+ * In spin mode it returns false while requests are in flight: a spinning
+ * front end does not sleep.
+ */
+bool isolde_blk_prepare_sleep(struct isolde_blk *dev);
+
+enum isolde_notify_mode isolde_blk_notify_mode(const struct isolde_blk *dev);
+bool isolde_blk_readonly(const struct isolde_blk *dev);
+/* The driver's policy (what `isolde status` shows). */
+const char *isolde_blk_driver_name(const struct isolde_blk *dev);
 
 struct isolde_blk_stats {
 	uint64_t requests;         /* completed */

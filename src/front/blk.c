@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -712,6 +713,54 @@ int isolde_blk_reap(struct isolde_blk *dev, struct isolde_blk_io **done, unsigne
 		}
 	}
 }
+
+/* ---- event-loop integration ---- */
+
+void isolde_blk_event_fds(const struct isolde_blk *dev, int *call_fd, int *watch_fd)
+{
+	*call_fd = dev->domain.call_fd;
+	*watch_fd = dev->domain.watch_fd;
+}
+
+int isolde_blk_poll(struct isolde_blk *dev, struct isolde_blk_io **done, unsigned max)
+{
+	unsigned n = 0;
+	uint64_t v;
+
+	isolde_blk_push(dev);
+	if (!dev->failed) {
+		/* Calls are counted, then the eventfd is empty until the next. */
+		if (read(dev->domain.call_fd, &v, sizeof v) == sizeof v)
+			dev->waiter.signals_received += v;
+		struct pollfd p = { .fd = dev->domain.watch_fd, .events = POLLIN };
+		if (poll(&p, 1, 0) > 0)
+			watch_fired(dev, done, max, &n);
+	}
+	if (!dev->failed)
+		n += consume_responses(dev, done + n, max - n);
+	if (!dev->failed)
+		check_hang(dev, isolde_now_ns());
+	if (dev->failed)
+		n += drain_failed(dev, done + n, max - n);
+	return (int)n;
+}
+
+bool isolde_blk_prepare_sleep(struct isolde_blk *dev)
+{
+	uint32_t prod;
+
+	if (dev->failed)
+		return isolde_shadow_in_flight(&dev->shadow) == 0;
+	if (isolde_front_unconsumed_responses(&dev->ring, &prod) != 0)
+		return false;
+	if (dev->waiter.mode == ISOLDE_NOTIFY_SPIN)
+		return isolde_shadow_in_flight(&dev->shadow) == 0;
+	return !isolde_front_final_check_responses(&dev->ring);
+}
+
+enum isolde_notify_mode isolde_blk_notify_mode(const struct isolde_blk *dev) { return dev->waiter.mode; }
+bool isolde_blk_readonly(const struct isolde_blk *dev) { return dev->readonly; }
+const char *isolde_blk_driver_name(const struct isolde_blk *dev) { return dev->domain.driver_name; }
 
 /* ---- zero-copy buffers ---- */
 

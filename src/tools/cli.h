@@ -35,5 +35,7 @@ extern const struct cli_command verify_command;
 extern const struct cli_command demo_command;
 extern const struct cli_command policy_command;
 extern const struct cli_command bench_command;
+extern const struct cli_command serve_command;
+extern const struct cli_command status_command;
 
 #endif

@@ -10,6 +10,8 @@ static const struct cli_command *const commands[] = {
 	&demo_command,
 	&policy_command,
 	&bench_command,
+	&serve_command,
+	&status_command,
 };
 
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
