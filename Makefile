@@ -1,15 +1,18 @@
 # isolde: `make demo` and `make check` are the two commands a user needs.
 # Each installs what is missing (Debian), builds, and runs.
 
-PACKAGES := gcc libc6-dev meson ninja-build pkg-config libseccomp-dev libcmocka-dev \
-	python3 python3-pytest gnuplot-nox
+PACKAGES := gcc libc6-dev meson ninja-build pkg-config libseccomp-dev libcmocka-dev liburing-dev \
+	libxxhash-dev libcapstone-dev \
+	python3 python3-pytest gnuplot-nox libfuse3-dev fuse3 e2fsprogs util-linux
+# The NBD export's system tests use real clients; its fuzzer needs clang and libFuzzer.
+PACKAGES += libnbd-bin qemu-utils fio clang libclang-rt-14-dev
 # The tools isolde is measured against, for `make bench`.
 BENCH_PACKAGES := fio nbdkit qemu-system-common
 BUILD := build
 ASAN_BUILD := build-asan
 PYTEST := /usr/bin/python3 -m pytest
 
-.PHONY: all deps bench-deps build build-asan demo check unit unit-asan system bench clean
+.PHONY: all deps bench-deps build build-asan demo check unit unit-asan system fuzz bench clean
 
 all: build
 
@@ -42,7 +45,11 @@ system: build build-asan
 	ISOLDE_BUILD=$(abspath $(BUILD)) ISOLDE_ASAN_BUILD=$(abspath $(ASAN_BUILD)) \
 		$(PYTEST) -v -rs tests/system
 
-check: unit unit-asan system
+# The NBD protocol's fuzz target, briefly (libFuzzer + ASan + UBSan, built with clang).
+fuzz: deps
+	./tests/fuzz/run.sh 20
+
+check: unit unit-asan system fuzz
 
 # Every figure of docs/EVALUATION.md, measured in one run (about 8 minutes).
 bench: build bench-deps

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make bench: every measurement of docs/EVALUATION.md, in one run on this
 # machine, on a tmpfs image; writes docs/EVALUATION.md, docs/eval/bench.md,
-# docs/eval/bench.json and docs/eval/plots/*.svg.
+# docs/eval/bench.json, docs/eval/plots/*.svg and docs/eval/campaign.{md,json}.
+# FAULTS=N sets the campaign's size (default 10000, about 10 minutes).
 #
 # usage: bench/run-all.sh ISOLDE [SECONDS]
 set -euo pipefail
@@ -24,6 +25,11 @@ echo "== recovery" >&2
 recovery=$("$root/bench/recovery.py" "$isolde" --seconds 10 --interval-ms 50)
 echo "== peers" >&2
 peers=$("$root/bench/peers.sh" "$isolde" "$image" 5)
+echo "== fault-injection campaign (${FAULTS:=10000} faults)" >&2
+truncate -s 8M "$img_dir/inject"
+"$isolde" inject --image "$img_dir/inject" --faults "$FAULTS" --seed 1 \
+	--json "$out/campaign.json" --report "$out" >/dev/null
+sed -i -e "s#$img_dir/inject#IMAGE#g" -e "s#$root/##g" "$out/campaign.md" "$out/campaign.json"
 
 {
 	cat <<EOT
@@ -71,6 +77,12 @@ bench/peers.sh $isolde IMAGE 5
 \`\`\`
 
 $peers
+
 EOT
+	# The campaign report, its headings one level down, numbered 5.
+	sed -e 's/^# Fault-injection campaign/## 5. Fault-injection campaign/' -e 's/^## Trials/### Trials/' \
+		-e 's#^Reproduce with:#Reproduce with (IMAGE: an 8 MiB file in /dev/shm):#' "$out/campaign.md"
+	cat "$root/bench/campaign-notes.md"
+
 } >"$root/docs/EVALUATION.md"
 echo "wrote docs/EVALUATION.md" >&2

@@ -73,6 +73,7 @@ struct isolde_blk_config {
 	unsigned timeout_ms;        /* hang detection: no heartbeat this long while I/O
 				     * is pending; 0 = the policy's heartbeat */
 	const char *policy;         /* policy file; NULL = the driver's shipped policy */
+	bool shield;                /* checksum every block written, check every block read */
 	char **driver_args;         /* extra argv for the driver (test drivers), NULL-terminated */
 	void *owned;                /* private: memory owned by isolde_blk_config_parse */
 };
@@ -81,7 +82,7 @@ void isolde_blk_config_default(struct isolde_blk_config *cfg);
 
 /*
  * Parse "image=PATH,driver=NAME,notify=MODE,qd=N,readonly,direct,max_io=BYTES,
- * timeout_ms=MS,policy=PATH" into cfg (strings point into a private copy owned by cfg until
+ * timeout_ms=MS,policy=PATH,shield" into cfg (strings point into a private copy owned by cfg until
  * isolde_blk_config_free). A bare first element without '=' is the image.
  * Returns 0, or -1 with a message naming the bad field in err.
  */
@@ -182,6 +183,9 @@ int isolde_blk_poll(struct isolde_blk *dev, struct isolde_blk_io **done, unsigne
 bool isolde_blk_prepare_sleep(struct isolde_blk *dev);
 
 enum isolde_notify_mode isolde_blk_notify_mode(const struct isolde_blk *dev);
+/* READ/WRITE offsets and lengths must be multiples of this: 1, or with
+ * O_DIRECT the device's logical block size (4096 for a file). */
+uint32_t isolde_blk_alignment(const struct isolde_blk *dev);
 bool isolde_blk_readonly(const struct isolde_blk *dev);
 /* The driver's policy (what `isolde status` shows). */
 const char *isolde_blk_driver_name(const struct isolde_blk *dev);
@@ -195,6 +199,9 @@ struct isolde_blk_stats {
 	uint64_t bytes_copied;     /* copy-mode bytes through the data area */
 	uint64_t protocol_violations;
 	uint64_t denials;          /* system calls the driver's policy refused */
+	uint64_t shield_verified;  /* blocks read back and found as written */
+	uint64_t shield_learned;   /* blocks first seen by a read */
+	uint64_t shield_mismatches; /* blocks the driver returned different from written */
 };
 
 void isolde_blk_get_stats(const struct isolde_blk *dev, struct isolde_blk_stats *st);

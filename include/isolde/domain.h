@@ -85,7 +85,6 @@ struct isolde_domain {
 	struct isolde_policy policy;
 	struct isolde_shm_header header_template; /* what start writes, every time */
 	uint64_t denials;              /* system calls refused by policy */
-	char last_denial[64];
 	struct isolde_exit last_exit;
 	bool warned;                   /* sandbox degradation already reported */
 };
@@ -96,6 +95,10 @@ struct isolde_domain {
  * the build tree, else the installed libexec directory.
  */
 int isolde_driver_resolve(const char *driver, char *path, size_t len, char *err, size_t errlen);
+
+/* Is the running executable inside the build tree isolde was built in?
+ * Then drivers and policies are taken from the tree, not the install. */
+bool isolde_running_from_build_tree(void);
 
 /* Create shared memory and eventfds; does not start the driver. */
 int isolde_domain_create(struct isolde_domain *d, const struct isolde_domain_params *p,

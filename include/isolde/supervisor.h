@@ -19,12 +19,14 @@
 enum isolde_failure {
 	ISOLDE_FAIL_CPU = 0,      /* CPU exception: SIGILL, SIGFPE, SIGTRAP */
 	ISOLDE_FAIL_MMU = 1,      /* MMU exception: SIGSEGV, SIGBUS */
-	ISOLDE_FAIL_PANIC = 2,    /* abort() or a non-zero exit */
+	ISOLDE_FAIL_PANIC = 2,    /* abort(), or any exit: a driver never exits on its own */
 	ISOLDE_FAIL_POLICY = 3,   /* killed by its seccomp policy: SIGSYS */
 	ISOLDE_FAIL_HANG = 4,     /* no heartbeat while I/O was pending */
 	ISOLDE_FAIL_PROTOCOL = 5, /* a response the front end rejected */
 	ISOLDE_FAIL_KILLED = 6,   /* killed from outside (SIGKILL, SIGTERM, ...) */
 	ISOLDE_FAIL_START = 7,    /* a restarted driver did not come up */
+	ISOLDE_FAIL_CORRUPTION = 8, /* a read the integrity shield caught lying */
+	ISOLDE_FAIL_ERROR_STATUS = 9, /* an I/O error a fresh driver is asked to confirm */
 	ISOLDE_FAIL_COUNT
 };
 
@@ -39,7 +41,6 @@ struct isolde_supervisor_stats {
 	uint64_t restarts;
 	uint64_t by_failure[ISOLDE_FAIL_COUNT];
 	uint64_t replayed;          /* requests re-posted to a restarted driver */
-	uint64_t denials;           /* system calls refused by policy */
 	/* Recovery time in microseconds: failure detected to the first
 	 * replayed request completed (or to the driver ready, if nothing was
 	 * pending). The most recent ISOLDE_RECOVERY_SAMPLES are kept. */

@@ -65,7 +65,7 @@ static bool driver_name_ok(const char *name)
 	return true;
 }
 
-static bool running_from_build_tree(void)
+bool isolde_running_from_build_tree(void)
 {
 	char exe[PATH_MAX];
 	ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
@@ -94,7 +94,7 @@ int isolde_driver_resolve(const char *driver, char *path, size_t len, char *err,
 			return -1;
 		}
 		if (!dir || !*dir)
-			dir = running_from_build_tree() ? ISOLDE_BUILD_DRIVER_DIR : ISOLDE_LIBEXEC_DIR;
+			dir = isolde_running_from_build_tree() ? ISOLDE_BUILD_DRIVER_DIR : ISOLDE_LIBEXEC_DIR;
 		if (snprintf(path, len, "%s/%s", dir, driver) >= (int)len) {
 			set_err(err, errlen, "driver path too long: %s/%s", dir, driver);
 			return -1;

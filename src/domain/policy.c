@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 #include "isolde/policy.h"
+#include "isolde/domain.h"
 #include "isolde/units.h"
 
 #include <ctype.h>
@@ -13,9 +14,6 @@
 
 #ifndef ISOLDE_SOURCE_POLICY_DIR
 #define ISOLDE_SOURCE_POLICY_DIR ""
-#endif
-#ifndef ISOLDE_BUILD_ROOT
-#define ISOLDE_BUILD_ROOT ""
 #endif
 #ifndef ISOLDE_POLICY_INSTALL_DIR
 #define ISOLDE_POLICY_INSTALL_DIR "/usr/local/share/isolde/policies"
@@ -280,24 +278,12 @@ int isolde_policy_load(struct isolde_policy *p, const char *path, char *err, siz
 	return rc;
 }
 
-static bool running_from_build_tree(void)
-{
-	char exe[PATH_MAX];
-	ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-	size_t root_len = strlen(ISOLDE_BUILD_ROOT);
-
-	if (n <= 0 || root_len == 0)
-		return false;
-	exe[n] = '\0';
-	return strncmp(exe, ISOLDE_BUILD_ROOT, root_len) == 0 && exe[root_len] == '/';
-}
-
 int isolde_policy_find(const char *driver_name, char *path, size_t len, char *err, size_t errlen)
 {
 	const char *dir = getenv("ISOLDE_POLICY_DIR");
 
 	if (!dir || !*dir)
-		dir = running_from_build_tree() ? ISOLDE_SOURCE_POLICY_DIR : ISOLDE_POLICY_INSTALL_DIR;
+		dir = isolde_running_from_build_tree() ? ISOLDE_SOURCE_POLICY_DIR : ISOLDE_POLICY_INSTALL_DIR;
 	if (snprintf(path, len, "%s/%s.policy", dir, driver_name) >= (int)len) {
 		snprintf(err, errlen, "policy path too long for driver %s", driver_name);
 		return -1;

@@ -58,11 +58,18 @@ static uint8_t do_rw(struct isolde_driver *drv, const struct isolde_blk_request 
 	size_t left = req->length;
 	bool write_op = req->op == ISOLDE_BLK_OP_WRITE;
 	int flags = (write_op && (req->flags & ISOLDE_BLK_F_FUA)) ? RWF_DSYNC : 0;
+	bool fua_by_sync = false;
 
 	memcpy(local, iov_in, sizeof local[0] * (size_t)iovcnt);
 	while (left > 0) {
 		ssize_t n = write_op ? pwritev2(drv->device_fd, iov, iovcnt, off, flags)
 				     : preadv2(drv->device_fd, iov, iovcnt, off, 0);
+		if (n < 0 && errno == EOPNOTSUPP && flags) {
+			/* No RWF_DSYNC here: write, then sync the data. */
+			flags = 0;
+			fua_by_sync = true;
+			continue;
+		}
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -77,6 +84,8 @@ static uint8_t do_rw(struct isolde_driver *drv, const struct isolde_blk_request 
 		off += n;
 		iov_advance(&iov, &iovcnt, (size_t)n);
 	}
+	if (fua_by_sync && fdatasync(drv->device_fd) != 0)
+		return status_from_errno(errno);
 	return ISOLDE_BLK_S_OK;
 }
 

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "isolde/supervisor.h"
+#include "json.h"
 #include "server.h"
 #include "unix_socket.h"
 
@@ -30,21 +31,6 @@ struct control {
 	struct control_client *clients[MAX_CLIENTS];
 };
 
-static void json_str(FILE *f, const char *s)
-{
-	fputc('"', f);
-	for (; *s; s++) {
-		unsigned char ch = (unsigned char)*s;
-		if (ch == '"' || ch == '\\')
-			fprintf(f, "\\%c", ch);
-		else if (ch < 0x20)
-			fprintf(f, "\\u%04x", ch);
-		else
-			fputc(ch, f);
-	}
-	fputc('"', f);
-}
-
 void control_write_status(struct isolde_server *s, FILE *f)
 {
 	struct isolde_blk *dev = server_device(s);
@@ -55,7 +41,7 @@ void control_write_status(struct isolde_server *s, FILE *f)
 	isolde_blk_get_stats(dev, &st);
 	isolde_supervisor_recovery_summary(sup, &p50, &p99, &max);
 	fputs("{\"driver\": ", f);
-	json_str(f, isolde_blk_driver_name(dev));
+	json_string(f, isolde_blk_driver_name(dev));
 	fprintf(f, ", \"state\": \"%s\", \"pid\": %d, \"notify\": \"%s\", \"generation\": %u, "
 		"\"size\": %llu, \"readonly\": %s, \"queue_depth\": %u, \"inflight\": %u, \"backlog\": %u, "
 		"\"restarts\": %llu, \"restarts_by_reason\": {",
@@ -75,7 +61,7 @@ void control_write_status(struct isolde_server *s, FILE *f)
 		(unsigned long long)st.kicks, (unsigned long long)st.calls, (unsigned long long)st.bytes_copied,
 		(unsigned long long)st.protocol_violations);
 	if (isolde_blk_failed(dev))
-		json_str(f, isolde_blk_error(dev));
+		json_string(f, isolde_blk_error(dev));
 	else
 		fputs("null", f);
 	fputs(", \"exports\": ", f);

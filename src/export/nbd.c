@@ -1,19 +1,884 @@
 // SPDX-License-Identifier: MIT
-/* Placeholder until the nbd export lands. */
+/*
+ * The NBD export: `isolde serve --export nbd:unix:PATH` or
+ * `--export nbd:tcp:HOST:PORT`, either optionally followed by ",name=NAME".
+ *
+ * Sockets, buffers and the device around the protocol state machine of
+ * nbd_proto.c. Everything runs in the server's loop thread: a connection
+ * reads requests, hands each to server_submit, and queues each reply when
+ * its done callback fires, in whatever order the device completes them.
+ *
+ * Export names. There is one export. It answers to "" (the protocol's
+ * default export, which is what a URI without a path asks for) and to the
+ * name given with ",name=NAME" if any; NBD_OPT_LIST and NBD_INFO_NAME
+ * report that canonical name. Any other name is refused (NBD_REP_ERR_UNKNOWN
+ * for NBD_OPT_GO and NBD_OPT_INFO; NBD_OPT_EXPORT_NAME cannot answer an
+ * error, so the session ends): a typo in a name should fail, not silently
+ * reach the one disk there is.
+ *
+ * Multiple connections (NBD_FLAG_CAN_MULTI_CONN). The protocol allows the
+ * flag when the effects of FLUSH and FUA are visible on every connection
+ * once replied to. Here every connection of every export submits to the
+ * same server, hence the same front end, ring, driver and image: there is
+ * no per-connection cache or queue. A WRITE is replied to only after the
+ * driver's pwrite completed, so its data is in the image (the kernel's
+ * page cache of that one file) for any later READ on any connection. A
+ * FLUSH becomes the driver's fdatasync of the image, which makes durable
+ * every write to the file that completed before it, whichever connection
+ * sent it and whichever driver generation performed it (a restarted driver
+ * gets a new fd for the same file; fdatasync is per file, and replay keeps
+ * flushes after the writes they follow). FUA is RWF_DSYNC on the write
+ * itself. So the flag is true and is always set.
+ *
+ * Backpressure. A connection stops reading (drops EPOLLIN) while it holds
+ * CONN_MAX_REQUESTS requests (in flight or with an unsent reply) or
+ * CONN_MAX_BYTES of request buffers, or CONN_MAX_SMALL_OUTPUT bytes of
+ * unsent handshake or error replies, or the server is quiescing; reading
+ * resumes from the done callback or the socket becoming writable. Bytes
+ * already read wait in the connection's input buffer. One request may
+ * take a connection past the byte limit (so a 32 MiB request always
+ * fits); the memory a connection can pin is about CONN_MAX_BYTES + 32 MiB.
+ *
+ * Lifetime. A connection object holds a reference for its socket and one
+ * per request in flight on the device. When the client goes away (EOF,
+ * a reset, a protocol violation), the socket is closed at once and the
+ * replies already queued are dropped; the object lives on until the last
+ * in-flight request's done callback, which then finds the socket gone and
+ * just frees the request.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "nbd_proto.h"
+#include "json.h"
 #include "server.h"
+#include "unix_socket.h"
+
+#define NBD_MAX_CONNECTIONS 128
+#define CONN_MAX_REQUESTS 128u
+#define CONN_MAX_BYTES (32u << 20)
+#define CONN_MAX_SMALL_OUTPUT (256u << 10)
+#define IN_BUF_SIZE (64u << 10)
+#define DIRECT_READ_MIN (16u << 10)  /* payload read straight into its buffer above this */
+#define SMALL_ITEM_SIZE 4096u
+#define NAME_MAX_LEN 256u
+#define FINAL_FLUSH_MS 2000
+
+_Static_assert(NBD_MAX_BLOCK == SERVER_MAX_REQUEST, "the NBD maximum block size is the server's limit");
+
+struct nbd_export;
+
+/* Bytes queued for a client: a reply (header + a READ's data) or small messages. */
+struct out_item {
+	struct out_item *next;
+	uint8_t *data;
+	size_t data_len;
+	size_t sent;                 /* of hdr_len + data_len */
+	uint32_t hdr_len;
+	bool is_req;                 /* embedded in a struct nbd_req */
+	uint8_t hdr[NBD_REPLY_MAX];
+};
+
+struct nbd_conn;
+
+struct nbd_req {
+	struct server_io sio;
+	struct out_item out;         /* its reply */
+	struct nbd_conn *conn;
+	struct nbd_cmd cmd;
+	uint8_t *buf;                /* READ and WRITE data, cmd.len bytes */
+	uint64_t next, end;          /* TRIM / WRITE_ZEROES: the range still to submit */
+	bool ranged;                 /* TRIM / WRITE_ZEROES: submitted piece by piece */
+	bool flush_after;            /* FUA on TRIM / WRITE_ZEROES: a FLUSH before the reply */
+};
+
+struct nbd_conn {
+	struct nbd_export *ex;
+	struct nbd_conn *prev, *next;
+	unsigned id;
+	int fd;
+	unsigned refs;               /* the socket's + one per request in flight + callers' */
+	unsigned busy;               /* inside one of our handlers: done callbacks only queue */
+	bool closed;                 /* the socket is closed */
+	bool eof;                    /* the client sends no more */
+	bool broken;                 /* a socket error: close at the next update */
+	uint32_t events;             /* registered with the loop */
+	unsigned nreq;               /* requests alive: in flight or reply unsent */
+	unsigned inflight;           /* submitted, done not yet called */
+	size_t req_bytes;            /* their buffers */
+	size_t small_out;            /* unsent bytes of small items */
+	struct nbd_req *partial;     /* the WRITE whose payload is being read */
+	struct out_item *out_head, *out_tail;
+	uint8_t *in;
+	size_t in_off, in_len;
+	struct nbd_proto proto;
+};
+
+struct nbd_export {
+	struct isolde_server *srv;
+	int listen_fd;
+	bool is_unix, quiesced, listener_paused;
+	dev_t sock_dev;
+	ino_t sock_ino;
+	char path[108];
+	char address[320];
+	char name[NAME_MAX_LEN + 1];
+	struct nbd_proto_config cfg;
+	struct nbd_conn *conns;
+	unsigned nconns;             /* open sockets */
+	unsigned next_id;
+	unsigned inflight;
+	uint64_t requests;           /* completed */
+};
+
+static void conn_update(struct nbd_conn *c);
+static void conn_set_events(struct nbd_conn *c);
+
+/* ---- output ---- */
+
+static size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
+
+static void out_push(struct nbd_conn *c, struct out_item *it)
+{
+	it->next = NULL;
+	if (c->out_tail)
+		c->out_tail->next = it;
+	else
+		c->out_head = it;
+	c->out_tail = it;
+}
+
+static void req_release(struct nbd_req *req)
+{
+	struct nbd_conn *c = req->conn;
+
+	c->nreq--;
+	if (req->buf)
+		c->req_bytes -= req->cmd.len;
+	free(req->buf);
+	free(req);
+}
+
+static void out_release(struct nbd_conn *c, struct out_item *it)
+{
+	if (it->is_req) {
+		req_release((struct nbd_req *)((char *)it - offsetof(struct nbd_req, out)));
+		return;
+	}
+	c->small_out -= it->data_len;
+	free(it);
+}
+
+/* The proto's messages: coalesced into small items. */
+static void proto_send(void *ctx, const void *buf, size_t len)
+{
+	struct nbd_conn *c = ctx;
+	const uint8_t *p = buf;
+
+	while (len && !c->closed) {
+		struct out_item *t = c->out_tail;
+		if (!t || t->is_req || t->data_len == SMALL_ITEM_SIZE) {
+			t = calloc(1, sizeof *t + SMALL_ITEM_SIZE);
+			if (!t) {
+				c->broken = true; /* a reply lost would desynchronise the client */
+				return;
+			}
+			t->data = (uint8_t *)(t + 1);
+			out_push(c, t);
+		}
+		size_t n = min_size(len, SMALL_ITEM_SIZE - t->data_len);
+		memcpy(t->data + t->data_len, p, n);
+		t->data_len += n;
+		c->small_out += n;
+		p += n;
+		len -= n;
+	}
+}
+
+static void conn_flush(struct nbd_conn *c)
+{
+	while (c->out_head && !c->closed && !c->broken) {
+		struct iovec iov[64];
+		size_t want = 0;
+		int n = 0;
+
+		for (struct out_item *it = c->out_head; it && n < 63; it = it->next) {
+			size_t skip = it->sent;
+			if (skip < it->hdr_len) {
+				iov[n++] = (struct iovec){ it->hdr + skip, it->hdr_len - skip };
+				skip = 0;
+			} else {
+				skip -= it->hdr_len;
+			}
+			if (it->data_len > skip)
+				iov[n++] = (struct iovec){ it->data + skip, it->data_len - skip };
+		}
+		for (int i = 0; i < n; i++)
+			want += iov[i].iov_len;
+		ssize_t w = writev(c->fd, iov, n);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno != EAGAIN)
+				c->broken = true;
+			return;
+		}
+		for (size_t left = (size_t)w; left && c->out_head;) {
+			struct out_item *it = c->out_head;
+			size_t rest = it->hdr_len + it->data_len - it->sent;
+			if (left < rest) {
+				it->sent += left;
+				break;
+			}
+			left -= rest;
+			c->out_head = it->next;
+			if (!c->out_head)
+				c->out_tail = NULL;
+			out_release(c, it);
+		}
+		if ((size_t)w < want)
+			return; /* the socket is full: EPOLLOUT says when to go on */
+	}
+}
+
+/* ---- lifetime ---- */
+
+static void conn_unref(struct nbd_conn *c)
+{
+	if (--c->refs)
+		return;
+	struct nbd_export *ex = c->ex;
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		ex->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	free(c);
+}
+
+static void listener_resume(struct nbd_export *ex)
+{
+	if (ex->listener_paused && !ex->quiesced && ex->listen_fd >= 0 &&
+	    server_modify(ex->srv, ex->listen_fd, EPOLLIN) == 0)
+		ex->listener_paused = false;
+}
+
+static void conn_close(struct nbd_conn *c)
+{
+	if (c->closed)
+		return;
+	c->closed = true;
+	server_unwatch(c->ex->srv, c->fd);
+	close(c->fd);
+	c->fd = -1;
+	while (c->out_head) {
+		struct out_item *it = c->out_head;
+		c->out_head = it->next;
+		out_release(c, it);
+	}
+	c->out_tail = NULL;
+	if (c->partial) {
+		req_release(c->partial);
+		c->partial = NULL;
+	}
+	free(c->in);
+	c->in = NULL;
+	c->ex->nconns--;
+	listener_resume(c->ex);
+	conn_unref(c); /* the socket's reference */
+}
+
+/* ---- requests ---- */
+
+static struct nbd_req *req_new(struct nbd_conn *c, const struct nbd_cmd *cmd, bool with_buf)
+{
+	struct nbd_req *req = calloc(1, sizeof *req);
+
+	if (!req)
+		return NULL;
+	if (with_buf && !(req->buf = malloc(cmd->len))) {
+		free(req);
+		return NULL;
+	}
+	req->conn = c;
+	req->cmd = *cmd;
+	c->nreq++;
+	if (with_buf)
+		c->req_bytes += cmd->len;
+	return req;
+}
+
+static void *conn_payload_buffer(void *ctx, const struct nbd_cmd *cmd)
+{
+	struct nbd_conn *c = ctx;
+	struct nbd_req *req = req_new(c, cmd, true);
+
+	if (!req)
+		return NULL;
+	c->partial = req;
+	return req->buf;
+}
+
+/* TRIM and WRITE_ZEROES may be larger than one server request: submit them piece by piece. */
+static void submit_range_piece(struct nbd_req *req)
+{
+	uint64_t len = req->end - req->next;
+
+	req->sio.offset = req->next;
+	req->sio.len = (uint32_t)(len < SERVER_MAX_REQUEST ? len : SERVER_MAX_REQUEST);
+	req->next += req->sio.len;
+	server_submit(req->conn->ex->srv, &req->sio);
+}
+
+static void req_done(struct server_io *sio)
+{
+	struct nbd_req *req = sio->ctx;
+	struct nbd_conn *c = req->conn;
+	int result = sio->result;
+
+	/* The next piece, or the FLUSH that makes it FUA - unless the client left. */
+	if (result == 0 && !c->closed && req->ranged && req->next < req->end) {
+		submit_range_piece(req);
+		return;
+	}
+	if (result == 0 && !c->closed && req->flush_after) {
+		req->flush_after = false;
+		sio->op = ISOLDE_BLK_OP_FLUSH;
+		sio->flags = 0;
+		sio->offset = 0;
+		sio->len = 0;
+		server_submit(c->ex->srv, sio);
+		return;
+	}
+	c->inflight--;
+	c->ex->inflight--;
+	c->ex->requests++;
+	if (c->closed) {
+		req_release(req); /* the client left; nobody to answer */
+		conn_unref(c);
+		return;
+	}
+	uint32_t err = nbd_errno(result);
+	req->out.hdr_len = (uint32_t)nbd_proto_reply(&c->proto, req->out.hdr, &req->cmd, err,
+						     err ? strerror(-result) : NULL);
+	if (!err && req->cmd.type == NBD_CMD_READ) {
+		req->out.data = req->buf;
+		req->out.data_len = req->cmd.len;
+	}
+	req->out.is_req = true;
+	out_push(c, &req->out);
+	/*
+	 * Completions come in batches (the loop collects up to 128 at a time).
+	 * While more of this connection's requests are in flight, the reply
+	 * waits for EPOLLOUT, which the loop reports as soon as this batch is
+	 * done: one writev for the batch instead of one per reply. The last
+	 * reply in flight goes out at once, so QD1 pays nothing.
+	 */
+	if (!c->busy) { /* else inside our own handler, which flushes when it is done */
+		if (c->inflight > 0)
+			conn_set_events(c);
+		else
+			conn_update(c);
+	}
+	conn_unref(c); /* the request's reference */
+}
+
+static void conn_request(void *ctx, const struct nbd_cmd *cmd, void *buf)
+{
+	struct nbd_conn *c = ctx;
+	struct nbd_req *req;
+
+	if (cmd->type == NBD_CMD_WRITE) {
+		req = c->partial;
+		c->partial = NULL;
+		if (!req || req->buf != buf)
+			abort(); /* the proto asked conn_payload_buffer for this very buffer */
+	} else {
+		req = req_new(c, cmd, cmd->type == NBD_CMD_READ);
+		if (!req) {
+			uint8_t r[NBD_REPLY_MAX];
+			proto_send(c, r, nbd_proto_reply(&c->proto, r, cmd, NBD_ENOMEM, "out of memory"));
+			return;
+		}
+	}
+	struct server_io *sio = &req->sio;
+	sio->done = req_done;
+	sio->ctx = req;
+	sio->offset = cmd->offset;
+	sio->len = cmd->len;
+	switch (cmd->type) {
+	case NBD_CMD_READ:
+		sio->op = ISOLDE_BLK_OP_READ;
+		sio->buf = req->buf;
+		break;
+	case NBD_CMD_WRITE:
+		sio->op = ISOLDE_BLK_OP_WRITE;
+		sio->buf = req->buf;
+		if (cmd->flags & NBD_CMD_FLAG_FUA)
+			sio->flags = ISOLDE_BLK_F_FUA;
+		break;
+	case NBD_CMD_FLUSH:
+		/* FUA on a flush adds nothing: a flush is durable when answered. */
+		sio->op = ISOLDE_BLK_OP_FLUSH;
+		sio->offset = 0;
+		sio->len = 0;
+		break;
+	case NBD_CMD_TRIM:
+	case NBD_CMD_WRITE_ZEROES:
+		if (cmd->type == NBD_CMD_TRIM)
+			sio->op = ISOLDE_BLK_OP_DISCARD;
+		else {
+			sio->op = ISOLDE_BLK_OP_WRITE_ZEROES;
+			/* Without NO_HOLE the range may be deallocated, as long as it reads back as zeroes. */
+			if (!(cmd->flags & NBD_CMD_FLAG_NO_HOLE))
+				sio->flags = ISOLDE_BLK_F_MAY_UNMAP;
+		}
+		/* The ring carries FUA on writes only: durability here is a FLUSH after. */
+		req->flush_after = cmd->flags & NBD_CMD_FLAG_FUA;
+		req->ranged = true;
+		req->next = cmd->offset;
+		req->end = cmd->offset + cmd->len; /* checked against the size: no wrap */
+		break;
+	}
+	c->inflight++;
+	c->refs++;
+	c->ex->inflight++;
+	if (req->ranged)
+		submit_range_piece(req);
+	else
+		server_submit(c->ex->srv, sio);
+}
+
+static const struct nbd_proto_ops conn_proto_ops = {
+	.send = proto_send,
+	.payload_buffer = conn_payload_buffer,
+	.request = conn_request,
+};
+
+/* ---- input ---- */
+
+static bool conn_may_parse(const struct nbd_conn *c)
+{
+	return !c->closed && !c->broken && !c->ex->quiesced && !nbd_proto_closing(&c->proto) &&
+	       !nbd_proto_dead(&c->proto) && c->nreq < CONN_MAX_REQUESTS &&
+	       c->req_bytes < CONN_MAX_BYTES && c->small_out < CONN_MAX_SMALL_OUTPUT;
+}
+
+/* Parse what is buffered, while the limits allow. */
+static void conn_process(struct nbd_conn *c)
+{
+	while (c->in_off < c->in_len && conn_may_parse(c)) {
+		size_t n = nbd_proto_feed(&c->proto, c->in + c->in_off, c->in_len - c->in_off);
+		if (n == 0)
+			break;
+		c->in_off += n;
+	}
+	if (c->in_off == c->in_len)
+		c->in_off = c->in_len = 0;
+}
+
+static void conn_read(struct nbd_conn *c)
+{
+	while (conn_may_parse(c) && !c->eof) {
+		void *dst;
+		size_t want;
+		ssize_t n;
+
+		if (c->in_off == c->in_len && nbd_proto_payload_dest(&c->proto, &dst, &want) &&
+		    want >= DIRECT_READ_MIN) {
+			/* A large payload goes straight into its request's buffer. */
+			n = read(c->fd, dst, want);
+			if (n > 0)
+				nbd_proto_payload_received(&c->proto, (size_t)n);
+		} else {
+			if (c->in_off > 0 && c->in_len == IN_BUF_SIZE) {
+				memmove(c->in, c->in + c->in_off, c->in_len - c->in_off);
+				c->in_len -= c->in_off;
+				c->in_off = 0;
+			}
+			want = IN_BUF_SIZE - c->in_len;
+			if (want == 0)
+				break; /* cannot happen: a parsable buffer is always consumed */
+			n = read(c->fd, c->in + c->in_len, want);
+			if (n > 0) {
+				c->in_len += (size_t)n;
+				conn_process(c);
+			}
+		}
+		if (n == 0) {
+			c->eof = true;
+			break;
+		}
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno != EAGAIN)
+				c->broken = true;
+			break;
+		}
+		if ((size_t)n < want)
+			break; /* most likely drained: the loop says when there is more */
+	}
+}
+
+static void conn_set_events(struct nbd_conn *c)
+{
+	uint32_t ev = 0;
+
+	if (conn_may_parse(c) && !c->eof)
+		ev |= EPOLLIN;
+	if (c->out_head)
+		ev |= EPOLLOUT;
+	if (ev != c->events && server_modify(c->ex->srv, c->fd, ev) == 0)
+		c->events = ev;
+}
+
+/*
+ * After anything happened to a connection: parse what the limits now
+ * allow, send what is queued, then close it or register what it waits for.
+ */
+static void conn_update(struct nbd_conn *c)
+{
+	if (c->closed)
+		return;
+	c->refs++;
+	c->busy++;
+	conn_process(c);
+	conn_flush(c);
+	c->busy--;
+	if (nbd_proto_dead(&c->proto)) {
+		server_log(c->ex->srv, "nbd %s: client %u: %s; disconnecting", c->ex->address, c->id,
+			   c->proto.why);
+		conn_close(c);
+	} else if (c->broken) {
+		conn_close(c);
+	} else if ((nbd_proto_closing(&c->proto) || c->eof) && c->inflight == 0 && !c->out_head) {
+		conn_close(c); /* a soft disconnect, or EOF: everything answered */
+	} else {
+		conn_set_events(c);
+	}
+	conn_unref(c);
+}
+
+static void conn_event(void *ctx, uint32_t events)
+{
+	struct nbd_conn *c = ctx;
+
+	c->refs++;
+	c->busy++;
+	if (events & EPOLLIN)
+		conn_read(c);
+	else if (events & (EPOLLHUP | EPOLLERR))
+		c->broken = true; /* gone while we were not reading: nobody to answer */
+	c->busy--;
+	conn_update(c);
+	conn_unref(c);
+}
+
+static void conn_start(struct nbd_export *ex, int fd)
+{
+	struct nbd_conn *c = calloc(1, sizeof *c);
+
+	if (!c || !(c->in = malloc(IN_BUF_SIZE))) {
+		free(c);
+		close(fd);
+		return;
+	}
+	if (!ex->is_unix) {
+		int one = 1;
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	}
+	c->ex = ex;
+	c->fd = fd;
+	c->id = ++ex->next_id;
+	c->refs = 1;
+	c->events = EPOLLIN;
+	if (server_watch(ex->srv, fd, EPOLLIN, conn_event, c) != 0) {
+		server_log(ex->srv, "nbd %s: cannot watch fd %d; refusing a client", ex->address, fd);
+		free(c->in);
+		free(c);
+		close(fd);
+		return;
+	}
+	c->next = ex->conns;
+	if (ex->conns)
+		ex->conns->prev = c;
+	ex->conns = c;
+	ex->nconns++;
+	nbd_proto_init(&c->proto, &ex->cfg, &conn_proto_ops, c);
+	conn_update(c);
+}
+
+static void listener_pause(struct nbd_export *ex)
+{
+	if (!ex->listener_paused && server_modify(ex->srv, ex->listen_fd, 0) == 0)
+		ex->listener_paused = true;
+}
+
+static void listener_event(void *ctx, uint32_t events)
+{
+	struct nbd_export *ex = ctx;
+
+	(void)events;
+	while (!ex->quiesced) {
+		if (ex->nconns >= NBD_MAX_CONNECTIONS) {
+			listener_pause(ex); /* new clients wait in the backlog */
+			return;
+		}
+		int fd = accept4(ex->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+				/* Do not spin on a level-triggered listener: wait for a close. */
+				server_log(ex->srv, "nbd %s: accept: %s; waiting for a client to leave",
+					   ex->address, strerror(errno));
+				listener_pause(ex);
+			}
+			return;
+		}
+		conn_start(ex, fd);
+	}
+}
+
+/* ---- the export ---- */
+
+static int listen_tcp(struct nbd_export *ex, const char *hostport, char *err, size_t errlen)
+{
+	char host[256];
+	const char *colon = strrchr(hostport, ':');
+	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+				  .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
+	struct addrinfo *res = NULL;
+	int fd = -1, r;
+
+	if (!colon || !colon[1] || (size_t)(colon - hostport) >= sizeof host) {
+		snprintf(err, errlen, "nbd:tcp:%s: expected HOST:PORT (HOST may be empty for 127.0.0.1)",
+			 hostport);
+		return -1;
+	}
+	memcpy(host, hostport, (size_t)(colon - hostport));
+	host[colon - hostport] = '\0';
+	size_t hlen = strlen(host);
+	if (hlen >= 2 && host[0] == '[' && host[hlen - 1] == ']') { /* [IPv6] */
+		memmove(host, host + 1, hlen - 2);
+		host[hlen - 2] = '\0';
+	}
+	if (!host[0])
+		snprintf(host, sizeof host, "127.0.0.1"); /* loopback unless told otherwise */
+	r = getaddrinfo(host, colon + 1, &hints, &res);
+	if (r != 0) {
+		snprintf(err, errlen, "nbd:tcp:%s: %s", hostport, gai_strerror(r));
+		return -1;
+	}
+	for (struct addrinfo *ai = res; ai && fd < 0; ai = ai->ai_next) {
+		int one = 1;
+		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
+		if (fd < 0)
+			continue;
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+		if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 64) != 0) {
+			snprintf(err, errlen, "nbd:tcp:%s: %s", hostport, strerror(errno));
+			close(fd);
+			fd = -1;
+		}
+	}
+	freeaddrinfo(res);
+	if (fd < 0)
+		return -1;
+
+	/* The address as bound (the port too, if 0 asked for any). */
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof ss;
+	char ip[INET6_ADDRSTRLEN] = "?";
+	unsigned port = 0;
+	if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
+		if (ss.ss_family == AF_INET6) {
+			struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+			inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof ip);
+			port = ntohs(s6->sin6_port);
+		} else {
+			struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+			inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof ip);
+			port = ntohs(s4->sin_port);
+		}
+	}
+	snprintf(ex->address, sizeof ex->address, ss.ss_family == AF_INET6 ? "tcp:[%s]:%u" : "tcp:%s:%u",
+		 ip, port);
+	return fd;
+}
 
 static int start(struct isolde_server *srv, const char *spec, void **state, char *err, size_t errlen)
 {
-	(void)srv;
-	(void)spec;
-	(void)state;
-	snprintf(err, errlen, "the nbd export is not built yet");
+	struct nbd_export *ex = calloc(1, sizeof *ex);
+	char where[512];
+	const char *name_at;
+	size_t where_len;
+
+	if (!ex) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	ex->srv = srv;
+	ex->listen_fd = -1;
+	/* SPEC = unix:PATH | tcp:HOST:PORT, then ",name=NAME" optionally. */
+	name_at = strstr(spec, ",name=");
+	where_len = name_at ? (size_t)(name_at - spec) : strlen(spec);
+	if (name_at) {
+		const char *name = name_at + strlen(",name=");
+		if (strlen(name) > NAME_MAX_LEN) {
+			snprintf(err, errlen, "--export nbd:%s: a name is at most %u bytes", spec, NAME_MAX_LEN);
+			goto fail;
+		}
+		snprintf(ex->name, sizeof ex->name, "%s", name);
+	}
+	if (where_len >= sizeof where) {
+		snprintf(err, errlen, "--export nbd:%s: too long", spec);
+		goto fail;
+	}
+	memcpy(where, spec, where_len);
+	where[where_len] = '\0';
+	if (strncmp(where, "unix:", 5) == 0 && where[5]) {
+		char why[256];
+		struct stat st;
+		ex->is_unix = true;
+		if (strlen(where + 5) >= sizeof ex->path) {
+			snprintf(err, errlen, "--export nbd:%s: a socket path must be shorter than %zu bytes",
+				 spec, sizeof ex->path);
+			goto fail;
+		}
+		memcpy(ex->path, where + 5, strlen(where + 5) + 1);
+		ex->listen_fd = unix_listen(ex->path, why, sizeof why);
+		if (ex->listen_fd < 0) {
+			snprintf(err, errlen, "--export nbd:%s: %s", spec, why);
+			goto fail;
+		}
+		if (stat(ex->path, &st) == 0) {
+			ex->sock_dev = st.st_dev;
+			ex->sock_ino = st.st_ino;
+		}
+		snprintf(ex->address, sizeof ex->address, "unix:%s", ex->path);
+	} else if (strncmp(where, "tcp:", 4) == 0) {
+		ex->listen_fd = listen_tcp(ex, where + 4, err, errlen);
+		if (ex->listen_fd < 0)
+			goto fail;
+	} else {
+		snprintf(err, errlen, "--export nbd:%s: expected nbd:unix:PATH or nbd:tcp:HOST:PORT "
+			 "(optionally followed by ,name=NAME)", spec);
+		goto fail;
+	}
+	ex->cfg.size = server_device_size(srv);
+	ex->cfg.readonly = server_readonly(srv);
+	ex->cfg.min_block = server_alignment(srv);
+	ex->cfg.multi_conn = true; /* see the top of this file */
+	ex->cfg.name = ex->name;
+	ex->cfg.description = "isolde: a disk image served through an isolated driver";
+	if (server_watch(srv, ex->listen_fd, EPOLLIN, listener_event, ex) != 0) {
+		snprintf(err, errlen, "--export nbd:%s: cannot watch the listening socket", spec);
+		goto fail;
+	}
+	server_log(srv, "nbd export on %s, name '%s'%s", ex->address, ex->name,
+		   ex->cfg.readonly ? ", read-only" : "");
+	*state = ex;
+	return 0;
+fail:
+	if (ex->listen_fd >= 0) {
+		close(ex->listen_fd);
+		if (ex->is_unix)
+			unlink(ex->path);
+	}
+	free(ex);
 	return -1;
 }
 
-static void nothing(void *state) { (void)state; }
-static void describe(void *state, FILE *f) { (void)state; fputs("{}", f); }
+static void quiesce(void *state)
+{
+	struct nbd_export *ex = state;
+
+	ex->quiesced = true;
+	if (ex->listen_fd >= 0)
+		listener_pause(ex);
+	/* Stop reading; what is in flight completes and is answered. */
+	for (struct nbd_conn *c = ex->conns, *next; c; c = next) {
+		c->refs++;
+		conn_update(c);
+		next = c->next;
+		conn_unref(c);
+	}
+}
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void stop(void *state)
+{
+	struct nbd_export *ex = state;
+	int64_t deadline = now_ms() + FINAL_FLUSH_MS;
+
+	if (ex->listen_fd >= 0) {
+		struct stat st;
+		server_unwatch(ex->srv, ex->listen_fd);
+		close(ex->listen_fd);
+		ex->listen_fd = -1;
+		/* Remove the socket only if it is still ours. */
+		if (ex->is_unix && stat(ex->path, &st) == 0 && st.st_dev == ex->sock_dev &&
+		    st.st_ino == ex->sock_ino)
+			unlink(ex->path);
+	}
+	for (struct nbd_conn *c = ex->conns, *next; c; c = next) {
+		c->refs++;
+		/* Replies still queued get a short chance to leave. */
+		while (!c->closed && c->out_head && !c->broken && now_ms() < deadline) {
+			struct pollfd pfd = { .fd = c->fd, .events = POLLOUT };
+			if (poll(&pfd, 1, (int)(deadline - now_ms())) <= 0)
+				break;
+			conn_flush(c);
+		}
+		conn_close(c);
+		next = c->next;
+		conn_unref(c);
+	}
+	/*
+	 * A connection still alive has requests in flight: the server gave up
+	 * draining them and nothing will complete them now. They, and the
+	 * export they point to, are left allocated for the process to exit.
+	 */
+	if (!ex->conns)
+		free(ex);
+}
+
+static void describe(void *state, FILE *f)
+{
+	struct nbd_export *ex = state;
+
+	fputs("{\"kind\": \"nbd\", \"address\": ", f);
+	json_string(f, ex->address);
+	fputs(", \"name\": ", f);
+	json_string(f, ex->name);
+	fprintf(f, ", \"readonly\": %s, \"connections\": %u, \"requests\": %llu, \"inflight\": %u}",
+		ex->cfg.readonly ? "true" : "false", ex->nconns, (unsigned long long)ex->requests,
+		ex->inflight);
+}
 
 const struct export_ops nbd_export_ops = {
-	.scheme = "nbd", .start = start, .quiesce = nothing, .stop = nothing, .describe = describe,
+	.scheme = "nbd", .start = start, .quiesce = quiesce, .stop = stop, .describe = describe,
 };

@@ -109,6 +109,7 @@ void server_unwatch(struct isolde_server *s, int fd)
 
 uint64_t server_device_size(const struct isolde_server *s) { return isolde_blk_size(s->dev); }
 bool server_readonly(const struct isolde_server *s) { return isolde_blk_readonly(s->dev); }
+uint32_t server_alignment(const struct isolde_server *s) { return isolde_blk_alignment(s->dev); }
 bool server_stopping(const struct isolde_server *s) { return s->stopping; }
 
 /* ---- requests ---- */
@@ -183,8 +184,12 @@ static void submit_backlog(struct isolde_server *s)
 			}
 			sio->pieces_next++;
 			if (r) {
+				/* Not parent_piece_done: its done callback may free sio
+				 * (or submit) while sio still heads the backlog. */
 				free(p);
-				parent_piece_done(s, sio, r);
+				if (!sio->result)
+					sio->result = r;
+				sio->pieces_left--;
 			} else {
 				s->inflight_pieces++;
 			}
@@ -193,12 +198,17 @@ static void submit_backlog(struct isolde_server *s)
 		if (!s->backlog_head)
 			s->backlog_tail = NULL;
 		s->backlog_len--;
+		/* Every piece failed at submission, or the rest already completed. */
+		if (sio->pieces_left == 0)
+			sio->done(sio);
 	}
 }
 
 void server_submit(struct isolde_server *s, struct server_io *sio)
 {
-	if (sio->len > SERVER_MAX_REQUEST) {
+	/* Data must be buffered by the export, so its size is bounded;
+	 * DISCARD and WRITE_ZEROES carry none and may cover up to 4 GiB. */
+	if ((sio->op == ISOLDE_BLK_OP_READ || sio->op == ISOLDE_BLK_OP_WRITE) && sio->len > SERVER_MAX_REQUEST) {
 		sio->result = -EINVAL;
 		sio->done(sio);
 		return;

@@ -25,7 +25,7 @@
 
 #include "isolde/blk.h"
 
-#define SERVER_MAX_REQUEST (32u << 20) /* largest request an export may submit */
+#define SERVER_MAX_REQUEST (32u << 20) /* largest READ/WRITE an export may submit */
 
 struct isolde_server;
 struct server_io;
@@ -38,7 +38,7 @@ struct server_io {
 	uint8_t op;              /* ISOLDE_BLK_OP_* */
 	uint16_t flags;          /* ISOLDE_BLK_F_* */
 	void *buf;               /* READ/WRITE data, len bytes; valid until done */
-	uint32_t len;            /* up to SERVER_MAX_REQUEST */
+	uint32_t len;            /* READ/WRITE: up to SERVER_MAX_REQUEST */
 	uint64_t offset;
 	server_io_done done;     /* called once, in the loop thread */
 	void *ctx;
@@ -88,6 +88,9 @@ void server_unwatch(struct isolde_server *s, int fd);
 void server_submit(struct isolde_server *s, struct server_io *sio);
 uint64_t server_device_size(const struct isolde_server *s);
 bool server_readonly(const struct isolde_server *s);
+/* Offsets and lengths of READ/WRITE must be multiples of this (1, or the
+ * logical block size with O_DIRECT). */
+uint32_t server_alignment(const struct isolde_server *s);
 bool server_stopping(const struct isolde_server *s);
 void server_log(const struct isolde_server *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

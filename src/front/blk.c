@@ -22,6 +22,8 @@
 
 #define ZERO_COPY_POOL_DEFAULT (16u << 20)
 #define WAIT_SLICE_NS (100 * 1000000LL) /* how often a blocked front end checks for a hang */
+#define SHIELD_MAX_RETRIES 2u /* restarts a read may cause before its mismatch is an error */
+#define ERROR_MAX_RETRIES 1u  /* fresh drivers asked to confirm an I/O error */
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -219,6 +221,11 @@ struct isolde_blk *isolde_blk_open(const struct isolde_blk_config *cfg, char *er
 		goto fail;
 	if (isolde_domain_start(&dev->domain, err, errlen))
 		goto fail;
+	if (cfg->shield) {
+		if (isolde_shield_open(&dev->shield, cfg->image, dev->device_fd, dev->size, err, errlen))
+			goto fail;
+		dev->shield_on = true;
+	}
 	isolde_front_ring_attach(&dev->ring, dev->domain.sring, params.ring_slots, ISOLDE_BLK_SLOT_SIZE);
 	dev->ring.peer_sleeps = cfg->notify != ISOLDE_NOTIFY_SPIN;
 	isolde_waiter_init(&dev->waiter, cfg->notify, dev->domain.call_fd, dev->domain.kick_fd,
@@ -235,6 +242,8 @@ void isolde_blk_close(struct isolde_blk *dev)
 	if (!dev)
 		return;
 	isolde_domain_destroy(&dev->domain);
+	if (dev->shield_on)
+		isolde_shield_close(&dev->shield);
 	if (dev->device_fd >= 0)
 		close(dev->device_fd);
 	isolde_shadow_fini(&dev->shadow);
@@ -263,6 +272,9 @@ void isolde_blk_get_stats(const struct isolde_blk *dev, struct isolde_blk_stats 
 {
 	*st = dev->stats;
 	st->denials = dev->domain.denials;
+	st->shield_verified = dev->shield.blocks_verified;
+	st->shield_learned = dev->shield.blocks_learned;
+	st->shield_mismatches = dev->shield.mismatches;
 	st->kicks = dev->waiter.signals_sent;
 	st->calls = dev->waiter.signals_received;
 	st->front_sleeps = dev->waiter.sleeps;
@@ -517,6 +529,12 @@ int isolde_blk_submit(struct isolde_blk *dev, struct isolde_blk_io *io)
 			}
 		}
 	}
+	if (dev->shield_on) {
+		if (io->op == ISOLDE_BLK_OP_READ)
+			e->shield_epoch = isolde_shield_read_begin(&dev->shield);
+		else if (io->op != ISOLDE_BLK_OP_FLUSH)
+			isolde_shield_write_begin(&dev->shield, io->offset, io->len);
+	}
 	post_request(dev, (uint32_t)idx);
 	return 0;
 }
@@ -541,6 +559,36 @@ static int status_errno(uint8_t status)
 	}
 }
 
+/* A read's data in private memory: copied to the caller's buffer (copy
+ * mode), or in place in the data area (zero copy, where the driver can
+ * still reach it). */
+static const void *read_data(struct isolde_blk *dev, const struct isolde_shadow_entry *e)
+{
+	if (!e->copy)
+		return dev->domain.data + e->data_offset;
+	memcpy(e->io->buf, dev->domain.data + e->data_offset, e->length);
+	dev->stats.bytes_copied += e->length;
+	return e->io->buf;
+}
+
+/* The shield learns what writes, discards and zeroes did. */
+static void shield_completed(struct isolde_blk *dev, const struct isolde_shadow_entry *e, int result)
+{
+	switch (e->op) {
+	case ISOLDE_BLK_OP_WRITE:
+		isolde_shield_write_end(&dev->shield, e->io->buf, e->offset, e->length, result == 0);
+		break;
+	case ISOLDE_BLK_OP_DISCARD:
+		isolde_shield_write_end(&dev->shield, NULL, e->offset, e->length, false);
+		break;
+	case ISOLDE_BLK_OP_WRITE_ZEROES:
+		isolde_shield_zeroes_end(&dev->shield, e->offset, e->length, result == 0);
+		break;
+	default:
+		break;
+	}
+}
+
 static struct isolde_blk_io *complete(struct isolde_blk *dev, uint32_t idx, int result)
 {
 	struct isolde_shadow_entry *e = &dev->shadow.entries[idx];
@@ -548,10 +596,8 @@ static struct isolde_blk_io *complete(struct isolde_blk *dev, uint32_t idx, int 
 
 	if (e->op == ISOLDE_BLK_OP_READ || e->op == ISOLDE_BLK_OP_WRITE)
 		isolde_grant_revoke(dev->domain.grants, idx * ISOLDE_BLK_MAX_SEGS);
-	if (result == 0 && e->op == ISOLDE_BLK_OP_READ && e->copy) {
-		memcpy(io->buf, dev->domain.data + e->data_offset, e->length);
-		dev->stats.bytes_copied += e->length;
-	}
+	if (dev->shield_on)
+		shield_completed(dev, e, result);
 	io->result = result;
 	dev->progress = true;
 	if (dev->recovery_started_ns && !dev->failed) {
@@ -578,6 +624,10 @@ static unsigned consume_responses(struct isolde_blk *dev, struct isolde_blk_io *
 				   dev->ring.req_prod_pvt - dev->ring.rsp_cons);
 		return 0;
 	}
+	bool corrupt = false, doubted = false;
+	uint64_t corrupt_block = 0;
+	uint8_t doubted_status = 0;
+
 	while (avail-- > 0 && n < max) {
 		struct isolde_blk_response rsp;
 		char why[200];
@@ -591,7 +641,58 @@ static unsigned consume_responses(struct isolde_blk *dev, struct isolde_blk_io *
 			protocol_violation(dev, "(pid %d) %s", (int)dev->domain.pid, why);
 			return n;
 		}
-		done[n++] = complete(dev, idx, status_errno(rsp.status));
+		struct isolde_shadow_entry *e = &dev->shadow.entries[idx];
+		int result = status_errno(rsp.status);
+		/*
+		 * Every request was checked before it was sent, so calling it
+		 * invalid is a lie, and so is not supporting an op every driver
+		 * must (DISCARD and WRITE_ZEROES may be unsupported).
+		 */
+		if (rsp.status == ISOLDE_BLK_S_INVALID ||
+		    (rsp.status == ISOLDE_BLK_S_UNSUPPORTED && e->op != ISOLDE_BLK_OP_DISCARD &&
+		     e->op != ISOLDE_BLK_OP_WRITE_ZEROES)) {
+			protocol_violation(dev, "(pid %d) answered a valid %s request with status '%s'",
+					   (int)dev->domain.pid, isolde_blk_op_name(e->op),
+					   isolde_blk_status_name(rsp.status));
+			return n;
+		}
+		/* A device error is believed once a fresh driver repeats it. */
+		if ((rsp.status == ISOLDE_BLK_S_IOERR || rsp.status == ISOLDE_BLK_S_NOSPC) &&
+		    e->error_retries++ < ERROR_MAX_RETRIES) {
+			doubted = true;
+			doubted_status = rsp.status;
+			continue;
+		}
+		if (result == 0 && e->op == ISOLDE_BLK_OP_READ) {
+			const void *data = read_data(dev, e);
+			uint64_t bad;
+			if (dev->shield_on && isolde_shield_read_end(&dev->shield, e->shield_epoch, data, e->offset,
+								     e->length, &bad)) {
+				if (e->shield_retries++ < SHIELD_MAX_RETRIES) {
+					/* Not completed: it stays in the shadow and is
+					 * replayed to the next driver. */
+					corrupt = true;
+					corrupt_block = bad;
+					continue;
+				}
+				fprintf(stderr, "isolde: block %llu of %s still differs from what was written "
+					"after %u driver restarts; the read fails with EIO\n",
+					(unsigned long long)bad, dev->image, SHIELD_MAX_RETRIES);
+				result = -EIO;
+			}
+		}
+		done[n++] = complete(dev, idx, result);
+	}
+	if (corrupt) {
+		char why[200];
+		snprintf(why, sizeof why, "(pid %d) returned block %llu different from what was written "
+			 "(integrity shield)", (int)dev->domain.pid, (unsigned long long)corrupt_block);
+		driver_failed(dev, ISOLDE_FAIL_CORRUPTION, why);
+	} else if (doubted) {
+		char why[200];
+		snprintf(why, sizeof why, "(pid %d) reported '%s'; asking a fresh driver to confirm",
+			 (int)dev->domain.pid, isolde_blk_status_name(doubted_status));
+		driver_failed(dev, ISOLDE_FAIL_ERROR_STATUS, why);
 	}
 	return n;
 }
@@ -759,6 +860,7 @@ bool isolde_blk_prepare_sleep(struct isolde_blk *dev)
 }
 
 enum isolde_notify_mode isolde_blk_notify_mode(const struct isolde_blk *dev) { return dev->waiter.mode; }
+uint32_t isolde_blk_alignment(const struct isolde_blk *dev) { return dev->align; }
 bool isolde_blk_readonly(const struct isolde_blk *dev) { return dev->readonly; }
 const char *isolde_blk_driver_name(const struct isolde_blk *dev) { return dev->domain.driver_name; }
 

@@ -69,17 +69,19 @@ static int parse_field(struct isolde_blk_config *cfg, char *key, char *value, ch
 		cfg->timeout_ms = (unsigned)v;
 		return 0;
 	}
-	if (strcmp(key, "readonly") == 0 || strcmp(key, "direct") == 0) {
+	if (strcmp(key, "readonly") == 0 || strcmp(key, "direct") == 0 || strcmp(key, "shield") == 0) {
 		if (value)
 			return fail(err, errlen, "field '%s' takes no value", key);
 		if (key[0] == 'r')
 			cfg->readonly = true;
-		else
+		else if (key[0] == 'd')
 			cfg->direct = true;
+		else
+			cfg->shield = true;
 		return 0;
 	}
 	return fail(err, errlen, "unknown field '%s' (known: image, driver, notify, qd, max_io, "
-		    "timeout_ms, policy, readonly, direct)", key);
+		    "timeout_ms, policy, readonly, direct, shield)", key);
 }
 
 int isolde_blk_config_parse(struct isolde_blk_config *cfg, const char *spec, char *err, size_t errlen)
@@ -100,7 +102,7 @@ int isolde_blk_config_parse(struct isolde_blk_config *cfg, const char *spec, cha
 	cfg->owned = copy;
 	for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save), first = false) {
 		char *eq = strchr(tok, '=');
-		if (!eq && first && strcmp(tok, "readonly") && strcmp(tok, "direct")) {
+		if (!eq && first && strcmp(tok, "readonly") && strcmp(tok, "direct") && strcmp(tok, "shield")) {
 			cfg->image = tok;
 			continue;
 		}

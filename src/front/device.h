@@ -15,6 +15,7 @@
 
 #include "buf_pool.h"
 #include "shadow.h"
+#include "shield.h"
 
 struct isolde_blk {
 	char image[PATH_MAX];
@@ -41,6 +42,9 @@ struct isolde_blk {
 	uint64_t recovery_started_ns; /* failure detected; 0 once the first replayed
 				       * request completed */
 	unsigned replayed_last;    /* requests replayed by the last restart */
+
+	bool shield_on;
+	struct isolde_shield shield;
 
 	bool failed;               /* past the restart budget: every request fails */
 	char error[512];

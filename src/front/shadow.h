@@ -29,6 +29,9 @@ struct isolde_shadow_entry {
 	bool copy;              /* data goes through the entry's bounce buffer */
 	uint64_t data_offset;   /* granted buffer, within the data area */
 	uint64_t submitted_ns;
+	uint64_t shield_epoch;  /* READ: when it was submitted, for the shield */
+	uint8_t shield_retries; /* READ: restarts caused by this read's data */
+	uint8_t error_retries;  /* restarts caused by this request's error status */
 };
 
 struct isolde_shadow {

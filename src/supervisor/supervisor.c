@@ -14,6 +14,8 @@ static const char *const failure_names[ISOLDE_FAIL_COUNT] = {
 	[ISOLDE_FAIL_PROTOCOL] = "protocol-violation",
 	[ISOLDE_FAIL_KILLED] = "killed",
 	[ISOLDE_FAIL_START] = "start-failure",
+	[ISOLDE_FAIL_CORRUPTION] = "silent-corruption",
+	[ISOLDE_FAIL_ERROR_STATUS] = "error-status",
 };
 
 const char *isolde_failure_name(enum isolde_failure f)

@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "json.h"
+
 #define EXIT_USAGE 2
 
 struct cli_command {
@@ -28,8 +30,6 @@ bool cli_parse_u64(const struct cli_command *cmd, const char *opt, const char *v
 bool cli_parse_size(const struct cli_command *cmd, const char *opt, const char *value,
 		    uint64_t min, uint64_t max, uint64_t *out);
 
-/* Write s as a JSON string literal. */
-void json_string(FILE *f, const char *s);
 
 extern const struct cli_command verify_command;
 extern const struct cli_command demo_command;
@@ -37,5 +37,6 @@ extern const struct cli_command policy_command;
 extern const struct cli_command bench_command;
 extern const struct cli_command serve_command;
 extern const struct cli_command status_command;
+extern const struct cli_command inject_command;
 
 #endif

@@ -27,6 +27,7 @@ const struct cli_command serve_command = {
 	"  --image PATH        image file or block device (required)\n"
 	"  --export SPEC       nbd:unix:PATH        NBD on a Unix socket\n"
 	"                      nbd:tcp:HOST:PORT    NBD on TCP (HOST may be empty for 127.0.0.1)\n"
+	"                      (either with ,name=NAME: the export's name; default \"\")\n"
 	"                      fuse:PATH            the device as one regular file at PATH\n"
 	"  --driver NAME|PATH  driver (default blk-file)\n"
 	"  --policy FILE       the driver's policy (default: the one shipped for it)\n"

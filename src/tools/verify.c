@@ -223,6 +223,8 @@ int verify_run(const struct verify_options *o, struct verify_result *r, char *er
 		w.free_slots[w.nfree++] = &w.slots[i];
 	}
 
+	if (o->opened)
+		o->opened(w.dev, o->opened_ctx);
 	start = isolde_now_ns();
 	if (write_phase(&w) == 0)
 		read_phase(&w);
@@ -268,6 +270,8 @@ const struct cli_command verify_command = {
 	"  --bs BYTES          block size, 512..16M, multiple of 512 (default 4k)\n"
 	"  --seed S            random seed (default 1)\n"
 	"  --zero-copy         use buffers in the shared data area instead of copying\n"
+	"  --shield            integrity shield: checksum every block written, check every\n"
+	"                      block read; a mismatch restarts the driver and replays\n"
 	"  --direct            open the image with O_DIRECT\n"
 	"  --policy FILE       the driver's policy (default: the one shipped for the driver)\n"
 	"  --timeout-ms MS     hang detection: no driver progress this long while I/O is\n"
@@ -324,9 +328,12 @@ static void print_json(const struct verify_options *o, const struct verify_resul
 	printf("}, \"recovery_us\": {\"count\": %u, \"p50\": %u, \"p99\": %u, \"max\": %u}",
 	       sup->recovery_count, p50, p99, max);
 	printf(", \"kicks\": %llu, \"calls\": %llu, \"protocol_violations\": %llu, \"denials\": %llu, "
+	       "\"shield\": {\"on\": %s, \"verified\": %llu, \"learned\": %llu, \"mismatches\": %llu}, "
 	       "\"error\": ",
 	       (unsigned long long)r->stats.kicks, (unsigned long long)r->stats.calls,
-	       (unsigned long long)r->stats.protocol_violations, (unsigned long long)r->stats.denials);
+	       (unsigned long long)r->stats.protocol_violations, (unsigned long long)r->stats.denials,
+	       o->cfg.shield ? "true" : "false", (unsigned long long)r->stats.shield_verified,
+	       (unsigned long long)r->stats.shield_learned, (unsigned long long)r->stats.shield_mismatches);
 	if (r->error[0])
 		json_string(stdout, r->error);
 	else
@@ -349,7 +356,7 @@ static void print_human(const struct verify_options *o, const struct verify_resu
 	       (unsigned long long)r->supervisor.replayed);
 }
 
-enum { OPT_SIZE = 256, OPT_POLICY, OPT_DRIVER_ARG, OPT_ZERO_COPY, OPT_DIRECT, OPT_TIMEOUT, OPT_FORCE, OPT_JSON };
+enum { OPT_SIZE = 256, OPT_POLICY, OPT_SHIELD, OPT_DRIVER_ARG, OPT_ZERO_COPY, OPT_DIRECT, OPT_TIMEOUT, OPT_FORCE, OPT_JSON };
 
 static int run_verify_command(int argc, char **argv)
 {
@@ -359,6 +366,7 @@ static int run_verify_command(int argc, char **argv)
 		{ "driver", required_argument, NULL, 'd' },
 		{ "driver-arg", required_argument, NULL, OPT_DRIVER_ARG },
 		{ "policy", required_argument, NULL, OPT_POLICY },
+		{ "shield", no_argument, NULL, OPT_SHIELD },
 		{ "notify", required_argument, NULL, 'n' },
 		{ "ops", required_argument, NULL, 'o' },
 		{ "qd", required_argument, NULL, 'q' },
@@ -394,6 +402,7 @@ static int run_verify_command(int argc, char **argv)
 			break;
 		case 'd': o.cfg.driver = optarg; break;
 		case OPT_POLICY: o.cfg.policy = optarg; break;
+		case OPT_SHIELD: o.cfg.shield = true; break;
 		case OPT_DRIVER_ARG:
 			if (ndriver_args == 32)
 				return cli_usage_error(cmd, "--driver-arg: at most 32");

@@ -20,6 +20,10 @@ struct verify_options {
 	uint64_t seed;
 	bool zero_copy;    /* buffers in the shared data area instead of copying */
 	bool announce;     /* print the driver's pid on stderr once it runs */
+	/* Called once the device is open, before the workload (fault injection
+	 * attaches to the driver here). */
+	void (*opened)(struct isolde_blk *dev, void *ctx);
+	void *opened_ctx;
 };
 
 struct verify_result {

@@ -30,6 +30,11 @@
  *   wild-write      scribble over the header, the ring and the data area
  *   leak            allocate and touch 1 MiB per request from here on, until
  *                   memory runs out at the policy's limit; then abort
+ *   lie-ioerr       answer a valid request with an I/O error it did not have
+ *   lie-invalid     answer a valid request with "invalid request"
+ *   corrupt-read    answer a READ correctly but flip one byte of its data:
+ *                   a perfectly well-formed lie only the integrity shield
+ *                   can catch (a non-READ request at --after is served as is)
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -55,6 +60,7 @@ static const char *const known_faults[] = {
 	"none", "unknown-id", "dup-id", "stale-id", "oversize-length", "short-length",
 	"bad-status", "wrong-op", "prod-overflow", "exit", "segfault", "grant-write", "sigill",
 	"sigfpe", "abort", "hang", "spin-hang", "slow", "syscall", "syscall-kill", "wild-write", "leak",
+	"corrupt-read", "lie-ioerr", "lie-invalid",
 };
 
 static int parse_arg(struct isolde_driver *drv, const char *key, const char *value)
@@ -150,6 +156,12 @@ static void misbehave(struct isolde_driver *drv, const struct isolde_blk_request
 		leaking = true;
 
 	isolde_driver_serve(drv, req, &rsp);
+	if (is("corrupt-read") && req->op == ISOLDE_BLK_OP_READ && rsp.status == ISOLDE_BLK_S_OK) {
+		unsigned char *p = isolde_grant_access(&drv->grants, req->seg[0].gref, req->seg[0].offset,
+						       req->seg[0].length, ISOLDE_GRANT_DRIVER_WRITES);
+		if (p)
+			p[req->seg[0].length / 2] ^= 0x40;
+	}
 	if (is("unknown-id"))
 		rsp.id = UINT64_C(0xdead0000beef) | 0xffff;
 	else if (is("stale-id"))
@@ -160,6 +172,10 @@ static void misbehave(struct isolde_driver *drv, const struct isolde_blk_request
 		rsp.length = req->length / 2;
 	else if (is("bad-status"))
 		rsp.status = 200;
+	else if (is("lie-ioerr"))
+		rsp.status = ISOLDE_BLK_S_IOERR, rsp.length = 0;
+	else if (is("lie-invalid"))
+		rsp.status = ISOLDE_BLK_S_INVALID, rsp.length = 0;
 	else if (is("wrong-op"))
 		rsp.op = req->op == ISOLDE_BLK_OP_READ ? ISOLDE_BLK_OP_WRITE : ISOLDE_BLK_OP_READ;
 	isolde_driver_respond(drv, &rsp);

@@ -5,7 +5,7 @@ import pytest
 from conftest import FAULT_POLICY
 
 
-@pytest.mark.parametrize("command", ["verify", "demo", "policy", "bench"])
+@pytest.mark.parametrize("command", ["verify", "demo", "policy", "bench", "inject", "serve", "status"])
 def test_help(isolde, command):
     p = isolde.run(command, "--help")
     assert p.returncode == 0

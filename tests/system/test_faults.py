@@ -30,6 +30,8 @@ FAULTS = {
     "bad-status": ("protocol-violation", []),
     "wrong-op": ("protocol-violation", []),
     "prod-overflow": ("protocol-violation", []),
+    "lie-invalid": ("protocol-violation", []),
+    "lie-ioerr": ("error-status", []),
 }
 
 

@@ -1,0 +1,435 @@
+// SPDX-License-Identifier: MIT
+#define _GNU_SOURCE
+#include "swifi.h"
+
+#include <capstone/capstone.h>
+#include <elf.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char *const fault_names[SWIFI_COUNT] = {
+	"source-register", "destination-register", "pointer", "interface", "branch", "bit-flip", "nop",
+	"heap",
+};
+
+const char *swifi_fault_name(enum swifi_fault f)
+{
+	return (unsigned)f < SWIFI_COUNT ? fault_names[f] : "unknown";
+}
+
+int swifi_fault_parse(const char *name, enum swifi_fault *f)
+{
+	for (int i = 0; i < SWIFI_COUNT; i++) {
+		if (strcmp(name, fault_names[i]) == 0) {
+			*f = (enum swifi_fault)i;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+struct swifi_code {
+	csh cs;
+	struct swifi_insn *insns;
+	size_t n;
+};
+
+size_t swifi_insn_count(const struct swifi_code *c) { return c->n; }
+
+/* Functions that are isolde's driver code, by name; static functions
+ * between them in the text are included by address (see swifi_load). */
+static bool ours(const char *name)
+{
+	return strncmp(name, "isolde_", 7) == 0 || strncmp(name, "blk_file_", 9) == 0 ||
+	       strncmp(name, "blk_uring_", 10) == 0 || strcmp(name, "main") == 0;
+}
+
+struct func {
+	uint64_t addr, size;
+	const char *name;
+};
+
+static int by_addr(const void *a, const void *b)
+{
+	const struct func *x = a, *y = b;
+	return x->addr < y->addr ? -1 : x->addr > y->addr;
+}
+
+static uint64_t next_rand(uint64_t *s)
+{
+	uint64_t x = *s ? *s : 0x9e3779b97f4a7c15ull;
+	x ^= x >> 12;
+	x ^= x << 25;
+	x ^= x >> 27;
+	*s = x;
+	return x * 0x2545f4914f6cdd1dull;
+}
+
+struct swifi_code *swifi_load(const char *binary, char *err, size_t errlen)
+{
+	int fd = open(binary, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	unsigned char *img = MAP_FAILED;
+	struct swifi_code *c = NULL;
+	struct func *funcs = NULL;
+	size_t nfuncs = 0;
+
+	if (fd < 0 || fstat(fd, &st) != 0 ||
+	    (img = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0)) == MAP_FAILED) {
+		snprintf(err, errlen, "cannot read %s: %s", binary, strerror(errno));
+		goto out;
+	}
+	const Elf64_Ehdr *eh = (const Elf64_Ehdr *)img;
+	if ((size_t)st.st_size < sizeof *eh || memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0 ||
+	    eh->e_ident[EI_CLASS] != ELFCLASS64 || eh->e_machine != EM_X86_64 || eh->e_type != ET_EXEC) {
+		snprintf(err, errlen, "%s is not a static x86-64 executable (ET_EXEC)", binary);
+		goto out;
+	}
+	const Elf64_Shdr *sh = (const Elf64_Shdr *)(img + eh->e_shoff);
+	const Elf64_Shdr *symtab = NULL, *strtab = NULL;
+	for (int i = 0; i < eh->e_shnum; i++) {
+		if (sh[i].sh_type == SHT_SYMTAB) {
+			symtab = &sh[i];
+			strtab = &sh[sh[i].sh_link];
+		}
+	}
+	if (!symtab) {
+		snprintf(err, errlen, "%s has no symbol table (stripped?)", binary);
+		goto out;
+	}
+	const Elf64_Sym *syms = (const Elf64_Sym *)(img + symtab->sh_offset);
+	size_t nsyms = symtab->sh_size / sizeof *syms;
+	const char *names = (const char *)(img + strtab->sh_offset);
+	funcs = calloc(nsyms, sizeof *funcs);
+	uint64_t lo = UINT64_MAX, hi = 0;
+	for (size_t i = 0; funcs && i < nsyms; i++) {
+		if (ELF64_ST_TYPE(syms[i].st_info) != STT_FUNC || syms[i].st_size == 0 ||
+		    syms[i].st_shndx == SHN_UNDEF || syms[i].st_shndx >= eh->e_shnum)
+			continue;
+		funcs[nfuncs++] = (struct func){ syms[i].st_value, syms[i].st_size, names + syms[i].st_name };
+		if (ours(names + syms[i].st_name)) {
+			lo = syms[i].st_value < lo ? syms[i].st_value : lo;
+			hi = syms[i].st_value + syms[i].st_size > hi ? syms[i].st_value + syms[i].st_size : hi;
+		}
+	}
+	if (hi == 0) {
+		snprintf(err, errlen, "%s has no isolde driver functions", binary);
+		goto out;
+	}
+	qsort(funcs, nfuncs, sizeof *funcs, by_addr);
+
+	c = calloc(1, sizeof *c);
+	if (!c || cs_open(CS_ARCH_X86, CS_MODE_64, &c->cs) != CS_ERR_OK) {
+		snprintf(err, errlen, "capstone: cannot open x86-64");
+		free(c);
+		c = NULL;
+		goto out;
+	}
+	cs_option(c->cs, CS_OPT_DETAIL, CS_OPT_ON);
+	size_t cap = 4096;
+	c->insns = malloc(cap * sizeof *c->insns);
+	for (size_t f = 0; c->insns && f < nfuncs; f++) {
+		if (funcs[f].addr < lo || funcs[f].addr >= hi || (f && funcs[f].addr == funcs[f - 1].addr))
+			continue;
+		/* File offset of the function: through the section holding it. */
+		const Elf64_Shdr *text = NULL;
+		for (int i = 0; i < eh->e_shnum; i++)
+			if (sh[i].sh_type == SHT_PROGBITS && funcs[f].addr >= sh[i].sh_addr &&
+			    funcs[f].addr + funcs[f].size <= sh[i].sh_addr + sh[i].sh_size)
+				text = &sh[i];
+		if (!text)
+			continue;
+		const uint8_t *code = img + text->sh_offset + (funcs[f].addr - text->sh_addr);
+		cs_insn *insn;
+		size_t count = cs_disasm(c->cs, code, funcs[f].size, funcs[f].addr, 0, &insn);
+		for (size_t k = 0; k < count; k++) {
+			if (c->n == cap) {
+				struct swifi_insn *more = realloc(c->insns, 2 * cap * sizeof *more);
+				if (!more)
+					break;
+				c->insns = more;
+				cap *= 2;
+			}
+			struct swifi_insn *si = &c->insns[c->n++];
+			si->addr = insn[k].address;
+			si->size = (uint8_t)insn[k].size;
+			memcpy(si->bytes, insn[k].bytes, insn[k].size);
+			snprintf(si->text, sizeof si->text, "%.31s %.31s", insn[k].mnemonic, insn[k].op_str);
+			snprintf(si->function, sizeof si->function, "%s", funcs[f].name);
+		}
+		cs_free(insn, count);
+	}
+	if (!c->insns || c->n == 0) {
+		snprintf(err, errlen, "%s: nothing decoded", binary);
+		swifi_free(c);
+		c = NULL;
+	}
+out:
+	free(funcs);
+	if (img != MAP_FAILED)
+		munmap(img, (size_t)st.st_size);
+	if (fd >= 0)
+		close(fd);
+	return c;
+}
+
+void swifi_free(struct swifi_code *c)
+{
+	if (!c)
+		return;
+	cs_close(&c->cs);
+	free(c->insns);
+	free(c);
+}
+
+/* Decode one instruction (with detail); NULL if the bytes are not one. */
+static cs_insn *decode(const struct swifi_code *c, const uint8_t *bytes, size_t size, uint64_t addr)
+{
+	cs_insn *insn;
+	size_t n = cs_disasm(c->cs, bytes, size, addr, 1, &insn);
+
+	if (n == 1 && insn->size == size)
+		return insn;
+	if (n)
+		cs_free(insn, n);
+	return NULL;
+}
+
+/* Registers an instruction's explicit operands read / write. */
+static void operand_regs(const cs_insn *insn, unsigned access, unsigned *regs, int *n)
+{
+	const cs_x86 *x = &insn->detail->x86;
+
+	*n = 0;
+	for (int i = 0; i < x->op_count; i++)
+		if (x->operands[i].type == X86_OP_REG && (x->operands[i].access & access))
+			regs[(*n)++] = x->operands[i].reg;
+}
+
+static bool same_regs(const unsigned *a, int na, const unsigned *b, int nb)
+{
+	if (na != nb)
+		return false;
+	for (int i = 0; i < na; i++)
+		if (a[i] != b[i])
+			return false;
+	return true;
+}
+
+static bool mem_operand(const cs_insn *insn, x86_op_mem *m)
+{
+	const cs_x86 *x = &insn->detail->x86;
+	for (int i = 0; i < x->op_count; i++) {
+		if (x->operands[i].type == X86_OP_MEM) {
+			*m = x->operands[i].mem;
+			return true;
+		}
+	}
+	return false;
+}
+
+/*
+ * Register faults: flip a bit of the ModRM reg or rm field (register form)
+ * and keep the mutation only if a register of the wanted kind changed and
+ * the instruction still decodes to the same length.
+ */
+static bool mutate_register(const struct swifi_code *c, const struct swifi_insn *si, bool dest, uint64_t *rng,
+			    uint8_t *out)
+{
+	cs_insn *orig = decode(c, si->bytes, si->size, si->addr);
+	bool ok = false;
+
+	if (!orig)
+		return false;
+	const cs_x86 *x = &orig->detail->x86;
+	unsigned want = dest ? CS_AC_WRITE : CS_AC_READ;
+	unsigned before[8], after[8];
+	int nb, na;
+	operand_regs(orig, want, before, &nb);
+	if (x->encoding.modrm_offset == 0 || (x->modrm >> 6) != 3 || nb == 0)
+		goto out;
+	for (int attempt = 0; attempt < 6 && !ok; attempt++) {
+		unsigned bit = (unsigned)(next_rand(rng) % 6); /* rm bits 0-2, reg bits 3-5 */
+		memcpy(out, si->bytes, si->size);
+		out[x->encoding.modrm_offset] ^= (uint8_t)(1u << bit);
+		cs_insn *mut = decode(c, out, si->size, si->addr);
+		if (!mut)
+			continue;
+		operand_regs(mut, want, after, &na);
+		if (!same_regs(before, nb, after, na)) {
+			/* A source fault must leave the destination alone, and
+			 * the other way round, so the type says what changed. */
+			unsigned ob[8], oa[8];
+			int nob, noa;
+			operand_regs(orig, dest ? CS_AC_READ : CS_AC_WRITE, ob, &nob);
+			operand_regs(mut, dest ? CS_AC_READ : CS_AC_WRITE, oa, &noa);
+			unsigned only_other_before[8], only_other_after[8];
+			int k1 = 0, k2 = 0;
+			for (int i = 0; i < nob; i++) {
+				bool shared = false;
+				for (int j = 0; j < nb; j++)
+					shared |= ob[i] == before[j];
+				if (!shared)
+					only_other_before[k1++] = ob[i];
+			}
+			for (int i = 0; i < noa; i++) {
+				bool shared = false;
+				for (int j = 0; j < na; j++)
+					shared |= oa[i] == after[j];
+				if (!shared)
+					only_other_after[k2++] = oa[i];
+			}
+			ok = same_regs(only_other_before, k1, only_other_after, k2);
+		}
+		cs_free(mut, 1);
+	}
+out:
+	cs_free(orig, 1);
+	return ok;
+}
+
+static bool mutate_pointer(const struct swifi_code *c, const struct swifi_insn *si, uint64_t *rng, uint8_t *out)
+{
+	cs_insn *orig = decode(c, si->bytes, si->size, si->addr);
+	x86_op_mem before, after;
+	bool ok = false;
+
+	if (!orig)
+		return false;
+	const cs_x86 *x = &orig->detail->x86;
+	if (!mem_operand(orig, &before) || before.base == X86_REG_RIP || x->encoding.modrm_offset == 0 ||
+	    strncmp(orig->mnemonic, "lea", 3) == 0 || strncmp(orig->mnemonic, "nop", 3) == 0)
+		goto out;
+	for (int attempt = 0; attempt < 8 && !ok; attempt++) {
+		memcpy(out, si->bytes, si->size);
+		if (x->encoding.disp_size && (next_rand(rng) & 1)) {
+			unsigned bit = (unsigned)(next_rand(rng) % (8u * x->encoding.disp_size));
+			out[x->encoding.disp_offset + bit / 8] ^= (uint8_t)(1u << (bit % 8));
+		} else if ((x->modrm & 7) != 4) {
+			out[x->encoding.modrm_offset] ^= (uint8_t)(1u << (next_rand(rng) % 3)); /* base register */
+		} else {
+			continue;
+		}
+		cs_insn *mut = decode(c, out, si->size, si->addr);
+		if (!mut)
+			continue;
+		ok = mem_operand(mut, &after) && memcmp(&before, &after, sizeof before) != 0 &&
+		     strcmp(mut->mnemonic, orig->mnemonic) == 0;
+		cs_free(mut, 1);
+	}
+out:
+	cs_free(orig, 1);
+	return ok;
+}
+
+static bool is_arg_reg(unsigned reg)
+{
+	switch (reg) {
+	case X86_REG_RDI: case X86_REG_EDI: case X86_REG_RSI: case X86_REG_ESI:
+	case X86_REG_RDX: case X86_REG_EDX: case X86_REG_RCX: case X86_REG_ECX:
+	case X86_REG_R8: case X86_REG_R8D: case X86_REG_R9: case X86_REG_R9D:
+		return true;
+	default:
+		return false;
+	}
+}
+
+/* A mov/lea into an argument register with a call within six instructions. */
+static bool interface_candidate(const struct swifi_code *c, size_t i)
+{
+	const struct swifi_insn *si = &c->insns[i];
+	cs_insn *insn;
+
+	if (strncmp(si->text, "mov", 3) != 0 && strncmp(si->text, "lea", 3) != 0)
+		return false;
+	insn = decode(c, si->bytes, si->size, si->addr);
+	if (!insn)
+		return false;
+	const cs_x86 *x = &insn->detail->x86;
+	bool arg = x->op_count >= 1 && x->operands[0].type == X86_OP_REG && is_arg_reg(x->operands[0].reg);
+	cs_free(insn, 1);
+	for (size_t k = i + 1; arg && k < c->n && k <= i + 6; k++) {
+		if (strcmp(c->insns[k].function, si->function) != 0)
+			return false;
+		if (strncmp(c->insns[k].text, "call", 4) == 0)
+			return true;
+	}
+	return false;
+}
+
+static bool mutate(const struct swifi_code *c, size_t i, enum swifi_fault f, uint64_t *rng, uint8_t *out)
+{
+	const struct swifi_insn *si = &c->insns[i];
+	const uint8_t *b = si->bytes;
+
+	switch (f) {
+	case SWIFI_NOP:
+		memset(out, 0x90, si->size);
+		return true;
+	case SWIFI_BIT_FLIP: {
+		unsigned bit = (unsigned)(next_rand(rng) % (8u * si->size));
+		memcpy(out, b, si->size);
+		out[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+		return true;
+	}
+	case SWIFI_BRANCH:
+		memcpy(out, b, si->size);
+		if (si->size == 2 && b[0] >= 0x70 && b[0] <= 0x7f) {
+			out[0] ^= 1;
+			return true;
+		}
+		if (si->size == 6 && b[0] == 0x0f && b[1] >= 0x80 && b[1] <= 0x8f) {
+			out[1] ^= 1;
+			return true;
+		}
+		return false;
+	case SWIFI_INTERFACE:
+		if (!interface_candidate(c, i))
+			return false;
+		memset(out, 0x90, si->size);
+		return true;
+	case SWIFI_SOURCE_REGISTER:
+		return mutate_register(c, si, false, rng, out);
+	case SWIFI_DEST_REGISTER:
+		return mutate_register(c, si, true, rng, out);
+	case SWIFI_POINTER:
+		return mutate_pointer(c, si, rng, out);
+	default:
+		return false;
+	}
+}
+
+int swifi_pick(const struct swifi_code *c, enum swifi_fault f, uint64_t *rng, struct swifi_insn *insn,
+	       uint8_t mutated[SWIFI_MAX_INSN], char *what, size_t whatlen)
+{
+	if (f == SWIFI_HEAP || c->n == 0)
+		return -1;
+	/* Random starting point, then walk until an instruction fits. */
+	size_t start = (size_t)(next_rand(rng) % c->n);
+	for (size_t k = 0; k < c->n; k++) {
+		size_t i = (start + k) % c->n;
+		if (mutate(c, i, f, rng, mutated)) {
+			*insn = c->insns[i];
+			char hex[3 * SWIFI_MAX_INSN + 1] = "";
+			for (int j = 0; j < insn->size; j++)
+				snprintf(hex + 3 * j, 4, "%02x ", mutated[j]);
+			cs_insn *mut = decode(c, mutated, insn->size, insn->addr);
+			snprintf(what, whatlen, "%s+0x%llx: %s -> %s", insn->function,
+				 (unsigned long long)insn->addr, insn->text,
+				 mut ? mut->mnemonic : hex);
+			if (mut) {
+				size_t used = strlen(what);
+				snprintf(what + used, whatlen - used, " %s", mut->op_str);
+				cs_free(mut, 1);
+			}
+			return 0;
+		}
+	}
+	return -1;
+}

@@ -1,0 +1,61 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Software-implemented fault injection (SWIFI) into a driver's own code:
+ * the classic fault model of the Nooks and MINIX 3 campaigns, applied as
+ * mutations of the driver's machine code (or, for "heap", of its data).
+ *
+ * The driver's code is found from its ELF symbol table (the functions of
+ * isolde's driver sources, not libc) and decoded with capstone; each fault
+ * type picks an instruction it applies to and mutates it in place, keeping
+ * its length. Every register or pointer mutation is decoded again to confirm
+ * it changed what the fault type says (a source register, a destination
+ * register, a memory operand).
+ */
+#ifndef ISOLDE_INJECT_SWIFI_H
+#define ISOLDE_INJECT_SWIFI_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum swifi_fault {
+	SWIFI_SOURCE_REGISTER,  /* a register an instruction reads is swapped for another */
+	SWIFI_DEST_REGISTER,    /* a register an instruction writes is swapped for another */
+	SWIFI_POINTER,          /* a memory operand's base or displacement is corrupted */
+	SWIFI_INTERFACE,        /* an argument load before a call is removed (NOPs) */
+	SWIFI_BRANCH,           /* a conditional branch (or loop condition) is inverted */
+	SWIFI_BIT_FLIP,         /* one random bit of an instruction is flipped */
+	SWIFI_NOP,              /* an instruction is replaced by NOPs */
+	SWIFI_HEAP,             /* one random bit of the driver's data or heap is flipped */
+	SWIFI_COUNT
+};
+
+const char *swifi_fault_name(enum swifi_fault f);
+int swifi_fault_parse(const char *name, enum swifi_fault *f);
+
+#define SWIFI_MAX_INSN 15
+
+struct swifi_insn {
+	uint64_t addr;
+	uint8_t size;
+	uint8_t bytes[SWIFI_MAX_INSN];
+	char text[64];            /* "mov rdi, qword ptr [rbx + 8]" */
+	char function[48];
+};
+
+struct swifi_code;            /* the decoded text of one driver binary */
+
+/* Decode the driver's own functions from its executable. */
+struct swifi_code *swifi_load(const char *binary, char *err, size_t errlen);
+void swifi_free(struct swifi_code *c);
+size_t swifi_insn_count(const struct swifi_code *c);
+
+/*
+ * Pick an instruction the fault applies to (using *rng) and compute its
+ * mutation. Returns 0 with the original in *insn and the mutated bytes in
+ * mutated[] (same length), or -1 if no instruction fits. Not for SWIFI_HEAP.
+ */
+int swifi_pick(const struct swifi_code *c, enum swifi_fault f, uint64_t *rng, struct swifi_insn *insn,
+	       uint8_t mutated[SWIFI_MAX_INSN], char *what, size_t whatlen);
+
+#endif

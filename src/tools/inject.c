@@ -1,0 +1,523 @@
+// SPDX-License-Identifier: MIT
+/*
+ * isolde inject: a fault-injection campaign. Each trial starts a driver
+ * domain, plants one SWIFI fault in the running driver, runs a verified
+ * workload through it with the integrity shield on, and records what
+ * happened. Each trial runs in a process of its own, so that a front end
+ * that crashed would be counted, not end the campaign.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "isolde/blk.h"
+#include "isolde/domain.h"
+#include "swifi.h"
+#include "tracer.h"
+#include "verify.h"
+
+enum outcome {
+	OUT_NOT_ACTIVATED,   /* the faulty instruction never ran (or, heap: no failure seen) */
+	OUT_NO_FAILURE,      /* it ran and nothing went wrong */
+	OUT_RECOVERED,       /* a failure was detected and recovered transparently */
+	OUT_IO_ERROR,        /* the application got an I/O error */
+	OUT_CORRUPT,         /* the application got wrong data: must never happen */
+	OUT_FRONT_CRASH,     /* the front end crashed: must never happen */
+	OUT_NOT_INJECTED,    /* the fault could not be planted */
+	OUT_COUNT
+};
+
+static const char *const outcome_names[OUT_COUNT] = {
+	"not_activated", "activated_no_failure", "recovered", "io_error", "corrupt_returned",
+	"front_end_crash", "not_injected",
+};
+
+struct trial {
+	enum swifi_fault type;
+	enum outcome outcome;
+	bool activated;
+	uint64_t restarts;
+	uint64_t by_failure[ISOLDE_FAIL_COUNT];
+	uint64_t errors, mismatches;
+	char target[192];
+	char error[600];
+};
+
+struct tally {
+	uint64_t injected;
+	uint64_t activated;
+	uint64_t outcomes[OUT_COUNT];
+	uint64_t by_failure[ISOLDE_FAIL_COUNT];
+	uint64_t shield_caught; /* trials where the shield caught a lying driver */
+};
+
+struct campaign {
+	const char *image;
+	const char *driver;
+	uint64_t faults;
+	int types[SWIFI_COUNT];
+	unsigned ntypes;
+	uint64_t seed;
+	uint64_t ops;
+	unsigned timeout_ms;
+	enum isolde_notify_mode notify;
+	struct swifi_code *code;
+	struct tally tally[SWIFI_COUNT], total;
+	FILE *trials_out;          /* per-trial lines for the JSON, failures only */
+	size_t notable;
+};
+
+/* ---- one trial, in a child process ---- */
+
+struct trial_ctx {
+	struct campaign *c;
+	struct trial *t;
+	struct tracer tracer;
+	uint64_t rng;
+};
+
+static void plant(struct isolde_blk *dev, void *arg)
+{
+	struct trial_ctx *x = arg;
+	struct tracer *tr = &x->tracer;
+
+	memset(tr, 0, sizeof *tr);
+	tr->pid = isolde_blk_driver_pid(dev);
+	tr->fault = x->t->type;
+	if (tr->fault == SWIFI_HEAP) {
+		tr->heap_seed = x->rng;
+	} else if (swifi_pick(x->c->code, tr->fault, &x->rng, &tr->insn, tr->mutated, x->t->target,
+			      sizeof x->t->target) != 0) {
+		snprintf(x->t->error, sizeof x->t->error, "no instruction fits this fault type");
+		return;
+	}
+	if (tracer_start(tr) != 0)
+		snprintf(x->t->error, sizeof x->t->error, "cannot start the tracer");
+}
+
+static void run_trial(struct campaign *c, uint64_t i, int out_fd)
+{
+	struct trial t = { .type = (enum swifi_fault)c->types[i % c->ntypes] };
+	struct trial_ctx x = { .c = c, .t = &t, .rng = c->seed * 1000003u + i + 1 };
+	struct verify_options o = { .ops = c->ops, .bs = 4096, .seed = c->seed + i, .opened = plant,
+				    .opened_ctx = &x };
+	struct verify_result r;
+	char err[512];
+
+	isolde_blk_config_default(&o.cfg);
+	o.cfg.image = c->image;
+	o.cfg.driver = c->driver;
+	o.cfg.notify = c->notify;
+	o.cfg.queue_depth = 8;
+	o.cfg.timeout_ms = c->timeout_ms;
+	o.cfg.shield = true;
+	if (verify_run(&o, &r, err, sizeof err) != 0) {
+		snprintf(t.error, sizeof t.error, "%s", err);
+		t.outcome = OUT_NOT_INJECTED;
+	} else {
+		tracer_finish(&x.tracer);
+		if (t.type == SWIFI_HEAP)
+			snprintf(t.target, sizeof t.target, "driver data: %s", x.tracer.heap_what);
+		t.activated = x.tracer.activated;
+		t.restarts = r.supervisor.restarts;
+		memcpy(t.by_failure, r.supervisor.by_failure, sizeof t.by_failure);
+		t.errors = r.errors;
+		t.mismatches = r.mismatches;
+		if (!x.tracer.applied) {
+			t.outcome = OUT_NOT_INJECTED;
+			if (!t.error[0])
+				snprintf(t.error, sizeof t.error, "%s", x.tracer.error);
+		} else if (r.mismatches) {
+			t.outcome = OUT_CORRUPT;
+		} else if (r.errors || r.error[0]) {
+			t.outcome = OUT_IO_ERROR;
+			if (r.error[0])
+				snprintf(t.error, sizeof t.error, "the device failed: %s", r.error);
+			else if (r.stats.shield_mismatches)
+				snprintf(t.error, sizeof t.error, "the integrity shield refused %llu block(s) that "
+					 "still differed from what was written after restarts: the faulty driver "
+					 "acknowledged a write it did not do (or did elsewhere); EIO instead of stale data",
+					 (unsigned long long)r.stats.shield_mismatches);
+			else
+				snprintf(t.error, sizeof t.error, "%llu request(s) failed with an error status a "
+					 "fresh driver confirmed", (unsigned long long)r.errors);
+		} else if (r.supervisor.restarts) {
+			t.outcome = OUT_RECOVERED;
+		} else {
+			t.outcome = t.activated ? OUT_NO_FAILURE : OUT_NOT_ACTIVATED;
+		}
+	}
+	(void)!write(out_fd, &t, sizeof t);
+}
+
+/* ---- the campaign, in the parent ---- */
+
+static void record(struct campaign *c, const struct trial *t)
+{
+	struct tally *k[2] = { &c->tally[t->type], &c->total };
+
+	for (int j = 0; j < 2; j++) {
+		k[j]->outcomes[t->outcome]++;
+		if (t->outcome == OUT_NOT_INJECTED)
+			continue;
+		k[j]->injected++;
+		if (t->activated)
+			k[j]->activated++;
+		for (int f = 0; f < ISOLDE_FAIL_COUNT; f++)
+			k[j]->by_failure[f] += t->by_failure[f];
+		if (t->by_failure[ISOLDE_FAIL_CORRUPTION])
+			k[j]->shield_caught++;
+	}
+	/* Keep the trials a reader has to be able to explain. */
+	if (c->trials_out && (t->outcome == OUT_IO_ERROR || t->outcome == OUT_CORRUPT ||
+			      t->outcome == OUT_FRONT_CRASH || t->outcome == OUT_NOT_INJECTED)) {
+		fprintf(c->trials_out, "%s\n  {\"type\": \"%s\", \"outcome\": \"%s\", \"target\": ",
+			c->notable++ ? "," : "", swifi_fault_name(t->type), outcome_names[t->outcome]);
+		json_string(c->trials_out, t->target);
+		fprintf(c->trials_out, ", \"error\": ");
+		json_string(c->trials_out, t->error);
+		fputs("}", c->trials_out);
+	}
+}
+
+static int trial_in_child(struct campaign *c, uint64_t i, struct trial *t)
+{
+	int p[2];
+
+	if (pipe2(p, O_CLOEXEC) != 0)
+		return -1;
+	fflush(NULL);
+	pid_t pid = fork();
+	if (pid < 0)
+		return -1;
+	if (pid == 0) {
+		close(p[0]);
+		/* The driver's log lines are not the campaign's output. */
+		if (!getenv("ISOLDE_INJECT_VERBOSE"))
+			(void)!freopen("/dev/null", "w", stderr);
+		run_trial(c, i, p[1]);
+		_exit(0);
+	}
+	close(p[1]);
+	ssize_t n = read(p[0], t, sizeof *t);
+	close(p[0]);
+	int status = 0;
+	waitpid(pid, &status, 0);
+	if (n != (ssize_t)sizeof *t || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+		memset(t, 0, sizeof *t);
+		t->type = (enum swifi_fault)c->types[i % c->ntypes];
+		t->outcome = OUT_FRONT_CRASH;
+		snprintf(t->error, sizeof t->error, "trial process %s %d", WIFSIGNALED(status) ? "killed by signal"
+			 : "exited with", WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+	}
+	return 0;
+}
+
+static void write_tally_json(FILE *f, const struct tally *k)
+{
+	fprintf(f, "{\"injected\": %llu, \"activated\": %llu", (unsigned long long)k->injected,
+		(unsigned long long)k->activated);
+	for (int o = 0; o < OUT_COUNT; o++)
+		fprintf(f, ", \"%s\": %llu", outcome_names[o], (unsigned long long)k->outcomes[o]);
+	fprintf(f, ", \"shield_caught\": %llu, \"failures\": {", (unsigned long long)k->shield_caught);
+	for (int j = 0; j < ISOLDE_FAIL_COUNT; j++)
+		fprintf(f, "%s\"%s\": %llu", j ? ", " : "", isolde_failure_name((enum isolde_failure)j),
+			(unsigned long long)k->by_failure[j]);
+	fputs("}}", f);
+}
+
+static void write_tally_row(FILE *f, const char *name, const struct tally *k)
+{
+	uint64_t detected = 0;
+	for (int j = 0; j < ISOLDE_FAIL_COUNT; j++)
+		detected += k->by_failure[j];
+	fprintf(f, "| %s | %llu | %llu | %llu | %llu | %llu | %llu | %llu | %llu | %llu | %llu | %llu | %llu | %llu | %llu | %llu |\n",
+		name, (unsigned long long)k->injected, (unsigned long long)k->activated,
+		(unsigned long long)k->outcomes[OUT_NOT_ACTIVATED], (unsigned long long)k->outcomes[OUT_NO_FAILURE],
+		(unsigned long long)detected, (unsigned long long)k->by_failure[ISOLDE_FAIL_CPU],
+		(unsigned long long)k->by_failure[ISOLDE_FAIL_MMU],
+		(unsigned long long)(k->by_failure[ISOLDE_FAIL_PANIC] + k->by_failure[ISOLDE_FAIL_POLICY] +
+				     k->by_failure[ISOLDE_FAIL_KILLED] + k->by_failure[ISOLDE_FAIL_START]),
+		(unsigned long long)k->by_failure[ISOLDE_FAIL_HANG],
+		(unsigned long long)k->by_failure[ISOLDE_FAIL_PROTOCOL],
+		(unsigned long long)k->by_failure[ISOLDE_FAIL_CORRUPTION],
+		(unsigned long long)k->by_failure[ISOLDE_FAIL_ERROR_STATUS],
+		(unsigned long long)k->outcomes[OUT_RECOVERED], (unsigned long long)k->outcomes[OUT_IO_ERROR],
+		(unsigned long long)(k->outcomes[OUT_CORRUPT] + k->outcomes[OUT_FRONT_CRASH]));
+}
+
+static int write_report(const struct campaign *c, const char *dir, const char *command, double seconds,
+			const char *notable_errors)
+{
+	char path[PATH_MAX];
+
+	if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+		fprintf(stderr, "isolde inject: cannot create %s: %s\n", dir, strerror(errno));
+		return -1;
+	}
+	snprintf(path, sizeof path, "%s/campaign.md", dir);
+	FILE *f = fopen(path, "we");
+	if (!f) {
+		fprintf(stderr, "isolde inject: cannot write %s: %s\n", path, strerror(errno));
+		return -1;
+	}
+	fprintf(f, "# Fault-injection campaign\n\n%llu faults injected into the running %s driver "
+		"(%llu could not be planted), notify mode %s, %llu verified writes and their read-back per "
+		"trial at QD8 with the integrity shield on; %.0f s.\n\nReproduce with:\n\n```\n%s\n```\n\n",
+		(unsigned long long)c->total.injected, c->driver,
+		(unsigned long long)c->total.outcomes[OUT_NOT_INJECTED], isolde_notify_mode_name(c->notify),
+		(unsigned long long)c->ops, seconds, command);
+	uint64_t detected = 0;
+	for (int j = 0; j < ISOLDE_FAIL_COUNT; j++)
+		detected += c->total.by_failure[j];
+	uint64_t failed_trials = c->total.outcomes[OUT_RECOVERED] + c->total.outcomes[OUT_IO_ERROR];
+	fprintf(f, "**Corrupt data returned to the application: %llu. Front-end crashes: %llu.** "
+		"Trials with a detected failure: %llu, of which %llu (%.2f%%) recovered transparently and "
+		"%llu returned an I/O error (explained below).\n\n",
+		(unsigned long long)c->total.outcomes[OUT_CORRUPT],
+		(unsigned long long)c->total.outcomes[OUT_FRONT_CRASH], (unsigned long long)failed_trials,
+		(unsigned long long)c->total.outcomes[OUT_RECOVERED],
+		failed_trials ? 100.0 * (double)c->total.outcomes[OUT_RECOVERED] / (double)failed_trials : 100.0,
+		(unsigned long long)c->total.outcomes[OUT_IO_ERROR]);
+	fputs("Columns: trials with the fault planted; activated (the faulty instruction ran; not "
+	      "observable for heap faults); not activated and no failure; activated without failure; "
+	      "failures detected, counted as driver restarts (a trial can fail more than once) and by "
+	      "class: CPU exception, MMU exception, panic/exit/policy kill, hang, protocol violation, "
+	      "silent corruption caught by the integrity shield, error status re-checked on a fresh "
+	      "driver; trials recovered transparently; trials that returned an I/O error; trials with "
+	      "corrupt data returned or a front-end crash (must be 0).\n\n"
+	      "| fault type | trials | activated | not activated | no failure | restarts | CPU | MMU | "
+	      "panic | hang | protocol | shield | error status | recovered | I/O error | corrupt/crash |\n"
+	      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n", f);
+	for (unsigned i = 0; i < c->ntypes; i++)
+		write_tally_row(f, swifi_fault_name((enum swifi_fault)c->types[i]), &c->tally[c->types[i]]);
+	write_tally_row(f, "**total**", &c->total);
+	(void)detected;
+	if (notable_errors && *notable_errors)
+		fprintf(f, "\n## Trials that ended in an I/O error\n\n%s", notable_errors);
+	fclose(f);
+	return 0;
+}
+
+static int run_inject_command(int argc, char **argv);
+
+const struct cli_command inject_command = {
+	.name = "inject",
+	.summary = "fault-injection campaign: SWIFI faults into a running driver, recovery checked",
+	.usage =
+	"usage: isolde inject --image PATH --faults N [OPTIONS]\n"
+	"\n"
+	"For each of N trials: start a driver domain, attach to the driver with\n"
+	"ptrace, mutate one instruction of the driver's own code (or one bit of its\n"
+	"data) by the fault type's rule, and run a verified workload through it with\n"
+	"the integrity shield on. Records whether the fault was activated, how the\n"
+	"failure was detected, whether it was recovered, and whether any error or\n"
+	"corrupt data reached the application. Exits 0 only if no corrupt data was\n"
+	"returned and the front end never crashed. THIS OVERWRITES THE IMAGE.\n"
+	"\n"
+	"  --image PATH       image (required; a few MiB is plenty)\n"
+	"  --faults N         number of trials (required)\n"
+	"  --types LIST|all   of source-register, destination-register, pointer, interface,\n"
+	"                     branch, bit-flip, nop, heap (default all, taken in turn)\n"
+	"  --seed S           random seed (default 1)\n"
+	"  --notify MODE      event, spin or hybrid (default hybrid)\n"
+	"  --ops N            verified writes per trial (default 100)\n"
+	"  --timeout-ms MS    hang detection per trial (default 300)\n"
+	"  --driver NAME      driver to inject into (default blk-file)\n"
+	"  --json FILE        write the campaign's results as JSON\n"
+	"  --report DIR       write DIR/campaign.md\n"
+	"  -h, --help         this text\n",
+	.run = run_inject_command,
+};
+
+enum { OPT_TYPES = 256, OPT_JSON, OPT_REPORT, OPT_TIMEOUT };
+
+static int run_inject_command(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "image", required_argument, NULL, 'i' },
+		{ "faults", required_argument, NULL, 'f' },
+		{ "types", required_argument, NULL, OPT_TYPES },
+		{ "seed", required_argument, NULL, 's' },
+		{ "notify", required_argument, NULL, 'n' },
+		{ "ops", required_argument, NULL, 'o' },
+		{ "timeout-ms", required_argument, NULL, OPT_TIMEOUT },
+		{ "driver", required_argument, NULL, 'd' },
+		{ "json", required_argument, NULL, OPT_JSON },
+		{ "report", required_argument, NULL, OPT_REPORT },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const struct cli_command *cmd = &inject_command;
+	struct campaign c = { .driver = "blk-file", .seed = 1, .ops = 100, .timeout_ms = 300,
+			      .notify = ISOLDE_NOTIFY_HYBRID };
+	const char *json = NULL, *report = NULL;
+	uint64_t v;
+	char err[512];
+	int opt;
+
+	for (int i = 0; i < SWIFI_COUNT; i++)
+		c.types[c.ntypes++] = i;
+	optind = 1;
+	opterr = 0;
+	while ((opt = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
+		switch (opt) {
+		case 'i': c.image = optarg; break;
+		case 'f':
+			if (!cli_parse_u64(cmd, "--faults", optarg, 1, 10000000, &c.faults))
+				return EXIT_USAGE;
+			break;
+		case OPT_TYPES:
+			if (strcmp(optarg, "all") != 0) {
+				char copy[512], *save = NULL;
+				snprintf(copy, sizeof copy, "%s", optarg);
+				c.ntypes = 0;
+				for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+					enum swifi_fault f;
+					if (swifi_fault_parse(tok, &f))
+						return cli_usage_error(cmd, "--types: unknown fault type '%s'", tok);
+					if (c.ntypes == SWIFI_COUNT)
+						return cli_usage_error(cmd, "--types: a type is given twice");
+					c.types[c.ntypes++] = (int)f;
+				}
+				if (c.ntypes == 0)
+					return cli_usage_error(cmd, "--types: empty list");
+			}
+			break;
+		case 's':
+			if (!cli_parse_u64(cmd, "--seed", optarg, 0, UINT64_MAX, &c.seed))
+				return EXIT_USAGE;
+			break;
+		case 'n':
+			if (isolde_notify_mode_parse(optarg, &c.notify))
+				return cli_usage_error(cmd, "--notify: '%s' is not event, spin or hybrid", optarg);
+			break;
+		case 'o':
+			if (!cli_parse_u64(cmd, "--ops", optarg, 1, 1000000, &c.ops))
+				return EXIT_USAGE;
+			break;
+		case OPT_TIMEOUT:
+			if (!cli_parse_u64(cmd, "--timeout-ms", optarg, 10, 600000, &v))
+				return EXIT_USAGE;
+			c.timeout_ms = (unsigned)v;
+			break;
+		case 'd': c.driver = optarg; break;
+		case OPT_JSON: json = optarg; break;
+		case OPT_REPORT: report = optarg; break;
+		case 'h': return cli_help(cmd);
+		case ':': return cli_usage_error(cmd, "%s needs a value", argv[optind - 1]);
+		default: return cli_usage_error(cmd, "unknown option '%s'", argv[optind - 1]);
+		}
+	}
+	if (optind < argc)
+		return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+	if (!c.image)
+		return cli_usage_error(cmd, "--image is required");
+	if (c.faults == 0)
+		return cli_usage_error(cmd, "--faults is required");
+
+	char binary[PATH_MAX];
+	if (isolde_driver_resolve(c.driver, binary, sizeof binary, err, sizeof err)) {
+		fprintf(stderr, "isolde inject: %s\n", err);
+		return 1;
+	}
+	c.code = swifi_load(binary, err, sizeof err);
+	if (!c.code) {
+		fprintf(stderr, "isolde inject: %s\n", err);
+		return 1;
+	}
+	char *notable = NULL, *errors_md = NULL;
+	size_t notable_len = 0, errors_len = 0;
+	c.trials_out = open_memstream(&notable, &notable_len);
+	FILE *errors_out = open_memstream(&errors_md, &errors_len);
+	uint64_t start = isolde_now_ns(), last_progress = start;
+
+	fprintf(stderr, "isolde inject: %llu trials into %s (%zu instructions of its own code)\n",
+		(unsigned long long)c.faults, binary, swifi_insn_count(c.code));
+	for (uint64_t i = 0; i < c.faults; i++) {
+		struct trial t;
+		if (trial_in_child(&c, i, &t) != 0) {
+			fprintf(stderr, "isolde inject: cannot run trial %llu: %s\n", (unsigned long long)i,
+				strerror(errno));
+			return 1;
+		}
+		record(&c, &t);
+		if (t.outcome == OUT_IO_ERROR && errors_out)
+			fprintf(errors_out, "- %s at `%s`: %s\n", swifi_fault_name(t.type), t.target, t.error);
+		uint64_t now = isolde_now_ns();
+		if (now - last_progress > 2000000000ull || i + 1 == c.faults) {
+			double el = (double)(now - start) / 1e9;
+			fprintf(stderr, "isolde inject: %llu/%llu trials, %llu recovered, %llu I/O errors, "
+				"%llu corrupt, %llu crashes (%.0f s, about %.0f s left)\n",
+				(unsigned long long)(i + 1), (unsigned long long)c.faults,
+				(unsigned long long)c.total.outcomes[OUT_RECOVERED],
+				(unsigned long long)c.total.outcomes[OUT_IO_ERROR],
+				(unsigned long long)c.total.outcomes[OUT_CORRUPT],
+				(unsigned long long)c.total.outcomes[OUT_FRONT_CRASH], el,
+				el / (double)(i + 1) * (double)(c.faults - i - 1));
+			last_progress = now;
+		}
+	}
+	fclose(c.trials_out);
+	if (errors_out)
+		fclose(errors_out);
+	double seconds = (double)(isolde_now_ns() - start) / 1e9;
+
+	char command[1024];
+	size_t n = 0;
+	for (int i = 0; i < argc && n < sizeof command - 2; i++)
+		n += (size_t)snprintf(command + n, sizeof command - n, "%s%s", i ? " " : "isolde ", argv[i]);
+	int rc = 0;
+	if (json) {
+		FILE *f = strcmp(json, "-") == 0 ? stdout : fopen(json, "we");
+		if (!f) {
+			fprintf(stderr, "isolde inject: cannot write %s: %s\n", json, strerror(errno));
+			rc = 1;
+		} else {
+			fprintf(f, "{\"campaign\": {\"faults\": %llu, \"seed\": %llu, \"notify\": \"%s\", \"ops\": %llu, "
+				"\"driver\": ", (unsigned long long)c.faults, (unsigned long long)c.seed,
+				isolde_notify_mode_name(c.notify), (unsigned long long)c.ops);
+			json_string(f, c.driver);
+			fprintf(f, ", \"seconds\": %.1f, \"command\": ", seconds);
+			json_string(f, command);
+			fprintf(f, "},\n \"totals\": ");
+			write_tally_json(f, &c.total);
+			fprintf(f, ",\n \"types\": {");
+			for (unsigned i = 0; i < c.ntypes; i++) {
+				fprintf(f, "%s\n  \"%s\": ", i ? "," : "", swifi_fault_name((enum swifi_fault)c.types[i]));
+				write_tally_json(f, &c.tally[c.types[i]]);
+			}
+			fprintf(f, "\n },\n \"notable_trials\": [%s\n ]}\n", notable ? notable : "");
+			if (f != stdout)
+				fclose(f);
+		}
+	}
+	if (report && write_report(&c, report, command, seconds, errors_md))
+		rc = 1;
+	printf("%llu faults injected, %llu activated: %llu not activated, %llu no failure, %llu recovered, "
+	       "%llu I/O errors, %llu corrupt data returned, %llu front-end crashes, %llu not injected\n",
+	       (unsigned long long)c.total.injected, (unsigned long long)c.total.activated,
+	       (unsigned long long)c.total.outcomes[OUT_NOT_ACTIVATED],
+	       (unsigned long long)c.total.outcomes[OUT_NO_FAILURE],
+	       (unsigned long long)c.total.outcomes[OUT_RECOVERED],
+	       (unsigned long long)c.total.outcomes[OUT_IO_ERROR],
+	       (unsigned long long)c.total.outcomes[OUT_CORRUPT],
+	       (unsigned long long)c.total.outcomes[OUT_FRONT_CRASH],
+	       (unsigned long long)c.total.outcomes[OUT_NOT_INJECTED]);
+	free(notable);
+	free(errors_md);
+	swifi_free(c.code);
+	if (c.total.outcomes[OUT_CORRUPT] || c.total.outcomes[OUT_FRONT_CRASH])
+		rc = 1;
+	return rc;
+}
