@@ -439,6 +439,13 @@ static int start_failed(struct isolde_domain *d, int status_pipe, int control_pi
 		close(status_pipe);
 	if (control_pipe >= 0)
 		close(control_pipe);
+	/* A start that failed because the child died (killed from outside,
+	 * say) must be recorded as that death, not as our own kill: give a
+	 * dying child a moment to become reapable first. */
+	if (d->pidfd >= 0) {
+		struct pollfd p = { .fd = d->pidfd, .events = POLLIN };
+		poll(&p, 1, 50);
+	}
 	isolde_domain_kill(d);
 	return -1;
 }

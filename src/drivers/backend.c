@@ -30,6 +30,19 @@ void isolde_driver_log(const struct isolde_driver *drv, const char *fmt, ...)
 	(void)!write(2, line, len);
 }
 
+uint8_t isolde_driver_status_from_errno(int e)
+{
+	switch (e) {
+	case ENOSPC:
+	case EDQUOT:
+		return ISOLDE_BLK_S_NOSPC;
+	case EOPNOTSUPP:
+		return ISOLDE_BLK_S_UNSUPPORTED;
+	default:
+		return ISOLDE_BLK_S_IOERR;
+	}
+}
+
 static int parse_fd(const char *s)
 {
 	char *end;
@@ -150,17 +163,17 @@ static uint8_t map_segments(struct isolde_driver *drv, const struct isolde_blk_r
 	return total == req->length ? ISOLDE_BLK_S_OK : ISOLDE_BLK_S_INVALID;
 }
 
-void isolde_driver_serve(struct isolde_driver *drv, const struct isolde_blk_request *req,
-			 struct isolde_blk_response *rsp)
+/*
+ * Every check a request passes before any I/O, on the driver's private copy:
+ * range, segments (through the grant accessor), flags, read-only. On OK, iov
+ * and *iovcnt describe the granted data of a READ or WRITE.
+ */
+static uint8_t check_request(struct isolde_driver *drv, const struct isolde_blk_request *req,
+			     struct iovec *iov, int *iovcnt)
 {
-	struct iovec iov[ISOLDE_BLK_MAX_SEGS];
-	int iovcnt = 0;
 	uint8_t status = ISOLDE_BLK_S_OK;
 
-	memset(rsp, 0, sizeof *rsp);
-	rsp->id = req->id;
-	rsp->op = req->op;
-
+	*iovcnt = 0;
 	switch (req->op) {
 	case ISOLDE_BLK_OP_READ:
 	case ISOLDE_BLK_OP_WRITE:
@@ -168,7 +181,7 @@ void isolde_driver_serve(struct isolde_driver *drv, const struct isolde_blk_requ
 			status = ISOLDE_BLK_S_INVALID;
 		else
 			status = map_segments(drv, req, iov);
-		iovcnt = req->nr_segs;
+		*iovcnt = req->nr_segs;
 		break;
 	case ISOLDE_BLK_OP_FLUSH:
 		if (req->length != 0 || req->nr_segs != 0)
@@ -187,10 +200,31 @@ void isolde_driver_serve(struct isolde_driver *drv, const struct isolde_blk_requ
 	if (status == ISOLDE_BLK_S_OK && req->op != ISOLDE_BLK_OP_READ &&
 	    req->op != ISOLDE_BLK_OP_FLUSH && (drv->params.device_flags & ISOLDE_DEV_READONLY))
 		status = ISOLDE_BLK_S_INVALID;
+	return status;
+}
+
+/* The response to a request: its id and op, the status, and the length
+ * only on success. */
+static void fill_response(struct isolde_blk_response *rsp, uint64_t id, uint8_t op,
+			  uint32_t length, uint8_t status)
+{
+	memset(rsp, 0, sizeof *rsp);
+	rsp->id = id;
+	rsp->op = op;
+	rsp->status = status;
+	rsp->length = status == ISOLDE_BLK_S_OK ? length : 0;
+}
+
+void isolde_driver_serve(struct isolde_driver *drv, const struct isolde_blk_request *req,
+			 struct isolde_blk_response *rsp)
+{
+	struct iovec iov[ISOLDE_BLK_MAX_SEGS];
+	int iovcnt;
+	uint8_t status = check_request(drv, req, iov, &iovcnt);
+
 	if (status == ISOLDE_BLK_S_OK)
 		status = drv->ops->io(drv, req, iov, iovcnt);
-	rsp->status = status;
-	rsp->length = status == ISOLDE_BLK_S_OK ? req->length : 0;
+	fill_response(rsp, req->id, req->op, req->length, status);
 }
 
 void isolde_driver_respond(struct isolde_driver *drv, const struct isolde_blk_response *rsp)
@@ -202,6 +236,28 @@ void isolde_driver_respond(struct isolde_driver *drv, const struct isolde_blk_re
 	/* Statistics for people, not a protocol: plain stores, no locked
 	 * instruction on the per-request path. */
 	__atomic_store_n(&drv->header->requests_done, ++drv->requests_done, __ATOMIC_RELAXED);
+}
+
+void isolde_driver_complete(struct isolde_driver *drv, uint32_t tag, uint8_t status)
+{
+	struct isolde_blk_response rsp;
+	struct isolde_driver_pending *p;
+
+	if (!drv->pending || tag >= drv->params.ring_slots || !drv->pending[tag].busy) {
+		isolde_driver_log(drv, "completion for tag %u, which is not in flight", tag);
+		abort();
+	}
+	p = &drv->pending[tag];
+	fill_response(&rsp, p->id, p->op, p->length, status);
+	p->busy = false;
+	drv->free_tags[drv->nfree++] = tag;
+	drv->inflight--;
+	isolde_driver_respond(drv, &rsp);
+}
+
+void isolde_driver_watch_fd(struct isolde_driver *drv, int fd)
+{
+	drv->waiter.watch_fd = fd;
 }
 
 static void handle_default(struct isolde_driver *drv, const struct isolde_blk_request *req)
@@ -227,6 +283,23 @@ static const struct isolde_wait_ops request_wait = {
 	.arm_check = requests_arm_check,
 };
 
+/*
+ * Copy the next request out of its slot: the head once, then exactly the
+ * segments it announces (each byte is read once; the copy is what is
+ * checked).
+ */
+static void fetch_request(struct isolde_driver *drv, struct isolde_blk_request *req)
+{
+	const unsigned char *slot = isolde_back_request_at(&drv->ring, drv->ring.req_cons);
+
+	memset(req, 0, sizeof *req);
+	isolde_copy_from_shared(req, slot, ISOLDE_BLK_REQUEST_HEAD);
+	if (req->nr_segs <= ISOLDE_BLK_MAX_SEGS)
+		isolde_copy_from_shared(&req->seg, slot + ISOLDE_BLK_REQUEST_HEAD,
+					isolde_blk_request_bytes(req->nr_segs) - ISOLDE_BLK_REQUEST_HEAD);
+	drv->ring.req_cons++;
+}
+
 static void serve_forever(struct isolde_driver *drv)
 {
 	void (*handle)(struct isolde_driver *, const struct isolde_blk_request *) =
@@ -246,17 +319,8 @@ static void serve_forever(struct isolde_driver *drv)
 		__atomic_store_n(&drv->header->batches, ++drv->batches, __ATOMIC_RELAXED);
 		while (n--) {
 			struct isolde_blk_request req;
-			const unsigned char *slot = isolde_back_request_at(&drv->ring, drv->ring.req_cons);
 
-			/* The head once, then exactly the segments it announces
-			 * (each byte is still read once; the copy is what is checked). */
-			memset(&req, 0, sizeof req);
-			isolde_copy_from_shared(&req, slot, ISOLDE_BLK_REQUEST_HEAD);
-			if (req.nr_segs <= ISOLDE_BLK_MAX_SEGS)
-				isolde_copy_from_shared(&req.seg, slot + ISOLDE_BLK_REQUEST_HEAD,
-							isolde_blk_request_bytes(req.nr_segs) -
-								ISOLDE_BLK_REQUEST_HEAD);
-			drv->ring.req_cons++;
+			fetch_request(drv, &req);
 			handle(drv, &req);
 		}
 		/* Many responses, one call: responses were published one by
@@ -265,6 +329,115 @@ static void serve_forever(struct isolde_driver *drv)
 		isolde_waiter_signal(&drv->waiter, drv->notify_pending);
 		drv->notify_pending = false;
 	}
+}
+
+/* ---- the asynchronous model ---- */
+
+/* Check one request and hand it to ops->submit under a free tag. */
+static void submit_checked(struct isolde_driver *drv, const struct isolde_blk_request *req)
+{
+	struct iovec iov[ISOLDE_BLK_MAX_SEGS];
+	struct isolde_blk_response rsp;
+	int iovcnt;
+	uint8_t status = check_request(drv, req, iov, &iovcnt);
+
+	if (status != ISOLDE_BLK_S_OK) {
+		fill_response(&rsp, req->id, req->op, req->length, status);
+		isolde_driver_respond(drv, &rsp);
+		return;
+	}
+	/* The ring never lets more than ring_slots requests be consumed
+	 * and unanswered, so a tag is always free here. */
+	if (drv->nfree == 0) {
+		isolde_driver_log(drv, "no free tag with %u requests in flight", drv->inflight);
+		abort();
+	}
+	uint32_t tag = drv->free_tags[--drv->nfree];
+	struct isolde_driver_pending *p = &drv->pending[tag];
+
+	p->id = req->id;
+	p->op = req->op;
+	p->length = req->length;
+	p->busy = true;
+	drv->inflight++;
+	int r = drv->ops->submit(drv, req, iov, iovcnt, tag);
+	if (r != ISOLDE_DRIVER_QUEUED)
+		isolde_driver_complete(drv, tag, (uint8_t)r);
+}
+
+static bool async_pending(void *ctx)
+{
+	struct isolde_driver *drv = ctx;
+
+	return isolde_back_unconsumed_requests(&drv->ring) != 0 ||
+	       (drv->inflight && drv->ops->completion_pending(drv));
+}
+
+/* Arm req_event and re-check the ring (no request can slip by), then look at
+ * the completions: an fd that is readable while completions are pending (the
+ * watch fd) cannot lose one either. */
+static bool async_arm_check(void *ctx)
+{
+	struct isolde_driver *drv = ctx;
+
+	return isolde_back_final_check_requests(&drv->ring) ||
+	       (drv->inflight && drv->ops->completion_pending(drv));
+}
+
+static const struct isolde_wait_ops async_wait = {
+	.pending = async_pending,
+	.arm_check = async_arm_check,
+};
+
+static void serve_async(struct isolde_driver *drv)
+{
+	for (;;) {
+		uint32_t n = isolde_back_unconsumed_requests(&drv->ring);
+		unsigned done = 0;
+
+		__atomic_store_n(&drv->header->heartbeat, ++drv->heartbeat, __ATOMIC_RELAXED);
+		if (n > 0) {
+			__atomic_store_n(&drv->header->batches, ++drv->batches, __ATOMIC_RELAXED);
+			for (uint32_t i = 0; i < n; i++) {
+				struct isolde_blk_request req;
+
+				fetch_request(drv, &req);
+				submit_checked(drv, &req);
+			}
+		}
+		if (drv->inflight)
+			done = drv->ops->reap(drv);
+		/* As in serve_forever: each response was published at once,
+		 * the front end is called once for the pass. */
+		isolde_waiter_signal(&drv->waiter, drv->notify_pending);
+		drv->notify_pending = false;
+		if (n == 0 && done == 0 &&
+		    isolde_wait(&drv->waiter, &async_wait, drv, -1) == ISOLDE_WAIT_ERROR) {
+			isolde_driver_log(drv, "waiting for requests failed: %s", strerror(errno));
+			exit(1);
+		}
+	}
+}
+
+static int async_init(struct isolde_driver *drv)
+{
+	uint32_t slots = drv->params.ring_slots;
+
+	if (!drv->ops->reap || !drv->ops->completion_pending) {
+		isolde_driver_log(drv, "an asynchronous driver needs submit, reap and completion_pending");
+		return -1;
+	}
+	drv->pending = calloc(slots, sizeof *drv->pending);
+	drv->free_tags = calloc(slots, sizeof *drv->free_tags);
+	if (!drv->pending || !drv->free_tags) {
+		isolde_driver_log(drv, "out of memory for %u request records", slots);
+		return -1;
+	}
+	/* Stacked so that tag 0 is handed out first. */
+	for (uint32_t i = 0; i < slots; i++)
+		drv->free_tags[i] = slots - 1 - i;
+	drv->nfree = slots;
+	return 0;
 }
 
 int isolde_driver_main(int argc, char **argv, const struct isolde_driver_ops *ops)
@@ -280,7 +453,7 @@ int isolde_driver_main(int argc, char **argv, const struct isolde_driver_ops *op
 		return 1;
 	isolde_waiter_init(&drv.waiter, (enum isolde_notify_mode)drv.params.notify_mode, fds[1], fds[2], -1,
 			   drv.params.spin_min_ns, drv.params.spin_max_ns);
-	if (ops->init && ops->init(&drv) != 0) {
+	if ((ops->submit && async_init(&drv) != 0) || (ops->init && ops->init(&drv) != 0)) {
 		__atomic_store_n(&drv.header->driver_state, ISOLDE_DRIVER_FAILED, __ATOMIC_RELEASE);
 		return 1;
 	}
@@ -289,6 +462,9 @@ int isolde_driver_main(int argc, char **argv, const struct isolde_driver_ops *op
 	/* Ready is always signalled, whatever the mode: the launcher waits on it. */
 	uint64_t one = 1;
 	(void)!write(fds[2], &one, sizeof one);
-	serve_forever(&drv);
+	if (ops->submit)
+		serve_async(&drv);
+	else
+		serve_forever(&drv);
 	return 0;
 }

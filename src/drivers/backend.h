@@ -36,6 +36,44 @@ struct isolde_driver_ops {
 	 * isolde_driver_serve() and isolde_driver_respond() itself.
 	 */
 	void (*handle)(struct isolde_driver *drv, const struct isolde_blk_request *req);
+
+	/*
+	 * Optional asynchronous model (blk-uring). When submit is set, io and
+	 * handle are not used and the service loop is:
+	 *
+	 *   1. copy out every visible request; check each exactly as
+	 *      isolde_driver_serve does (an invalid one is answered at once);
+	 *      record the valid one's id, op and length under a free tag
+	 *      (0 .. ring_slots - 1) in the backend's private table and call
+	 *      submit, which queues the I/O and returns ISOLDE_DRIVER_QUEUED,
+	 *      or does it at once and returns its ISOLDE_BLK_S_* status;
+	 *   2. reap: start what was queued (one system call for the batch)
+	 *      and finish what is done, each by isolde_driver_complete();
+	 *      returns how many it completed;
+	 *   3. call the front end once for the pass;
+	 *   4. if there was nothing to do, wait for a request or for
+	 *      completion_pending to become true. A driver that can sleep
+	 *      on a completion gives the fd with isolde_driver_watch_fd().
+	 *
+	 * At most ring_slots requests are ever in flight (the ring allows no
+	 * more), so a driver sized to ring_slots never runs out of room.
+	 */
+	int (*submit)(struct isolde_driver *drv, const struct isolde_blk_request *req,
+		      const struct iovec *iov, int iovcnt, uint32_t tag);
+	unsigned (*reap)(struct isolde_driver *drv);
+	/* True if reap would find a completion; no system call. */
+	bool (*completion_pending)(struct isolde_driver *drv);
+};
+
+/* submit's return value for "queued; reap will complete it". */
+#define ISOLDE_DRIVER_QUEUED (-1)
+
+/* The backend's private record of a request handed to ops->submit. */
+struct isolde_driver_pending {
+	uint64_t id;
+	uint32_t length;
+	uint8_t op;
+	bool busy;
 };
 
 struct isolde_driver {
@@ -50,6 +88,12 @@ struct isolde_driver {
 	uint64_t heartbeat;               /* private counts, mirrored into the header */
 	uint64_t requests_done;
 	uint64_t batches;
+	/* Asynchronous model only: requests handed to ops->submit and not
+	 * yet completed, one record per tag, and a stack of free tags. */
+	struct isolde_driver_pending *pending;
+	uint32_t *free_tags;
+	uint32_t nfree;
+	uint32_t inflight;
 	void *priv;                       /* driver-specific state */
 };
 
@@ -62,6 +106,27 @@ void isolde_driver_serve(struct isolde_driver *drv, const struct isolde_blk_requ
 
 /* Put one response on the ring and publish it. */
 void isolde_driver_respond(struct isolde_driver *drv, const struct isolde_blk_response *rsp);
+
+/*
+ * Asynchronous model: answer the request submitted under tag with status
+ * (an ISOLDE_BLK_S_* value). The response is built from the backend's
+ * private record (id, op, and the length on success), never from anything
+ * the driver or shared memory holds, and the tag is freed. A tag that is not
+ * in flight is a driver bug: logged, then abort().
+ */
+void isolde_driver_complete(struct isolde_driver *drv, uint32_t tag, uint8_t status);
+
+/* Asynchronous model: also end a wait when fd becomes readable (an
+ * io_uring fd is, while its completion queue holds entries). */
+void isolde_driver_watch_fd(struct isolde_driver *drv, int fd);
+
+/*
+ * The status for an errno the device gave. ISOLDE_BLK_S_INVALID is never
+ * returned: it means the request broke the protocol, which the front end
+ * treats as a lie about a request it checked; the OS refusing a well-formed
+ * request (EINVAL included) is a device error.
+ */
+uint8_t isolde_driver_status_from_errno(int e);
 
 /* Log a line to stderr prefixed with the driver's name and pid. */
 void isolde_driver_log(const struct isolde_driver *drv, const char *fmt, ...)

@@ -18,21 +18,6 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-static uint8_t status_from_errno(int e)
-{
-	switch (e) {
-	case ENOSPC:
-	case EDQUOT:
-		return ISOLDE_BLK_S_NOSPC;
-	case EOPNOTSUPP:
-		return ISOLDE_BLK_S_UNSUPPORTED;
-	case EINVAL:
-		return ISOLDE_BLK_S_INVALID;
-	default:
-		return ISOLDE_BLK_S_IOERR;
-	}
-}
-
 /* Advance an iovec array past n bytes. */
 static void iov_advance(struct iovec **iov, int *cnt, size_t n)
 {
@@ -73,7 +58,7 @@ static uint8_t do_rw(struct isolde_driver *drv, const struct isolde_blk_request 
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
-			return status_from_errno(errno);
+			return isolde_driver_status_from_errno(errno);
 		}
 		if (n == 0) {
 			/* A read past the end of a file that shrank under us:
@@ -85,7 +70,7 @@ static uint8_t do_rw(struct isolde_driver *drv, const struct isolde_blk_request 
 		iov_advance(&iov, &iovcnt, (size_t)n);
 	}
 	if (fua_by_sync && fdatasync(drv->device_fd) != 0)
-		return status_from_errno(errno);
+		return isolde_driver_status_from_errno(errno);
 	return ISOLDE_BLK_S_OK;
 }
 
@@ -99,7 +84,7 @@ static uint8_t write_zero_buffer(struct isolde_driver *drv, uint64_t offset, uin
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
-			return status_from_errno(errno);
+			return isolde_driver_status_from_errno(errno);
 		}
 		offset += (uint64_t)n;
 		length -= (uint64_t)n;
@@ -121,7 +106,7 @@ static uint8_t do_discard(struct isolde_driver *drv, const struct isolde_blk_req
 	}
 	/* Discard is advisory: a device that cannot do it still succeeds. */
 	return (errno == EOPNOTSUPP || errno == ENOTTY || errno == EINVAL) ? ISOLDE_BLK_S_OK
-									     : status_from_errno(errno);
+									     : isolde_driver_status_from_errno(errno);
 }
 
 static uint8_t do_write_zeroes(struct isolde_driver *drv, const struct isolde_blk_request *req)
@@ -141,7 +126,7 @@ static uint8_t do_write_zeroes(struct isolde_driver *drv, const struct isolde_bl
 		if (fallocate(drv->device_fd, mode, off, len) == 0)
 			return ISOLDE_BLK_S_OK;
 		if (errno != EOPNOTSUPP && errno != EINVAL)
-			return status_from_errno(errno);
+			return isolde_driver_status_from_errno(errno);
 	}
 	return write_zero_buffer(drv, req->offset, req->length);
 }
@@ -154,7 +139,7 @@ uint8_t blk_file_io(struct isolde_driver *drv, const struct isolde_blk_request *
 	case ISOLDE_BLK_OP_WRITE:
 		return do_rw(drv, req, iov, iovcnt);
 	case ISOLDE_BLK_OP_FLUSH:
-		return fdatasync(drv->device_fd) == 0 ? ISOLDE_BLK_S_OK : status_from_errno(errno);
+		return fdatasync(drv->device_fd) == 0 ? ISOLDE_BLK_S_OK : isolde_driver_status_from_errno(errno);
 	case ISOLDE_BLK_OP_DISCARD:
 		return do_discard(drv, req);
 	case ISOLDE_BLK_OP_WRITE_ZEROES:
