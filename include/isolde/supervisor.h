@@ -20,7 +20,7 @@ enum isolde_failure {
 	ISOLDE_FAIL_CPU = 0,      /* CPU exception: SIGILL, SIGFPE, SIGTRAP */
 	ISOLDE_FAIL_MMU = 1,      /* MMU exception: SIGSEGV, SIGBUS */
 	ISOLDE_FAIL_PANIC = 2,    /* abort(), or any exit: a driver never exits on its own */
-	ISOLDE_FAIL_POLICY = 3,   /* killed by its seccomp policy: SIGSYS */
+	ISOLDE_FAIL_POLICY = 3,   /* killed by its policy: SIGSYS (seccomp), SIGXFSZ (grew the image) */
 	ISOLDE_FAIL_HANG = 4,     /* no heartbeat while I/O was pending */
 	ISOLDE_FAIL_PROTOCOL = 5, /* a response the front end rejected */
 	ISOLDE_FAIL_KILLED = 6,   /* killed from outside (SIGKILL, SIGTERM, ...) */

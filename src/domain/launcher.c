@@ -473,7 +473,11 @@ int isolde_domain_start(struct isolde_domain *d, char *err, size_t errlen)
 	(void)!read(d->kick_fd, &v, sizeof v);
 	(void)!read(d->call_fd, &v, sizeof v);
 
-	isolde_sandbox_plan(&sb, &d->policy, d->layout.total_size);
+	/* A regular file must not grow: writing past its end kills the
+	 * driver. A block device cannot grow, and the limit does not apply. */
+	isolde_sandbox_plan(&sb, &d->policy, d->layout.total_size,
+			    (d->header_template.device_flags & ISOLDE_DEV_BLOCKDEV) ? RLIM_INFINITY
+										 : d->header_template.device_size);
 	if (!sb.drop_identity && !d->warned) {
 		fprintf(stderr, "isolde: warning: not root: driver %s keeps this user's identity and gets "
 			"no new namespaces or empty root (seccomp, no_new_privs and rlimits still apply)\n",

@@ -51,7 +51,8 @@ static const char *const kill_list[] = {
 
 static const unsigned long block_ioctls[] = { BLKDISCARD, BLKZEROOUT, BLKGETSIZE64, BLKSSZGET };
 
-void isolde_sandbox_plan(struct isolde_sandbox *sb, const struct isolde_policy *p, uint64_t shm_size)
+void isolde_sandbox_plan(struct isolde_sandbox *sb, const struct isolde_policy *p, uint64_t shm_size,
+			 uint64_t file_size_limit)
 {
 	bool root = geteuid() == 0;
 
@@ -60,6 +61,7 @@ void isolde_sandbox_plan(struct isolde_sandbox *sb, const struct isolde_policy *
 	sb->drop_identity = root;
 	sb->address_space = p->memory_bytes + shm_size;
 	sb->max_files = p->max_files;
+	sb->file_size = file_size_limit;
 	sb->syscalls = p->syscalls;
 }
 
@@ -194,6 +196,9 @@ int isolde_sandbox_enter(const struct isolde_sandbox *sb, const char **stage)
 		return -1;
 	lim.rlim_cur = lim.rlim_max = sb->max_files;
 	if (setrlimit(RLIMIT_NOFILE, &lim))
+		return -1;
+	lim.rlim_cur = lim.rlim_max = sb->file_size;
+	if (setrlimit(RLIMIT_FSIZE, &lim))
 		return -1;
 	lim.rlim_cur = lim.rlim_max = 0;
 	/* After the uid change: execve only checks RLIMIT_NPROC if the

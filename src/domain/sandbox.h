@@ -8,7 +8,9 @@
  *                root (clone3 refusing them is a warning, not an error); an
  *                empty, read-only root
  *   identity     uid/gid nobody, no supplementary groups (when root)
- *   rlimits      address space, open files, no new processes, no core dumps
+ *   rlimits      address space, open files, no new processes, no core dumps,
+ *                and a file size limit of the image's size (a regular file
+ *                cannot be grown by the driver: SIGXFSZ, a policy kill)
  *   no_new_privs and a seccomp allow-list built from the policy's groups
  *
  * Seccomp actions: calls in the policy's groups are allowed; a short list of
@@ -43,12 +45,13 @@ struct isolde_sandbox {
 	bool drop_identity;     /* switch to nobody */
 	uint64_t address_space; /* RLIMIT_AS */
 	uint32_t max_files;     /* RLIMIT_NOFILE */
+	uint64_t file_size;     /* RLIMIT_FSIZE: the image's size, or unlimited */
 	uint32_t syscalls;      /* policy groups */
 };
 
 /* The parent decides what it can enforce; a missing mechanism is a warning. */
 void isolde_sandbox_plan(struct isolde_sandbox *sb, const struct isolde_policy *p,
-			 uint64_t shm_size);
+			 uint64_t shm_size, uint64_t file_size_limit);
 
 /*
  * Build the seccomp filter for a driver whose pid is known (tgkill is only

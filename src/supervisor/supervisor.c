@@ -38,6 +38,7 @@ enum isolde_failure isolde_classify_exit(bool signaled, int code)
 	case SIGABRT:
 		return ISOLDE_FAIL_PANIC;
 	case SIGSYS:
+	case SIGXFSZ: /* wrote past the image's end: its file size limit */
 		return ISOLDE_FAIL_POLICY;
 	default:
 		return ISOLDE_FAIL_KILLED;

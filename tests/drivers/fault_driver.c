@@ -30,6 +30,8 @@
  *   wild-write      scribble over the header, the ring and the data area
  *   leak            allocate and touch 1 MiB per request from here on, until
  *                   memory runs out at the policy's limit; then abort
+ *   grow-image      write past the end of the image (the launcher's file size
+ *                   limit makes that a policy kill)
  *   lie-ioerr       answer a valid request with an I/O error it did not have
  *   lie-invalid     answer a valid request with "invalid request"
  *   corrupt-read    answer a READ correctly but flip one byte of its data:
@@ -60,7 +62,7 @@ static const char *const known_faults[] = {
 	"none", "unknown-id", "dup-id", "stale-id", "oversize-length", "short-length",
 	"bad-status", "wrong-op", "prod-overflow", "exit", "segfault", "grant-write", "sigill",
 	"sigfpe", "abort", "hang", "spin-hang", "slow", "syscall", "syscall-kill", "wild-write", "leak",
-	"corrupt-read", "lie-ioerr", "lie-invalid",
+	"corrupt-read", "lie-ioerr", "lie-invalid", "grow-image",
 };
 
 static int parse_arg(struct isolde_driver *drv, const char *key, const char *value)
@@ -154,6 +156,11 @@ static void misbehave(struct isolde_driver *drv, const struct isolde_blk_request
 	}
 	if (is("leak"))
 		leaking = true;
+	if (is("grow-image")) {
+		static const char block[4096];
+		(void)!pwrite(drv->device_fd, block, sizeof block,
+			      (off_t)(drv->params.device_size + (1u << 20)));
+	}
 
 	isolde_driver_serve(drv, req, &rsp);
 	if (is("corrupt-read") && req->op == ISOLDE_BLK_OP_READ && rsp.status == ISOLDE_BLK_S_OK) {

@@ -17,6 +17,7 @@ FAULTS = {
     "sigill": ("cpu-exception", []),
     "sigfpe": ("cpu-exception", []),
     "syscall-kill": ("policy-kill", []),
+    "grow-image": ("policy-kill", []),
     "hang": ("hang", ["--timeout-ms", "150"]),
     "spin-hang": ("hang", ["--timeout-ms", "150"]),
     "slow": ("hang", ["--timeout-ms", "100", "--driver-arg=--delay-ms=400"]),

@@ -76,3 +76,14 @@ def test_kill_listed_call_kills_the_driver(isolde, image):
     assert p.returncode == 0, p.stderr
     assert r["restarts_by_reason"]["policy-kill"] == r["restarts"] >= 1
     assert "SIGSYS" in p.stderr
+
+
+def test_driver_cannot_grow_the_image(isolde, image):
+    """Writing past the image's end hits the file size limit the launcher set
+    (SIGXFSZ: a policy kill); the image keeps its size and the data verifies."""
+    size = image.stat().st_size
+    p, r = isolde.fault_verify(image, "grow-image", 50, "--ops", 200, "--qd", 4)
+    assert p.returncode == 0, p.stderr
+    assert r["restarts_by_reason"]["policy-kill"] >= 1 and r["errors"] == 0 and r["mismatches"] == 0
+    assert image.stat().st_size == size
+    assert "SIGXFSZ" in p.stderr
