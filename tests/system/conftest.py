@@ -99,6 +99,49 @@ def driver_children(pid):
         return []
 
 
+def process_age(pid):
+    """Seconds since pid started (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        return 0.0
+    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+
+
+def sigkill_storm(proc, seconds, min_age=0.0):
+    """SIGKILL proc's drivers every few milliseconds for `seconds`, each once
+    it has run min_age seconds; returns how many kills landed."""
+    kills = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and proc.poll() is None:
+        for pid in driver_children(proc.pid):
+            if min_age and process_age(pid) < min_age:
+                continue
+            try:
+                os.kill(pid, signal.SIGKILL)
+                kills += 1
+            except ProcessLookupError:
+                pass
+        time.sleep(0.004)
+    return kills
+
+
+def assert_storm_was_invisible(returncode, out, err, kills):
+    """What a verify run under sigkill_storm must show: every kill recovered,
+    no error, no mismatch."""
+    assert returncode == 0, err[-3000:]
+    r = json.loads(out)
+    assert kills >= 50, f"only {kills} kills landed"
+    assert r["errors"] == 0 and r["mismatches"] == 0 and r["error"] is None
+    assert r["restarts"] >= 50
+    assert r["restarts_by_reason"]["killed"] == r["restarts"] - r["restarts_by_reason"]["start-failure"]
+    assert r["replayed"] > 0
+    assert_no_sanitizer_report(err)
+
+
 def read_driver_pid(proc, timeout=20):
     """isolde verify announces 'driver X is pid N' on stderr once it runs."""
     deadline = time.monotonic() + timeout
