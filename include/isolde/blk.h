@@ -187,7 +187,7 @@ enum isolde_notify_mode isolde_blk_notify_mode(const struct isolde_blk *dev);
  * O_DIRECT the device's logical block size (4096 for a file). */
 uint32_t isolde_blk_alignment(const struct isolde_blk *dev);
 bool isolde_blk_readonly(const struct isolde_blk *dev);
-/* The driver's policy (what `isolde status` shows). */
+/* The driver's name, without its directory (what `isolde status` shows). */
 const char *isolde_blk_driver_name(const struct isolde_blk *dev);
 
 struct isolde_blk_stats {
