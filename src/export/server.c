@@ -19,10 +19,12 @@
 
 #define MAX_EXPORTS 16
 #define MAX_WATCHES 1024
+#define MAX_POLLERS 16
 #define HYBRID_SPIN_NS 50000u     /* the loop spins this long for answers before sleeping */
 #define DRAIN_TIMEOUT_MS 60000
 
-static const struct export_ops *const export_kinds[] = { &nbd_export_ops, &fuse_export_ops };
+static const struct export_ops *const export_kinds[] = { &nbd_export_ops, &fuse_export_ops,
+							  &vhost_blk_export_ops };
 
 struct watch {
 	int fd;
@@ -36,8 +38,15 @@ struct running_export {
 	char spec[256];
 };
 
+struct poller {
+	server_poll_cb cb;
+	void *ctx;
+};
+
 struct isolde_server {
 	struct isolde_blk *dev;
+	struct poller pollers[MAX_POLLERS];
+	unsigned npollers;
 	int epfd;
 	int signal_fd;
 	int call_fd, watch_fd;
@@ -221,6 +230,36 @@ void server_submit(struct isolde_server *s, struct server_io *sio)
 	submit_backlog(s);
 }
 
+int server_add_poller(struct isolde_server *s, server_poll_cb cb, void *ctx)
+{
+	if (s->npollers == MAX_POLLERS)
+		return -1;
+	s->pollers[s->npollers++] = (struct poller){ cb, ctx };
+	return 0;
+}
+
+void server_remove_poller(struct isolde_server *s, server_poll_cb cb, void *ctx)
+{
+	for (unsigned i = 0; i < s->npollers; i++) {
+		if (s->pollers[i].cb == cb && s->pollers[i].ctx == ctx) {
+			s->pollers[i] = s->pollers[--s->npollers];
+			return;
+		}
+	}
+}
+
+/* True if some poller wants the loop to keep spinning. */
+static bool run_pollers(struct isolde_server *s)
+{
+	bool spin = false;
+
+	/* A poller may remove itself (its connection closed): walk backwards. */
+	for (unsigned i = s->npollers; i-- > 0;)
+		if (i < s->npollers && s->pollers[i].cb(s->pollers[i].ctx))
+			spin = true;
+	return spin;
+}
+
 static void collect(struct isolde_server *s)
 {
 	struct isolde_blk_io *done[128];
@@ -307,7 +346,8 @@ int server_add_export(struct isolde_server *s, const char *spec, char *err, size
 			return 0;
 		}
 	}
-	snprintf(err, errlen, "--export '%s': unknown kind (nbd:unix:PATH, nbd:tcp:HOST:PORT, fuse:PATH)",
+	snprintf(err, errlen, "--export '%s': unknown kind (nbd:unix:PATH, nbd:tcp:HOST:PORT, fuse:PATH, "
+		 "vhost-user-blk:PATH)",
 		 spec);
 	return -1;
 }
@@ -364,7 +404,9 @@ int server_run(struct isolde_server *s)
 				break;
 			}
 		}
-		int n = epoll_wait(s->epfd, events, 64, sleep_ms(s, &spin_since));
+		bool pollers_spin = run_pollers(s);
+		collect(s);
+		int n = epoll_wait(s->epfd, events, 64, pollers_spin ? 0 : sleep_ms(s, &spin_since));
 		if (n < 0 && errno != EINTR) {
 			server_log(s, "epoll_wait: %s", strerror(errno));
 			break;

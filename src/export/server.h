@@ -86,6 +86,12 @@ int server_watch(struct isolde_server *s, int fd, uint32_t events, server_fd_cb 
 int server_modify(struct isolde_server *s, int fd, uint32_t events);
 void server_unwatch(struct isolde_server *s, int fd);
 void server_submit(struct isolde_server *s, struct server_io *sio);
+/* A poller runs on every pass of the loop, before it waits; while any
+ * poller returns true, the loop does not sleep. For exports that poll
+ * their clients' queues instead of, or before, waiting for a kick. */
+typedef bool (*server_poll_cb)(void *ctx);
+int server_add_poller(struct isolde_server *s, server_poll_cb cb, void *ctx);
+void server_remove_poller(struct isolde_server *s, server_poll_cb cb, void *ctx);
 uint64_t server_device_size(const struct isolde_server *s);
 bool server_readonly(const struct isolde_server *s);
 /* Offsets and lengths of READ/WRITE must be multiples of this (1, or the
@@ -96,5 +102,6 @@ void server_log(const struct isolde_server *s, const char *fmt, ...) __attribute
 
 extern const struct export_ops nbd_export_ops;
 extern const struct export_ops fuse_export_ops;
+extern const struct export_ops vhost_blk_export_ops;
 
 #endif

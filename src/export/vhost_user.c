@@ -1,0 +1,1027 @@
+// SPDX-License-Identifier: MIT
+#define _GNU_SOURCE
+#include "vhost_user.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "json.h"
+#include "unix_socket.h"
+
+/* Message header flags. */
+#define VU_VERSION 0x1u
+#define VU_VERSION_MASK 0x3u
+#define VU_FLAG_REPLY 0x4u
+#define VU_FLAG_NEED_REPLY 0x8u
+
+#define VU_HEADER_SIZE 12u
+#define VU_MAX_PAYLOAD 4096u     /* the largest message, SET_MEM_TABLE, is 264 bytes */
+#define VU_MAX_FDS 8u
+#define VU_CONFIG_MAX 256u
+
+#define VU_VRING_IDX_MASK 0xffu
+#define VU_VRING_NOFD_MASK 0x100u
+
+/* Feature bits that are the transport's, not the device's. */
+#define VIRTIO_RING_F_INDIRECT_DESC 28
+#define VIRTIO_RING_F_EVENT_IDX 29
+#define VHOST_USER_F_PROTOCOL_FEATURES 30
+#define VIRTIO_F_VERSION_1 32
+#define TRANSPORT_FEATURES ((1ull << VIRTIO_RING_F_INDIRECT_DESC) | (1ull << VIRTIO_RING_F_EVENT_IDX) | \
+			    (1ull << VHOST_USER_F_PROTOCOL_FEATURES) | (1ull << VIRTIO_F_VERSION_1))
+
+#define PROTOCOL_F_MQ 0
+#define PROTOCOL_F_REPLY_ACK 3
+#define PROTOCOL_F_CONFIG 9
+#define PROTOCOL_FEATURES ((1ull << PROTOCOL_F_MQ) | (1ull << PROTOCOL_F_REPLY_ACK) | (1ull << PROTOCOL_F_CONFIG))
+
+/* How long the hybrid poller keeps polling after the last request. */
+#define HYBRID_POLL_NS 50000u
+
+enum vu_request {
+	VU_GET_FEATURES = 1, VU_SET_FEATURES = 2, VU_SET_OWNER = 3, VU_RESET_OWNER = 4,
+	VU_SET_MEM_TABLE = 5, VU_SET_LOG_BASE = 6, VU_SET_LOG_FD = 7, VU_SET_VRING_NUM = 8,
+	VU_SET_VRING_ADDR = 9, VU_SET_VRING_BASE = 10, VU_GET_VRING_BASE = 11, VU_SET_VRING_KICK = 12,
+	VU_SET_VRING_CALL = 13, VU_SET_VRING_ERR = 14, VU_GET_PROTOCOL_FEATURES = 15,
+	VU_SET_PROTOCOL_FEATURES = 16, VU_GET_QUEUE_NUM = 17, VU_SET_VRING_ENABLE = 18,
+	VU_GET_CONFIG = 24, VU_SET_CONFIG = 25,
+};
+
+static const char *const request_names[] = {
+	[VU_GET_FEATURES] = "GET_FEATURES", [VU_SET_FEATURES] = "SET_FEATURES",
+	[VU_SET_OWNER] = "SET_OWNER", [VU_RESET_OWNER] = "RESET_OWNER",
+	[VU_SET_MEM_TABLE] = "SET_MEM_TABLE", [VU_SET_LOG_BASE] = "SET_LOG_BASE",
+	[VU_SET_LOG_FD] = "SET_LOG_FD", [VU_SET_VRING_NUM] = "SET_VRING_NUM",
+	[VU_SET_VRING_ADDR] = "SET_VRING_ADDR", [VU_SET_VRING_BASE] = "SET_VRING_BASE",
+	[VU_GET_VRING_BASE] = "GET_VRING_BASE", [VU_SET_VRING_KICK] = "SET_VRING_KICK",
+	[VU_SET_VRING_CALL] = "SET_VRING_CALL", [VU_SET_VRING_ERR] = "SET_VRING_ERR",
+	[VU_GET_PROTOCOL_FEATURES] = "GET_PROTOCOL_FEATURES",
+	[VU_SET_PROTOCOL_FEATURES] = "SET_PROTOCOL_FEATURES", [VU_GET_QUEUE_NUM] = "GET_QUEUE_NUM",
+	[VU_SET_VRING_ENABLE] = "SET_VRING_ENABLE", [VU_GET_CONFIG] = "GET_CONFIG",
+	[VU_SET_CONFIG] = "SET_CONFIG",
+};
+
+struct vu_header {
+	uint32_t request;
+	uint32_t flags;
+	uint32_t size;
+};
+
+struct vu_vring_state {
+	uint32_t index;
+	uint32_t num;
+};
+
+struct vu_vring_addr {
+	uint32_t index;
+	uint32_t flags;
+	uint64_t desc, used, avail, log;
+};
+
+struct vu_config_head {
+	uint32_t offset;
+	uint32_t size;
+	uint32_t flags;
+};
+
+struct vq_slot {
+	struct vhost_conn *conn;
+	struct virtqueue vq;
+	int kick_fd, call_fd, err_fd;
+	bool started;            /* a kick fd (or "poll me") was given */
+	bool enabled;
+	bool reported_broken;
+	unsigned inflight;
+};
+
+struct vhost_conn {
+	struct vhost_user *vu;
+	unsigned refs;           /* the socket's, and one per request in flight */
+	int fd;                  /* -1 once closed */
+	uint64_t features;
+	uint64_t protocol_features;
+	struct guest_memory *mem;
+	struct vq_slot q[VHOST_USER_MAX_QUEUES];
+	/* The message being received. */
+	union {
+		struct vu_header hdr;
+		uint8_t bytes[VU_HEADER_SIZE + VU_MAX_PAYLOAD];
+	} in;
+	size_t have;
+	int fds[VU_MAX_FDS];
+	unsigned nfds;
+	bool fds_overflow;
+	/* GET_VRING_BASE of this queue waits for its requests; -1 if none. */
+	int waiting_queue;
+	bool polling;            /* registered as a server poller */
+	uint64_t last_work_ns;
+	bool sleeping;           /* hybrid: notifications on, waiting for a kick */
+};
+
+struct vhost_user {
+	struct isolde_server *srv;
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	int listen_fd;
+	enum isolde_notify_mode poll;
+	const struct vhost_device_ops *ops;
+	void *dev;
+	struct vhost_conn *conn;
+	bool quiescing;
+	unsigned long long connections, requests, inflight;
+};
+
+static const char *request_name(uint32_t r)
+{
+	if (r < sizeof request_names / sizeof request_names[0] && request_names[r])
+		return request_names[r];
+	return "unknown request";
+}
+
+void vhost_user_log(const struct vhost_user *vu, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	server_log(vu->srv, "vhost-user-blk: %s: %s", vu->path, msg);
+}
+
+static uint64_t offered_features(const struct vhost_user *vu)
+{
+	return vu->ops->features | TRANSPORT_FEATURES;
+}
+
+/* ---- connection lifetime ---- */
+
+static void conn_unref(struct vhost_conn *c)
+{
+	if (--c->refs > 0)
+		return;
+	guest_memory_unref(c->mem);
+	free(c);
+}
+
+static bool conn_poll(void *ctx);
+
+static void slot_stop(struct vhost_conn *c, struct vq_slot *s)
+{
+	if (s->kick_fd >= 0) {
+		server_unwatch(c->vu->srv, s->kick_fd);
+		close(s->kick_fd);
+		s->kick_fd = -1;
+	}
+	s->started = false;
+}
+
+static void close_fd(int *fd)
+{
+	if (*fd >= 0)
+		close(*fd);
+	*fd = -1;
+}
+
+static void close_received_fds(struct vhost_conn *c)
+{
+	for (unsigned i = 0; i < c->nfds; i++)
+		close_fd(&c->fds[i]);
+	c->nfds = 0;
+	c->fds_overflow = false;
+}
+
+static void conn_close(struct vhost_conn *c)
+{
+	struct vhost_user *vu = c->vu;
+
+	if (c->fd < 0)
+		return;
+	server_unwatch(vu->srv, c->fd);
+	close_fd(&c->fd);
+	close_received_fds(c);
+	for (unsigned i = 0; i < VHOST_USER_MAX_QUEUES; i++) {
+		slot_stop(c, &c->q[i]);
+		close_fd(&c->q[i].call_fd);
+		close_fd(&c->q[i].err_fd);
+	}
+	if (c->polling)
+		server_remove_poller(vu->srv, conn_poll, c);
+	c->polling = false;
+	if (vu->conn == c)
+		vu->conn = NULL;
+	conn_unref(c);
+}
+
+/* ---- queues ---- */
+
+static bool slot_running(const struct vq_slot *s)
+{
+	const struct vhost_conn *c = s->conn;
+	return s->started && s->enabled && !s->vq.broken && s->vq.desc && c->fd >= 0 && !c->vu->quiescing;
+}
+
+static void report_broken(struct vq_slot *s)
+{
+	if (!s->vq.broken || s->reported_broken)
+		return;
+	s->reported_broken = true;
+	vhost_user_log(s->conn->vu, "%s; the queue stops until the front end resets it",
+		       s->vq.broken_reason);
+	if (s->err_fd >= 0) {
+		uint64_t one = 1;
+		if (write(s->err_fd, &one, sizeof one) < 0) {
+			/* The front end learns it from the stopped queue anyway. */
+		}
+	}
+}
+
+/* Start every request the guest made available on s; returns how many. */
+static unsigned slot_process(struct vq_slot *s)
+{
+	struct vhost_conn *c = s->conn;
+	struct vhost_user *vu = c->vu;
+	unsigned n = 0;
+
+	while (slot_running(s)) {
+		struct vq_elem *e = vq_pop(&s->vq, c->mem);
+		struct vhost_request *req;
+
+		if (!e)
+			break;
+		if (!(req = calloc(1, sizeof *req))) {
+			vq_break(&s->vq, "queue %u: out of memory", s->vq.index);
+			free(e);
+			break;
+		}
+		req->conn = c;
+		req->mem = c->mem;
+		req->queue = s->vq.index;
+		req->elem = e;
+		c->refs++;
+		guest_memory_ref(c->mem);
+		s->inflight++;
+		vu->inflight++;
+		vu->requests++;
+		n++;
+		vu->ops->request(vu->dev, req);
+	}
+	report_broken(s);
+	return n;
+}
+
+/* event mode, and hybrid once it sleeps: process, then ask for a kick, then
+ * look again for what arrived before the guest saw that. */
+static unsigned slot_process_then_arm(struct vq_slot *s)
+{
+	unsigned n = 0;
+
+	for (;;) {
+		n += slot_process(s);
+		if (!slot_running(s))
+			return n;
+		vq_set_notification(&s->vq, true);
+		if (!vq_available(&s->vq))
+			return n;
+	}
+}
+
+static void kick_cb(void *ctx, uint32_t events)
+{
+	struct vq_slot *s = ctx;
+	struct vhost_conn *c = s->conn;
+	uint64_t count;
+
+	(void)events;
+	if (read(s->kick_fd, &count, sizeof count) < 0 && errno != EAGAIN) {
+		/* An eventfd read only fails when there is nothing to read. */
+	}
+	if (c->vu->poll == ISOLDE_NOTIFY_EVENT) {
+		slot_process_then_arm(s);
+		return;
+	}
+	/* hybrid: poll again from now on */
+	c->last_work_ns = isolde_now_ns();
+	if (c->sleeping) {
+		c->sleeping = false;
+		for (unsigned i = 0; i < VHOST_USER_MAX_QUEUES; i++)
+			vq_set_notification(&c->q[i].vq, false);
+	}
+	slot_process(s);
+}
+
+/* spin and hybrid: the server loop calls this on every pass. */
+static bool conn_poll(void *ctx)
+{
+	struct vhost_conn *c = ctx;
+	unsigned n = 0;
+	bool any = false;
+
+	for (unsigned i = 0; i < VHOST_USER_MAX_QUEUES; i++) {
+		if (slot_running(&c->q[i])) {
+			any = true;
+			n += slot_process(&c->q[i]);
+		}
+	}
+	if (!any)
+		return false;
+	if (c->vu->poll == ISOLDE_NOTIFY_SPIN)
+		return true;
+	for (unsigned i = 0; i < VHOST_USER_MAX_QUEUES; i++)
+		if (slot_running(&c->q[i]) && c->q[i].kick_fd < 0)
+			return true; /* "no fd": the front end never kicks this queue */
+	uint64_t now = isolde_now_ns();
+	if (n)
+		c->last_work_ns = now;
+	if (c->sleeping)
+		return false;
+	if (now - c->last_work_ns < HYBRID_POLL_NS)
+		return true;
+	/* Idle long enough: ask for kicks, and sleep unless something came. */
+	n = 0;
+	for (unsigned i = 0; i < VHOST_USER_MAX_QUEUES; i++)
+		if (slot_running(&c->q[i]))
+			n += slot_process_then_arm(&c->q[i]);
+	if (n) {
+		c->last_work_ns = now;
+		for (unsigned i = 0; i < VHOST_USER_MAX_QUEUES; i++)
+			vq_set_notification(&c->q[i].vq, false);
+		return true;
+	}
+	c->sleeping = true;
+	return false;
+}
+
+/* The queue just started (kick fd, enable or reconnect): set up its
+ * notifications and take what is already there. */
+static void slot_kickoff(struct vq_slot *s)
+{
+	struct vhost_conn *c = s->conn;
+
+	if (!slot_running(s))
+		return;
+	if (c->vu->poll == ISOLDE_NOTIFY_EVENT && s->kick_fd >= 0) {
+		slot_process_then_arm(s);
+		return;
+	}
+	if (!c->polling && server_add_poller(c->vu->srv, conn_poll, c) == 0)
+		c->polling = true;
+	c->sleeping = false;
+	c->last_work_ns = isolde_now_ns();
+	vq_set_notification(&s->vq, false);
+	slot_process(s);
+}
+
+static void request_finish(struct vhost_request *req, bool push, uint32_t written)
+{
+	struct vhost_conn *c = req->conn;
+	struct vhost_user *vu = c->vu;
+	struct vq_slot *s = &c->q[req->queue];
+
+	vu->inflight--;
+	s->inflight--;
+	/* A guest that disconnected, or whose queue was reset meanwhile,
+	 * gets nothing written into its memory. */
+	if (push && c->fd >= 0 && s->vq.used && !s->vq.broken) {
+		vq_push(&s->vq, req->elem->head, written);
+		if (s->call_fd >= 0 && vq_should_notify(&s->vq)) {
+			uint64_t one = 1;
+			if (write(s->call_fd, &one, sizeof one) < 0) {
+				/* EAGAIN: the counter is saturated, the guest will look anyway. */
+			}
+		}
+	}
+	guest_memory_unref(req->mem);
+	free(req->elem);
+	free(req);
+	if (c->fd >= 0 && c->waiting_queue == (int)s->vq.index && s->inflight == 0) {
+		struct vu_vring_state st = { s->vq.index, s->vq.last_avail };
+		struct vu_header h = { VU_GET_VRING_BASE, VU_VERSION | VU_FLAG_REPLY, sizeof st };
+		struct iovec iov[2] = { { &h, sizeof h }, { &st, sizeof st } };
+		struct msghdr m = { .msg_iov = iov, .msg_iovlen = 2 };
+		c->waiting_queue = -1;
+		if (sendmsg(c->fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)(sizeof h + sizeof st)) {
+			vhost_user_log(vu, "GET_VRING_BASE: cannot reply: %s; closing the connection",
+				       strerror(errno));
+			conn_close(c);
+		} else {
+			server_modify(vu->srv, c->fd, EPOLLIN);
+		}
+	}
+	conn_unref(c);
+}
+
+void vhost_user_complete(struct vhost_request *req, uint32_t written)
+{
+	request_finish(req, true, written);
+}
+
+void vhost_user_abandon(struct vhost_request *req, const char *reason)
+{
+	struct vq_slot *s = &req->conn->q[req->queue];
+
+	vq_break(&s->vq, "queue %u: request at descriptor %u: %s", req->queue, req->elem->head, reason);
+	report_broken(s);
+	request_finish(req, false, 0);
+}
+
+bool vhost_request_has_feature(const struct vhost_request *req, unsigned bit)
+{
+	return bit < 64 && (req->conn->features >> bit) & 1;
+}
+
+struct vhost_user *vhost_request_backend(const struct vhost_request *req)
+{
+	return req->conn->vu;
+}
+
+/* ---- messages ---- */
+
+static int send_reply(struct vhost_conn *c, uint32_t request, const void *payload, uint32_t size)
+{
+	struct vu_header h = { request, VU_VERSION | VU_FLAG_REPLY, size };
+	struct iovec iov[2] = { { &h, sizeof h }, { (void *)payload, size } };
+	struct msghdr m = { .msg_iov = iov, .msg_iovlen = size ? 2 : 1 };
+
+	if (sendmsg(c->fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)(sizeof h + size)) {
+		vhost_user_log(c->vu, "%s: cannot reply: %s", request_name(request), strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+static int reply_u64(struct vhost_conn *c, uint32_t request, uint64_t v)
+{
+	return send_reply(c, request, &v, sizeof v);
+}
+
+/* What a handler decided. */
+enum outcome {
+	DONE,        /* acted on; ack if asked */
+	REPLIED,     /* sent its own reply */
+	REFUSED,     /* not acted on; nack if asked; the connection stays */
+	MALFORMED,   /* logged; the connection ends */
+	DEFERRED,    /* the reply comes later (GET_VRING_BASE) */
+};
+
+static enum outcome malformed(struct vhost_conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static enum outcome malformed(struct vhost_conn *c, const char *fmt, ...)
+{
+	char msg[384];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	vhost_user_log(c->vu, "%s: %s; closing the connection", request_name(c->in.hdr.request), msg);
+	return MALFORMED;
+}
+
+static bool size_is(struct vhost_conn *c, uint32_t expected, enum outcome *o)
+{
+	if (c->in.hdr.size == expected)
+		return true;
+	*o = malformed(c, "payload of %u bytes, expected %u", c->in.hdr.size, expected);
+	return false;
+}
+
+/* GET_* requests carry nothing, though some front ends send a zero u64. */
+static bool size_empty(struct vhost_conn *c, enum outcome *o)
+{
+	if (c->in.hdr.size == 0 || c->in.hdr.size == 8)
+		return true;
+	*o = malformed(c, "payload of %u bytes, expected 0", c->in.hdr.size);
+	return false;
+}
+
+static const void *payload(const struct vhost_conn *c)
+{
+	return c->in.bytes + VU_HEADER_SIZE;
+}
+
+static uint64_t payload_u64(const struct vhost_conn *c)
+{
+	uint64_t v;
+	memcpy(&v, payload(c), sizeof v);
+	return v;
+}
+
+static struct vq_slot *queue_at(struct vhost_conn *c, uint32_t index, enum outcome *o)
+{
+	unsigned max = c->vu->ops->max_queues;
+
+	if (index < max)
+		return &c->q[index];
+	*o = malformed(c, "queue index %u out of range (%u queues)", index, max);
+	return NULL;
+}
+
+static bool no_fds(struct vhost_conn *c, enum outcome *o)
+{
+	if (c->nfds == 0 && !c->fds_overflow)
+		return true;
+	*o = malformed(c, "%u unexpected fds", c->nfds);
+	return false;
+}
+
+static void set_vq_features(struct vhost_conn *c)
+{
+	for (unsigned i = 0; i < VHOST_USER_MAX_QUEUES; i++) {
+		c->q[i].vq.event_idx = (c->features >> VIRTIO_RING_F_EVENT_IDX) & 1;
+		c->q[i].vq.indirect = (c->features >> VIRTIO_RING_F_INDIRECT_DESC) & 1;
+	}
+}
+
+static void reset_queues(struct vhost_conn *c)
+{
+	for (unsigned i = 0; i < VHOST_USER_MAX_QUEUES; i++) {
+		struct vq_slot *s = &c->q[i];
+		slot_stop(c, s);
+		close_fd(&s->call_fd);
+		close_fd(&s->err_fd);
+		s->enabled = false;
+		s->reported_broken = false;
+		memset(&s->vq, 0, sizeof s->vq);
+		s->vq.index = i;
+	}
+	set_vq_features(c);
+}
+
+static enum outcome on_set_mem_table(struct vhost_conn *c)
+{
+	struct guest_region_desc regions[GUEST_MEMORY_MAX_REGIONS];
+	uint32_t n;
+	struct guest_memory *m;
+	enum outcome o = MALFORMED;
+	char why[256];
+
+	if (c->in.hdr.size < 8)
+		return malformed(c, "payload of %u bytes, shorter than its 8-byte head", c->in.hdr.size);
+	memcpy(&n, payload(c), sizeof n);
+	if (n == 0 || n > GUEST_MEMORY_MAX_REGIONS)
+		return malformed(c, "%u regions (1 to %d allowed)", n, GUEST_MEMORY_MAX_REGIONS);
+	if (!size_is(c, 8 + n * (uint32_t)sizeof regions[0], &o))
+		return o;
+	if (c->nfds != n || c->fds_overflow)
+		return malformed(c, "%u regions but %u fds", n, c->nfds);
+	memcpy(regions, (const uint8_t *)payload(c) + 8, n * sizeof regions[0]);
+	if (!(m = guest_memory_map(regions, n, c->fds, why, sizeof why)))
+		return malformed(c, "%s", why);
+	guest_memory_unref(c->mem);
+	c->mem = m;
+	/* Rings already placed must be found again in the new table. */
+	for (unsigned i = 0; i < VHOST_USER_MAX_QUEUES; i++) {
+		struct vq_slot *s = &c->q[i];
+		if (s->vq.addr_set && !vq_map_rings(&s->vq, m)) {
+			char reason[sizeof s->vq.broken_reason];
+			memcpy(reason, s->vq.broken_reason, sizeof reason);
+			vq_break(&s->vq, "%s", reason);
+			report_broken(s);
+		}
+	}
+	return DONE;
+}
+
+/* SET_VRING_KICK, _CALL, _ERR: the queue, and the fd or -1 ("no fd"). */
+static struct vq_slot *vring_fd(struct vhost_conn *c, int *fd, enum outcome *o)
+{
+	uint64_t v;
+	struct vq_slot *s;
+
+	if (!size_is(c, sizeof v, o))
+		return NULL;
+	v = payload_u64(c);
+	if (v & ~(uint64_t)(VU_VRING_IDX_MASK | VU_VRING_NOFD_MASK)) {
+		*o = malformed(c, "unknown bits in 0x%llx", (unsigned long long)v);
+		return NULL;
+	}
+	if (!(s = queue_at(c, v & VU_VRING_IDX_MASK, o)))
+		return NULL;
+	if (v & VU_VRING_NOFD_MASK) {
+		if (c->nfds || c->fds_overflow) {
+			*o = malformed(c, "queue %u: an fd came with the 'no fd' flag", s->vq.index);
+			return NULL;
+		}
+		*fd = -1;
+	} else {
+		if (c->nfds != 1 || c->fds_overflow) {
+			*o = malformed(c, "queue %u: %s without the 'no fd' flag", s->vq.index,
+				       c->nfds ? "more than one fd" : "no fd");
+			return NULL;
+		}
+		*fd = c->fds[0];
+		c->fds[0] = -1;
+		c->nfds = 0;
+	}
+	return s;
+}
+
+static enum outcome dispatch(struct vhost_conn *c)
+{
+	struct vhost_user *vu = c->vu;
+	uint32_t req = c->in.hdr.request;
+	enum outcome o = MALFORMED;
+	struct vu_vring_state st;
+	struct vq_slot *s;
+	int fd;
+
+	if (req != VU_SET_MEM_TABLE && req != VU_SET_VRING_KICK && req != VU_SET_VRING_CALL &&
+	    req != VU_SET_VRING_ERR && req != VU_SET_LOG_FD && !no_fds(c, &o))
+		return o;
+	switch (req) {
+	case VU_GET_FEATURES:
+		if (!size_empty(c, &o))
+			return o;
+		return reply_u64(c, req, offered_features(vu)) ? MALFORMED : REPLIED;
+	case VU_SET_FEATURES: {
+		uint64_t f;
+		if (!size_is(c, sizeof f, &o))
+			return o;
+		f = payload_u64(c);
+		if (f & ~offered_features(vu))
+			return malformed(c, "features 0x%llx were not offered",
+					 (unsigned long long)(f & ~offered_features(vu)));
+		c->features = f;
+		set_vq_features(c);
+		return DONE;
+	}
+	case VU_GET_PROTOCOL_FEATURES:
+		if (!size_empty(c, &o))
+			return o;
+		return reply_u64(c, req, PROTOCOL_FEATURES) ? MALFORMED : REPLIED;
+	case VU_SET_PROTOCOL_FEATURES: {
+		uint64_t f;
+		if (!size_is(c, sizeof f, &o))
+			return o;
+		f = payload_u64(c);
+		if (f & ~PROTOCOL_FEATURES)
+			return malformed(c, "protocol features 0x%llx were not offered",
+					 (unsigned long long)(f & ~PROTOCOL_FEATURES));
+		c->protocol_features = f;
+		return DONE;
+	}
+	case VU_GET_QUEUE_NUM:
+		if (!size_empty(c, &o))
+			return o;
+		return reply_u64(c, req, vu->ops->max_queues) ? MALFORMED : REPLIED;
+	case VU_SET_OWNER:
+		return size_is(c, 0, &o) ? DONE : o;
+	case VU_RESET_OWNER:
+		if (!size_is(c, 0, &o))
+			return o;
+		reset_queues(c);
+		return DONE;
+	case VU_SET_MEM_TABLE:
+		return on_set_mem_table(c);
+	case VU_SET_VRING_NUM:
+		if (!size_is(c, sizeof st, &o))
+			return o;
+		memcpy(&st, payload(c), sizeof st);
+		if (!(s = queue_at(c, st.index, &o)))
+			return o;
+		if (st.num == 0 || st.num > VQ_MAX_SIZE || (st.num & (st.num - 1)))
+			return malformed(c, "queue %u: size %u is not a power of two up to %u", st.index,
+					 st.num, VQ_MAX_SIZE);
+		if (s->started)
+			return malformed(c, "queue %u is running", st.index);
+		s->vq.num = st.num;
+		s->vq.desc = NULL; /* SET_VRING_ADDR places the rings for this size */
+		s->vq.addr_set = false;
+		return DONE;
+	case VU_SET_VRING_ADDR: {
+		struct vu_vring_addr a;
+		if (!size_is(c, sizeof a, &o))
+			return o;
+		memcpy(&a, payload(c), sizeof a);
+		if (!(s = queue_at(c, a.index, &o)))
+			return o;
+		if (s->vq.num == 0)
+			return malformed(c, "queue %u has no size yet (SET_VRING_NUM)", a.index);
+		if (!c->mem)
+			return malformed(c, "queue %u: no memory table yet (SET_MEM_TABLE)", a.index);
+		s->vq.desc_uva = a.desc;
+		s->vq.avail_uva = a.avail;
+		s->vq.used_uva = a.used;
+		s->vq.addr_set = true;
+		if (!vq_map_rings(&s->vq, c->mem)) {
+			s->vq.addr_set = false;
+			return malformed(c, "%s", s->vq.broken_reason);
+		}
+		slot_kickoff(s);
+		return DONE;
+	}
+	case VU_SET_VRING_BASE:
+		if (!size_is(c, sizeof st, &o))
+			return o;
+		memcpy(&st, payload(c), sizeof st);
+		if (!(s = queue_at(c, st.index, &o)))
+			return o;
+		if (st.num > 0xffff)
+			return malformed(c, "queue %u: base %u does not fit a split ring's 16 bits", st.index, st.num);
+		if (s->started)
+			return malformed(c, "queue %u is running", st.index);
+		s->vq.last_avail = (uint16_t)st.num;
+		s->vq.used_idx = (uint16_t)st.num;
+		return DONE;
+	case VU_GET_VRING_BASE:
+		if (!size_is(c, sizeof st, &o))
+			return o;
+		memcpy(&st, payload(c), sizeof st);
+		if (!(s = queue_at(c, st.index, &o)))
+			return o;
+		slot_stop(c, s);
+		if (s->inflight) {
+			c->waiting_queue = (int)st.index;
+			server_modify(vu->srv, c->fd, 0);
+			return DEFERRED;
+		}
+		st.num = s->vq.last_avail;
+		return send_reply(c, req, &st, sizeof st) ? MALFORMED : REPLIED;
+	case VU_SET_VRING_KICK:
+		if (!(s = vring_fd(c, &fd, &o)))
+			return o;
+		slot_stop(c, s);
+		s->kick_fd = fd;
+		s->started = true;
+		s->vq.broken = false;
+		s->reported_broken = false;
+		s->vq.signalled_used_valid = false;
+		/* Without protocol features a queue runs once it has a kick. */
+		if (!((c->features >> VHOST_USER_F_PROTOCOL_FEATURES) & 1))
+			s->enabled = true;
+		if (s->kick_fd >= 0 && vu->poll != ISOLDE_NOTIFY_SPIN &&
+		    server_watch(vu->srv, s->kick_fd, EPOLLIN, kick_cb, s) != 0)
+			return malformed(c, "queue %u: cannot watch the kick fd %d", s->vq.index, s->kick_fd);
+		slot_kickoff(s);
+		return DONE;
+	case VU_SET_VRING_CALL:
+		if (!(s = vring_fd(c, &fd, &o)))
+			return o;
+		close_fd(&s->call_fd);
+		s->call_fd = fd;
+		return DONE;
+	case VU_SET_VRING_ERR:
+		if (!(s = vring_fd(c, &fd, &o)))
+			return o;
+		close_fd(&s->err_fd);
+		s->err_fd = fd;
+		return DONE;
+	case VU_SET_VRING_ENABLE:
+		if (!size_is(c, sizeof st, &o))
+			return o;
+		memcpy(&st, payload(c), sizeof st);
+		if (!(s = queue_at(c, st.index, &o)))
+			return o;
+		if (st.num > 1)
+			return malformed(c, "queue %u: enable is %u, not 0 or 1", st.index, st.num);
+		s->enabled = st.num;
+		slot_kickoff(s);
+		return DONE;
+	case VU_GET_CONFIG: {
+		struct vu_config_head ch;
+		uint8_t config[VU_CONFIG_MAX] = { 0 }, reply[sizeof ch + VU_CONFIG_MAX];
+		if (c->in.hdr.size < sizeof ch)
+			return malformed(c, "payload of %u bytes, shorter than its %zu-byte head", c->in.hdr.size,
+					 sizeof ch);
+		memcpy(&ch, payload(c), sizeof ch);
+		if (ch.size > VU_CONFIG_MAX || ch.offset > VU_CONFIG_MAX - ch.size)
+			return malformed(c, "offset %u and size %u go past the %u-byte config space", ch.offset,
+					 ch.size, VU_CONFIG_MAX);
+		if (!size_is(c, (uint32_t)sizeof ch + ch.size, &o))
+			return o;
+		vu->ops->get_config(vu->dev, config, sizeof config);
+		memcpy(reply, &ch, sizeof ch);
+		memcpy(reply + sizeof ch, config + ch.offset, ch.size);
+		return send_reply(c, req, reply, (uint32_t)sizeof ch + ch.size) ? MALFORMED : REPLIED;
+	}
+	case VU_SET_CONFIG:
+		vhost_user_log(vu, "SET_CONFIG: refused: the config space is read-only");
+		return REFUSED;
+	case VU_SET_LOG_BASE:
+	case VU_SET_LOG_FD:
+		vhost_user_log(vu, "%s: refused: dirty logging was not offered", request_name(req));
+		return REFUSED;
+	default:
+		vhost_user_log(vu, "unknown request %u (%u bytes); refused", req, c->in.hdr.size);
+		return REFUSED;
+	}
+}
+
+static void handle_message(struct vhost_conn *c)
+{
+	uint32_t flags = c->in.hdr.flags;
+	enum outcome o;
+
+	if ((flags & VU_VERSION_MASK) != VU_VERSION) {
+		malformed(c, "protocol version %u, expected %u", flags & VU_VERSION_MASK, VU_VERSION);
+		conn_close(c);
+		return;
+	}
+	o = dispatch(c);
+	close_received_fds(c);
+	switch (o) {
+	case MALFORMED:
+		conn_close(c);
+		return;
+	case DONE:
+	case REFUSED:
+		/* REPLY_ACK: the front end asked whether it worked. An unknown
+		 * request gets its "no" even without it, or the front end would
+		 * wait for an answer forever. */
+		if ((flags & VU_FLAG_NEED_REPLY) &&
+		    (((c->protocol_features >> PROTOCOL_F_REPLY_ACK) & 1) || o == REFUSED) &&
+		    reply_u64(c, c->in.hdr.request, o == DONE ? 0 : 1))
+			conn_close(c);
+		return;
+	case REPLIED:
+	case DEFERRED:
+		return;
+	}
+}
+
+static void take_fds(struct vhost_conn *c, struct msghdr *m)
+{
+	if (m->msg_flags & MSG_CTRUNC)
+		c->fds_overflow = true;
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(m); cm; cm = CMSG_NXTHDR(m, cm)) {
+		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+			continue;
+		size_t n = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		for (size_t i = 0; i < n; i++) {
+			int fd;
+			memcpy(&fd, CMSG_DATA(cm) + i * sizeof fd, sizeof fd);
+			if (c->nfds < VU_MAX_FDS) {
+				c->fds[c->nfds++] = fd;
+			} else {
+				close(fd);
+				c->fds_overflow = true;
+			}
+		}
+	}
+}
+
+static void conn_readable(void *ctx, uint32_t events)
+{
+	struct vhost_conn *c = ctx;
+
+	c->refs++; /* handlers may close the connection */
+	if (c->waiting_queue >= 0 && (events & (EPOLLHUP | EPOLLERR)))
+		conn_close(c);
+	while (c->fd >= 0 && c->waiting_queue < 0) {
+		size_t want = c->have < VU_HEADER_SIZE ? VU_HEADER_SIZE : VU_HEADER_SIZE + c->in.hdr.size;
+		union {
+			char buf[CMSG_SPACE(VU_MAX_FDS * sizeof(int))];
+			struct cmsghdr align;
+		} control;
+		struct iovec iov = { c->in.bytes + c->have, want - c->have };
+		struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+				    .msg_controllen = sizeof control.buf };
+		ssize_t n = recvmsg(c->fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+
+		if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+			if (events & (EPOLLHUP | EPOLLERR))
+				conn_close(c);
+			break;
+		}
+		if (n <= 0) {
+			if (n < 0)
+				vhost_user_log(c->vu, "connection: %s", strerror(errno));
+			else if (c->have)
+				vhost_user_log(c->vu, "the front end hung up in the middle of a message");
+			else
+				vhost_user_log(c->vu, "the front end disconnected");
+			conn_close(c);
+			break;
+		}
+		take_fds(c, &m);
+		c->have += (size_t)n;
+		if (c->have == VU_HEADER_SIZE && c->in.hdr.size > VU_MAX_PAYLOAD) {
+			vhost_user_log(c->vu, "%s (%u): size %u exceeds the %u-byte limit; closing the connection",
+				       request_name(c->in.hdr.request), c->in.hdr.request, c->in.hdr.size,
+				       VU_MAX_PAYLOAD);
+			conn_close(c);
+			break;
+		}
+		if (c->have >= VU_HEADER_SIZE && c->have == VU_HEADER_SIZE + c->in.hdr.size) {
+			handle_message(c);
+			c->have = 0;
+		}
+	}
+	conn_unref(c);
+}
+
+/* ---- the listening socket ---- */
+
+static void accept_cb(void *ctx, uint32_t events)
+{
+	struct vhost_user *vu = ctx;
+	struct vhost_conn *c;
+	int fd;
+
+	(void)events;
+	fd = accept4(vu->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	if (fd < 0)
+		return;
+	if (vu->conn || vu->quiescing) {
+		vhost_user_log(vu, "refused a front end: %s", vu->quiescing ? "shutting down"
+							 : "another one is connected");
+		close(fd);
+		return;
+	}
+	if (!(c = calloc(1, sizeof *c))) {
+		close(fd);
+		return;
+	}
+	c->vu = vu;
+	c->refs = 1;
+	c->fd = fd;
+	c->waiting_queue = -1;
+	for (unsigned i = 0; i < VHOST_USER_MAX_QUEUES; i++) {
+		c->q[i].conn = c;
+		c->q[i].kick_fd = c->q[i].call_fd = c->q[i].err_fd = -1;
+		c->q[i].vq.index = i;
+	}
+	if (server_watch(vu->srv, fd, EPOLLIN, conn_readable, c) != 0) {
+		vhost_user_log(vu, "cannot watch a new connection");
+		close(fd);
+		free(c);
+		return;
+	}
+	vu->conn = c;
+	vu->connections++;
+}
+
+struct vhost_user *vhost_user_start(struct isolde_server *srv, const char *path,
+				    enum isolde_notify_mode poll, const struct vhost_device_ops *ops,
+				    void *dev, char *err, size_t errlen)
+{
+	struct vhost_user *vu = calloc(1, sizeof *vu);
+	char why[256];
+
+	if (!vu) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	if (strlen(path) >= sizeof vu->path) {
+		snprintf(err, errlen, "a socket path must be shorter than %zu bytes", sizeof vu->path);
+		free(vu);
+		return NULL;
+	}
+	memcpy(vu->path, path, strlen(path) + 1);
+	vu->srv = srv;
+	vu->poll = poll;
+	vu->ops = ops;
+	vu->dev = dev;
+	vu->listen_fd = unix_listen(path, why, sizeof why);
+	if (vu->listen_fd < 0) {
+		snprintf(err, errlen, "%s", why);
+		free(vu);
+		return NULL;
+	}
+	if (server_watch(srv, vu->listen_fd, EPOLLIN, accept_cb, vu) != 0) {
+		snprintf(err, errlen, "cannot watch the socket");
+		close(vu->listen_fd);
+		unlink(path);
+		free(vu);
+		return NULL;
+	}
+	return vu;
+}
+
+void vhost_user_quiesce(struct vhost_user *vu)
+{
+	vu->quiescing = true;
+}
+
+void vhost_user_stop(struct vhost_user *vu)
+{
+	if (vu->conn)
+		conn_close(vu->conn);
+	server_unwatch(vu->srv, vu->listen_fd);
+	close(vu->listen_fd);
+	unlink(vu->path);
+	/* A connection with requests the server gave up draining stays
+	 * allocated, and with it vu, which it points to. */
+	if (vu->inflight == 0)
+		free(vu);
+}
+
+void vhost_user_describe(struct vhost_user *vu, FILE *f)
+{
+	unsigned running = 0;
+
+	if (vu->conn)
+		for (unsigned i = 0; i < VHOST_USER_MAX_QUEUES; i++)
+			running += slot_running(&vu->conn->q[i]);
+	fputs("{\"kind\": \"vhost-user-blk\", \"socket\": ", f);
+	json_string(f, vu->path);
+	fprintf(f, ", \"poll\": \"%s\", \"connected\": %s, \"connections\": %llu, \"queues_running\": %u, "
+		"\"requests\": %llu, \"inflight\": %llu}",
+		isolde_notify_mode_name(vu->poll), vu->conn ? "true" : "false", vu->connections, running,
+		vu->requests, vu->inflight);
+}

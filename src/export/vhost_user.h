@@ -1,0 +1,79 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * A vhost-user back end (QEMU's docs/interop/vhost-user.rst) on a Unix
+ * socket, for one device; vhost_blk.c is the device.
+ *
+ * It speaks the protocol: feature negotiation, the memory table, split
+ * virtqueues with kick and call eventfds, the device's config space. One
+ * front end is served at a time; when it disconnects, the next may
+ * connect. Messages are checked before anything acts on them: a malformed
+ * one (a bad size, missing fds, regions that overlap or wrap, a ring
+ * outside guest memory, a feature that was not offered) is logged and ends
+ * the connection; an unknown request is logged and refused.
+ *
+ * Queues are polled in one of the ring's three modes: event (wait for the
+ * guest's kick), spin (poll the available rings, kicks suppressed) or
+ * hybrid (poll for a while after the last request, then wait for a kick).
+ *
+ * Requests the device started belong to their queue until
+ * vhost_user_complete; when the front end asks for a queue's state
+ * (GET_VRING_BASE, which stops it) the answer waits until that queue's
+ * requests completed. If the front end went away meanwhile, completion
+ * only frees: nothing is written into the memory of a guest that is gone.
+ */
+#ifndef ISOLDE_EXPORT_VHOST_USER_H
+#define ISOLDE_EXPORT_VHOST_USER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "isolde/notify.h"
+#include "guest_memory.h"
+#include "server.h"
+#include "virtqueue.h"
+
+#define VHOST_USER_MAX_QUEUES 8
+
+struct vhost_user;
+struct vhost_conn;
+
+/* One request taken from a queue, as the device holds it. */
+struct vhost_request {
+	struct vhost_conn *conn;         /* referenced until completion */
+	struct guest_memory *mem;        /* referenced: elem's iovecs point into it */
+	unsigned queue;
+	struct vq_elem *elem;
+};
+
+struct vhost_device_ops {
+	uint64_t features;               /* virtio feature bits offered */
+	unsigned max_queues;
+	/* Fill the config space; returns its size (at most len). */
+	size_t (*get_config)(void *dev, uint8_t *buf, size_t len);
+	/* A request from the guest. The device completes it, now or later,
+	 * with vhost_user_complete; it owns req until then. */
+	void (*request)(void *dev, struct vhost_request *req);
+};
+
+struct vhost_user *vhost_user_start(struct isolde_server *srv, const char *path,
+				    enum isolde_notify_mode poll, const struct vhost_device_ops *ops,
+				    void *dev, char *err, size_t errlen);
+/* Stop taking requests from the guest; those started still complete. */
+void vhost_user_quiesce(struct vhost_user *vu);
+void vhost_user_stop(struct vhost_user *vu);
+void vhost_user_describe(struct vhost_user *vu, FILE *json);
+
+/* Finish req: written bytes went into its device-writable segments. Frees
+ * req and its element. */
+void vhost_user_complete(struct vhost_request *req, uint32_t written);
+/* req cannot even be answered (no status byte in guest memory): the
+ * queue stops, as for a malformed chain, and req is freed. */
+void vhost_user_abandon(struct vhost_request *req, const char *reason);
+/* Whether the negotiated features include bit. */
+bool vhost_request_has_feature(const struct vhost_request *req, unsigned bit);
+void vhost_user_log(const struct vhost_user *vu, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+struct vhost_user *vhost_request_backend(const struct vhost_request *req);
+
+#endif
