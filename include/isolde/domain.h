@@ -120,6 +120,14 @@ bool isolde_domain_reap(struct isolde_domain *d);
  */
 unsigned isolde_domain_answer_syscalls(struct isolde_domain *d);
 
+/*
+ * Whether the driver is blocked in the kernel waiting for its device (state
+ * D in /proc), as in an fdatasync of many dirty pages. Such a driver cannot
+ * send heartbeats, yet it is making progress: hang detection lets it be
+ * until its request is 10 heartbeats old.
+ */
+bool isolde_domain_waiting_on_device(const struct isolde_domain *d);
+
 /* Kill the driver (SIGKILL) and reap it; a no-op if it is not running. */
 void isolde_domain_kill(struct isolde_domain *d);
 

@@ -616,6 +616,28 @@ bool isolde_domain_reap(struct isolde_domain *d)
 	return true;
 }
 
+bool isolde_domain_waiting_on_device(const struct isolde_domain *d)
+{
+	char path[64], stat[512];
+	const char *end;
+	ssize_t n;
+	int fd;
+
+	if (d->pid <= 0)
+		return false;
+	snprintf(path, sizeof path, "/proc/%d/stat", (int)d->pid);
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+		return false;
+	n = read(fd, stat, sizeof stat - 1);
+	close(fd);
+	if (n <= 0)
+		return false;
+	stat[n] = '\0';
+	/* "PID (COMM) STATE ...": COMM may hold anything, so look after its last ')'. */
+	end = strrchr(stat, ')');
+	return end && end[1] == ' ' && end[2] == 'D';
+}
+
 void isolde_domain_kill(struct isolde_domain *d)
 {
 	if (d->pid <= 0)

@@ -746,7 +746,7 @@ static void check_hang(struct isolde_blk *dev, uint64_t now)
 		dev->heartbeat_changed_ns = now;
 		return;
 	}
-	if (now - dev->heartbeat_changed_ns >= limit) {
+	if (now - dev->heartbeat_changed_ns >= limit && !isolde_domain_waiting_on_device(&dev->domain)) {
 		snprintf(why, sizeof why, "(pid %d) made no progress for %u ms with %u requests pending",
 			 (int)dev->domain.pid, dev->hang_ms, isolde_shadow_in_flight(&dev->shadow));
 		driver_failed(dev, ISOLDE_FAIL_HANG, why);
