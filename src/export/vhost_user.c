@@ -577,7 +577,11 @@ static enum outcome on_set_mem_table(struct vhost_conn *c)
 	/* Rings already placed must be found again in the new table. */
 	for (unsigned i = 0; i < VHOST_USER_MAX_QUEUES; i++) {
 		struct vq_slot *s = &c->q[i];
-		if (s->vq.addr_set && !vq_map_rings(&s->vq, m)) {
+		if (!s->vq.addr_set) {
+			s->vq.desc = NULL;
+			s->vq.avail = NULL;
+			s->vq.used = NULL;
+		} else if (!vq_map_rings(&s->vq, m)) {
 			char reason[sizeof s->vq.broken_reason];
 			memcpy(reason, s->vq.broken_reason, sizeof reason);
 			vq_break(&s->vq, "%s", reason);
@@ -690,7 +694,10 @@ static enum outcome dispatch(struct vhost_conn *c)
 		if (s->started)
 			return malformed(c, "queue %u is running", st.index);
 		s->vq.num = st.num;
-		s->vq.desc = NULL; /* SET_VRING_ADDR places the rings for this size */
+		/* SET_VRING_ADDR places the rings for this size. */
+		s->vq.desc = NULL;
+		s->vq.avail = NULL;
+		s->vq.used = NULL;
 		s->vq.addr_set = false;
 		return DONE;
 	case VU_SET_VRING_ADDR: {

@@ -46,6 +46,18 @@ bool vq_map_rings(struct virtqueue *vq, const struct guest_memory *m)
 	vq->desc = guest_memory_uva(m, vq->desc_uva, 16 * n);
 	vq->avail = guest_memory_uva(m, vq->avail_uva, 6 + 2 * n);
 	vq->used = guest_memory_uva(m, vq->used_uva, 6 + 8 * n);
+	/* The front end's addresses were aligned, but a region's mmap_offset
+	 * need not be: the rings are read with atomic accesses, which must be. */
+	if (vq->desc && vq->avail && vq->used &&
+	    ((uintptr_t)vq->desc % 16 || (uintptr_t)vq->avail % 2 || (uintptr_t)vq->used % 4)) {
+		snprintf(vq->broken_reason, sizeof vq->broken_reason,
+			 "queue %u: rings land misaligned in this process (a region's mmap_offset is odd)",
+			 vq->index);
+		vq->desc = NULL;
+		vq->avail = NULL;
+		vq->used = NULL;
+		return false;
+	}
 	if (!vq->desc || !vq->avail || !vq->used) {
 		snprintf(vq->broken_reason, sizeof vq->broken_reason,
 			 "queue %u: ring %s at 0x%llx is not in guest memory", vq->index,
@@ -134,9 +146,9 @@ static unsigned collect_chain(struct virtqueue *vq, const struct guest_memory *m
 		if (!(d.flags & VRING_DESC_F_NEXT))
 			break;
 		idx = d.next;
-		if (idx >= limit || (!table && idx >= vq->num)) {
+		if (idx >= (table ? limit : vq->num)) {
 			vq_break(vq, "queue %u: chain from %u names descriptor %u, past the %s's %u entries",
-				 vq->index, head, idx, table ? "indirect table" : "queue", limit);
+				 vq->index, head, idx, table ? "indirect table" : "queue", table ? limit : vq->num);
 			count = 0;
 			break;
 		}
@@ -225,7 +237,7 @@ bool vq_should_notify(struct virtqueue *vq)
 
 void vq_set_notification(struct virtqueue *vq, bool enable)
 {
-	if (!vq->used)
+	if (!vq->desc || !vq->used)
 		return;
 	if (vq->event_idx) {
 		/* Disabling leaves avail_event behind: the guest kicks at most
