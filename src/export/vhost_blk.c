@@ -297,8 +297,15 @@ static void request(void *dev, struct vhost_request *vr)
 	case VIRTIO_BLK_T_OUT: {
 		bool write = hdr.type == VIRTIO_BLK_T_OUT;
 		size_t len = write ? out_len : in_len;
-		if ((write && (blk->readonly || in_len)) || (!write && out_len) || len > SERVER_MAX_REQUEST ||
-		    !check_range(blk, hdr.sector, len, &offset)) {
+		const char *wrong = write && blk->readonly ? "a write to a read-only disk"
+				    : write && in_len ? "a write with device-writable data buffers"
+				    : !write && out_len ? "a read with device-readable data buffers"
+				    : len > SERVER_MAX_REQUEST ? "larger than 32 MiB"
+				    : !check_range(blk, hdr.sector, len, &offset) ? "outside the disk or misaligned"
+				    : NULL;
+		if (wrong) {
+			vhost_user_log(blk->vu, "queue %u: request at descriptor %u (%zu bytes at sector %llu): %s",
+				       vr->queue, e->head, len, (unsigned long long)hdr.sector, wrong);
 			finish(r, VIRTIO_BLK_S_IOERR, 0);
 			return;
 		}
