@@ -6,6 +6,9 @@ PACKAGES := gcc libc6-dev meson ninja-build pkg-config libseccomp-dev libcmocka-
 	python3 python3-pytest gnuplot-nox libfuse3-dev fuse3 e2fsprogs util-linux
 # The NBD export's system tests use real clients; its fuzzer needs clang and libFuzzer.
 PACKAGES += libnbd-bin qemu-utils fio clang libclang-rt-14-dev
+# The vhost-user-blk export's guest tests boot a Linux guest under QEMU (TCG); its
+# kernel and busybox come from `apt-get download`, unpacked without installing.
+PACKAGES += qemu-system-x86 qemu-system-common cpio gzip xz-utils kmod
 # The tools isolde is measured against, for `make bench`.
 BENCH_PACKAGES := fio nbdkit qemu-system-common
 BUILD := build

@@ -25,6 +25,8 @@ echo "== recovery" >&2
 recovery=$("$root/bench/recovery.py" "$isolde" --seconds 10 --interval-ms 50)
 echo "== peers" >&2
 peers=$("$root/bench/peers.sh" "$isolde" "$image" 5)
+echo "== a Linux guest through vhost-user-blk" >&2
+guest=$("$root/bench/guest.py" "$isolde" 3)
 echo "== fault-injection campaign (${FAULTS:=10000} faults)" >&2
 truncate -s 8M "$img_dir/inject"
 "$isolde" inject --image "$img_dir/inject" --faults "$FAULTS" --seed 1 \
@@ -83,6 +85,21 @@ EOT
 	sed -e 's/^# Fault-injection campaign/## 5. Fault-injection campaign/' -e 's/^## Trials/### Trials/' \
 		-e 's#^Reproduce with:#Reproduce with (IMAGE: an 8 MiB file in /dev/shm):#' "$out/campaign.md"
 	cat "$root/bench/campaign-notes.md"
+	cat <<EOT
+
+## 6. A Linux guest through vhost-user-blk
+
+A Debian 6.1 kernel with a busybox initramfs (tests/guest/build-guest.sh),
+booted by QEMU under TCG against isolde's vhost-user-blk export and against
+qemu-storage-daemon's, each on a fresh 1 GiB image in /dev/shm; dd in the
+guest, O_DIRECT (tests/guest/init, workload \`bench\`).
+
+\`\`\`
+bench/guest.py $isolde 3
+\`\`\`
+
+$guest
+EOT
 
 } >"$root/docs/EVALUATION.md"
 echo "wrote docs/EVALUATION.md" >&2
