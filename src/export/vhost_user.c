@@ -3,6 +3,7 @@
 #include "vhost_user.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -621,6 +622,14 @@ static struct vq_slot *vring_fd(struct vhost_conn *c, int *fd, enum outcome *o)
 		*fd = c->fds[0];
 		c->fds[0] = -1;
 		c->nfds = 0;
+		/* A front end could pass a pipe it never drains: a blocking write
+		 * to it would stop the whole server. */
+		int fl = fcntl(*fd, F_GETFL);
+		if (fl < 0 || fcntl(*fd, F_SETFL, fl | O_NONBLOCK) != 0) {
+			close(*fd);
+			*o = malformed(c, "queue %u: fd: %s", s->vq.index, strerror(errno));
+			return NULL;
+		}
 	}
 	return s;
 }
