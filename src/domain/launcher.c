@@ -596,12 +596,21 @@ bool isolde_domain_reap(struct isolde_domain *d)
 		return true;
 	memset(&info, 0, sizeof info);
 	memset(x, 0, sizeof *x);
-	if (waitid(P_PIDFD, (id_t)d->pidfd, &info, WEXITED | WNOHANG) != 0) {
+	/*
+	 * Peek first. When a thread of this process ptraces the driver (isolde
+	 * inject does), the kernel treats this wait as the tracer's and reports
+	 * ptrace stops even without WSTOPPED; consuming one would both take it
+	 * from the tracer and mistake a stopped driver for a dead one.
+	 */
+	if (waitid(P_PIDFD, (id_t)d->pidfd, &info, WEXITED | WNOHANG | WNOWAIT) != 0) {
 		if (errno != ECHILD)
 			return false;
 		set_err(x->text, sizeof x->text, "(pid %d) is gone", (int)d->pid);
-	} else if (info.si_pid == 0) {
+	} else if (info.si_pid == 0 || (info.si_code != CLD_EXITED && info.si_code != CLD_KILLED &&
+					 info.si_code != CLD_DUMPED)) {
 		return false;
+	} else if (waitid(P_PIDFD, (id_t)d->pidfd, &info, WEXITED | WNOHANG) != 0 || info.si_pid == 0) {
+		return false; /* it was there a moment ago; look again next time */
 	} else if (info.si_code == CLD_EXITED) {
 		x->code = info.si_status;
 		set_err(x->text, sizeof x->text, "(pid %d) exited with status %d", (int)d->pid, info.si_status);
@@ -648,7 +657,13 @@ void isolde_domain_kill(struct isolde_domain *d)
 	pid_t pid = d->pid;
 	siginfo_t info;
 	pidfd_send_signal(d->pidfd, SIGKILL, NULL, 0);
-	waitid(P_PIDFD, (id_t)d->pidfd, &info, WEXITED);
+	/* A stop a tracer in this process has not collected may come first
+	 * (see isolde_domain_reap); the exit follows it. */
+	do {
+		memset(&info, 0, sizeof info);
+		if (waitid(P_PIDFD, (id_t)d->pidfd, &info, WEXITED) != 0 && errno != EINTR)
+			break;
+	} while (info.si_code != CLD_EXITED && info.si_code != CLD_KILLED && info.si_code != CLD_DUMPED);
 	memset(&d->last_exit, 0, sizeof d->last_exit);
 	set_err(d->last_exit.text, sizeof d->last_exit.text, "(pid %d) was stopped by the launcher",
 		(int)pid);

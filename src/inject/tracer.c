@@ -11,6 +11,7 @@
 #include <sys/ptrace.h>
 #include <sys/user.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 static int mem_rw(pid_t pid, uint64_t addr, void *buf, size_t len, bool write)
@@ -190,10 +191,26 @@ int tracer_start(struct tracer *t)
 	return 0;
 }
 
+#define TRACER_FINISH_WAIT_S 5
+
 void tracer_finish(struct tracer *t)
 {
 	if (t->started) {
-		pthread_join(t->thread, NULL);
+		struct timespec until;
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += TRACER_FINISH_WAIT_S;
+		/* The front end's reap used to consume the tracer's stops
+		 * (isolde_domain_reap explains how), leaving the tracer waiting
+		 * for a driver in ptrace-stop forever and the campaign stuck.
+		 * Should a stop ever go missing again, the trial's verdict is
+		 * in by now: end that driver. Its pid cannot have been reused,
+		 * as the tracer would not be waiting for a reaped child. */
+		if (pthread_timedjoin_np(t->thread, NULL, &until) != 0) {
+			fprintf(stderr, "isolde inject: the tracer of driver %d is stuck; killing the driver\n",
+				(int)t->pid);
+			kill(t->pid, SIGKILL);
+			pthread_join(t->thread, NULL);
+		}
 		sem_destroy(&t->placed);
 	}
 	t->started = false;
