@@ -69,9 +69,9 @@ $recovery
 
 4 KiB random reads of the same tmpfs image, in the same run, with fio
 (5 s per row after a 1 s ramp). nbdkit and
-qemu-storage-daemon are reached over NBD on a Unix socket; isolde's NBD
-export does not exist yet, so its rows are isolde bench through the C API
-(same workload shape, a different harness: compare fio's psync row with
+qemu-storage-daemon are reached over NBD on a Unix socket, and so is
+isolde's own NBD export (\`isolde serve\`); the isolde bench rows are the C
+API (same workload shape, a different harness: compare fio's psync row with
 isolde's direct row to see the harnesses agree).
 
 \`\`\`
