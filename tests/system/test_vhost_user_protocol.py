@@ -421,6 +421,28 @@ def test_many_requests_in_flight(vu):
         assert not c.bogus
 
 
+def test_call_fd_that_is_never_drained(vu):
+    """A front end may pass as its call fd a pipe it never reads. The export
+    notifies on every completion here (no EVENT_IDX, no NO_INTERRUPT), so
+    the pipe fills after 8192 completions; a blocking write would then stop
+    the server loop. Requests must go on completing."""
+    s = vu()
+    rfd, wfd = os.pipe()
+    try:
+        with s.client() as c:
+            c.handshake()
+            c.set_vring_call(0, wfd)
+            for _ in range(320):  # 10240 completions, more than a 64 KiB pipe holds
+                reqs = [c.submit_read(8 * i, 512) for i in range(32)]
+                c.wait(reqs, timeout=10)
+                assert all(r.status == S_OK for r in reqs), reqs[:3]
+            assert len(os.read(rfd, 1 << 20)) >= 65536 - 8  # the pipe did fill
+    finally:
+        os.close(rfd)
+        os.close(wfd)
+    s.assert_healthy()
+
+
 def test_stop_resume_and_vring_base(vu):
     """GET_VRING_BASE stops the queue and answers the number of avail
     entries processed; the queue resumes from there, also across the
