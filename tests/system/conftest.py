@@ -77,13 +77,23 @@ def assert_no_sanitizer_report(stderr):
         assert marker not in stderr, f"sanitizer report:\n{stderr}"
 
 
-def stop(proc):
-    """Kill a background isolde and everything in its session, and reap it."""
+def kill_session(proc, timeout=10):
+    """SIGKILL everything in proc's session and wait for proc, leaving its
+    pipes to whoever reads them (a drain thread, communicate)."""
     if proc.poll() is None:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def stop(proc):
+    """Kill a background isolde and everything in its session, and reap it."""
+    kill_session(proc)
     try:
         proc.communicate(timeout=10)
     except subprocess.TimeoutExpired:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, driver_children, stop
+from conftest import ROOT, driver_children, kill_session, stop
 
 GUEST_SCRIPT = ROOT / "tests" / "guest" / "build-guest.sh"
 GUEST_DIR = Path(os.environ.get("ISOLDE_GUEST_DIR", ROOT / "build" / "guest"))
@@ -180,15 +180,7 @@ class Guest:
         return self.proc.poll() is None
 
     def close(self):
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
+        kill_session(self.proc)
         self._reader.join(timeout=10)
         if self.log_path:
             with open(self.log_path, "w") as f:
@@ -240,15 +232,7 @@ class StorageDaemon:
     def close(self):
         if self.out.closed:
             return
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
+        kill_session(self.proc)
         print(f"---- qemu-storage-daemon ----\n{self.log()}")
         self.out.close()
         try:
@@ -315,15 +299,7 @@ class VhostServed:
         if self._closed:
             return
         self._closed = True
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
+        kill_session(self.proc)
         self._drain.join(timeout=10)
         stop(self.proc)
         print(f"---- isolde serve vhost-user-blk:{self.sock} stderr ----\n{self.stderr}")

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import driver_children, stop
+from conftest import driver_children, kill_session, stop
 
 # ---- wire constants (the NBD protocol document, doc/proto.md) ----
 NBD_MAGIC = 0x4E42444D41474943
@@ -136,15 +136,7 @@ class Served:
         return rc
 
     def close(self):
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
+        kill_session(self.proc)
         self._drain.join(timeout=10)
         stop(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
