@@ -378,6 +378,19 @@ static void slot_kickoff(struct vq_slot *s)
 	slot_process(s);
 }
 
+static int send_reply(struct vhost_conn *c, uint32_t request, const void *payload, uint32_t size)
+{
+	struct vu_header h = { request, VU_VERSION | VU_FLAG_REPLY, size };
+	struct iovec iov[2] = { { &h, sizeof h }, { (void *)payload, size } };
+	struct msghdr m = { .msg_iov = iov, .msg_iovlen = size ? 2 : 1 };
+
+	if (sendmsg(c->fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)(sizeof h + size)) {
+		vhost_user_log(c->vu, "%s: cannot reply: %s", request_name(request), strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
 static void request_finish(struct vhost_request *req, bool push, uint32_t written)
 {
 	struct vhost_conn *c = req->conn;
@@ -402,17 +415,11 @@ static void request_finish(struct vhost_request *req, bool push, uint32_t writte
 	free(req);
 	if (c->fd >= 0 && c->waiting_queue == (int)s->vq.index && s->inflight == 0) {
 		struct vu_vring_state st = { s->vq.index, s->vq.last_avail };
-		struct vu_header h = { VU_GET_VRING_BASE, VU_VERSION | VU_FLAG_REPLY, sizeof st };
-		struct iovec iov[2] = { { &h, sizeof h }, { &st, sizeof st } };
-		struct msghdr m = { .msg_iov = iov, .msg_iovlen = 2 };
 		c->waiting_queue = -1;
-		if (sendmsg(c->fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)(sizeof h + sizeof st)) {
-			vhost_user_log(vu, "GET_VRING_BASE: cannot reply: %s; closing the connection",
-				       strerror(errno));
+		if (send_reply(c, VU_GET_VRING_BASE, &st, sizeof st) != 0)
 			conn_close(c);
-		} else {
+		else
 			server_modify(vu->srv, c->fd, EPOLLIN);
-		}
 	}
 	conn_unref(c);
 }
@@ -431,30 +438,7 @@ void vhost_user_abandon(struct vhost_request *req, const char *reason)
 	request_finish(req, false, 0);
 }
 
-bool vhost_request_has_feature(const struct vhost_request *req, unsigned bit)
-{
-	return bit < 64 && (req->conn->features >> bit) & 1;
-}
-
-struct vhost_user *vhost_request_backend(const struct vhost_request *req)
-{
-	return req->conn->vu;
-}
-
 /* ---- messages ---- */
-
-static int send_reply(struct vhost_conn *c, uint32_t request, const void *payload, uint32_t size)
-{
-	struct vu_header h = { request, VU_VERSION | VU_FLAG_REPLY, size };
-	struct iovec iov[2] = { { &h, sizeof h }, { (void *)payload, size } };
-	struct msghdr m = { .msg_iov = iov, .msg_iovlen = size ? 2 : 1 };
-
-	if (sendmsg(c->fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)(sizeof h + size)) {
-		vhost_user_log(c->vu, "%s: cannot reply: %s", request_name(request), strerror(errno));
-		return -1;
-	}
-	return 0;
-}
 
 static int reply_u64(struct vhost_conn *c, uint32_t request, uint64_t v)
 {

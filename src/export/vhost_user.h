@@ -71,9 +71,6 @@ void vhost_user_complete(struct vhost_request *req, uint32_t written);
 /* req cannot even be answered (no status byte in guest memory): the
  * queue stops, as for a malformed chain, and req is freed. */
 void vhost_user_abandon(struct vhost_request *req, const char *reason);
-/* Whether the negotiated features include bit. */
-bool vhost_request_has_feature(const struct vhost_request *req, unsigned bit);
 void vhost_user_log(const struct vhost_user *vu, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-struct vhost_user *vhost_request_backend(const struct vhost_request *req);
 
 #endif
