@@ -2,6 +2,7 @@
 and helpers that run them and always clean up the processes they start."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -75,6 +76,13 @@ class Isolde:
 def assert_no_sanitizer_report(stderr):
     for marker in SANITIZER_MARKERS:
         assert marker not in stderr, f"sanitizer report:\n{stderr}"
+
+
+def need_tools(*tools, packages):
+    """Tools are packages `make deps` installs: missing is a failure, never a skip."""
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pytest.fail(f"missing {', '.join(missing)}: run `make deps` as root ({packages})")
 
 
 def kill_session(proc, timeout=10):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import conftest
 from conftest import ROOT, driver_children, kill_session, stop
 
 GUEST_SCRIPT = ROOT / "tests" / "guest" / "build-guest.sh"
@@ -41,11 +42,7 @@ _guest_files = None
 
 
 def need_tools(*tools):
-    """QEMU is a package `make deps` installs: missing is a failure, never a skip."""
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        pytest.fail(f"missing {', '.join(missing)}: run `make deps` as root "
-                    "(qemu-system-x86, qemu-system-common)")
+    return conftest.need_tools(*tools, packages="qemu-system-x86, qemu-system-common")
 
 
 def guest_files():

@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+import conftest
 from conftest import driver_children, kill_session, stop
 
 # ---- wire constants (the NBD protocol document, doc/proto.md) ----
@@ -50,11 +51,7 @@ CLIENT_TOOLS = ("nbdinfo", "nbdcopy", "qemu-img", "fio")
 
 
 def need_tools(*tools):
-    """The clients are packages `make deps` installs: missing is a failure, never a skip."""
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        pytest.fail(f"missing {', '.join(missing)}: run `make deps` as root "
-                    "(libnbd-bin, qemu-utils, fio)")
+    return conftest.need_tools(*tools, packages="libnbd-bin, qemu-utils, fio")
 
 
 def free_tcp_port():
