@@ -75,6 +75,10 @@ struct isolde_blk_config {
 	const char *policy;         /* policy file; NULL = the driver's shipped policy */
 	bool shield;                /* checksum every block written, check every block read */
 	char **driver_args;         /* extra argv for the driver (test drivers), NULL-terminated */
+	/* A driver whose policy grants io_uring is refused where it cannot get
+	 * namespaces (not root, no user namespace), unless this is set: then
+	 * seccomp, Landlock and the launcher's restricted ring alone hold it. */
+	bool uring_without_namespaces;
 	void *owned;                /* private: memory owned by isolde_blk_config_parse */
 };
 
@@ -82,7 +86,7 @@ void isolde_blk_config_default(struct isolde_blk_config *cfg);
 
 /*
  * Parse "image=PATH,driver=NAME,notify=MODE,qd=N,readonly,direct,max_io=BYTES,
- * timeout_ms=MS,policy=PATH,shield" into cfg (strings point into a private copy owned by cfg until
+ * timeout_ms=MS,policy=PATH,shield,uring_without_namespaces" into cfg (strings point into a private copy owned by cfg until
  * isolde_blk_config_free). A bare first element without '=' is the image.
  * Returns 0, or -1 with a message naming the bad field in err.
  */
@@ -113,7 +117,15 @@ uint32_t isolde_blk_generation(const struct isolde_blk *dev);
 int isolde_blk_read(struct isolde_blk *dev, void *buf, size_t len, uint64_t offset);
 int isolde_blk_write(struct isolde_blk *dev, const void *buf, size_t len, uint64_t offset);
 int isolde_blk_write_fua(struct isolde_blk *dev, const void *buf, size_t len, uint64_t offset);
+/*
+ * Make every write completed before it durable. A failed flush is never
+ * retried into success: once the device reported a write-back error, this
+ * and every later flush of the handle fail with it (isolde_blk_flush_error),
+ * since data the error lost is not on the disk whatever a later flush says.
+ */
 int isolde_blk_flush(struct isolde_blk *dev);
+/* The write-back error every flush now reports (sticky), or 0. */
+int isolde_blk_flush_error(const struct isolde_blk *dev);
 int isolde_blk_discard(struct isolde_blk *dev, uint64_t offset, uint64_t len);
 int isolde_blk_write_zeroes(struct isolde_blk *dev, uint64_t offset, uint64_t len, bool may_unmap);
 
@@ -202,6 +214,8 @@ struct isolde_blk_stats {
 	uint64_t shield_verified;  /* blocks read back and found as written */
 	uint64_t shield_learned;   /* blocks first seen by a read */
 	uint64_t shield_mismatches; /* blocks the driver returned different from written */
+	uint64_t log_lines;        /* lines the drivers logged (passed on or suppressed) */
+	uint64_t log_suppressed;   /* lines and refusal reports over the policy's log rate */
 };
 
 void isolde_blk_get_stats(const struct isolde_blk *dev, struct isolde_blk_stats *st);

@@ -4,10 +4,18 @@
  * event channels, and runs the driver as a separate process that holds exactly
  * these file descriptors:
  *
- *   0, 1  /dev/null                  2  the launcher's stderr (driver log)
+ *   0, 1  /dev/null                  2  its log: a pipe of its generation's
+ *                                       own, non-blocking (driver_log.h)
  *   3     shared memory (memfd)      4  kick eventfd (front end -> driver)
  *   5     call eventfd (driver -> front end)
- *   6     the device, opened by the launcher (the driver opens nothing itself)
+ *   6     the device: an open file description of this generation's own,
+ *         opened by the launcher (the driver opens nothing itself)
+ *   7     only with the policy's 'uring': an io_uring the launcher made,
+ *         restricted to I/O on fd 6 (src/domain/domain_uring.h)
+ *
+ * Nothing the driver holds is shared with the application or with another
+ * generation: a driver that sets O_APPEND on its device, fills its log or
+ * leaves I/O in flight leaves it behind when it dies.
  *
  * The driver is started with clone + exec of its own binary (by fd, so the
  * binary needs no path inside the driver's empty root), in its own process
@@ -40,33 +48,58 @@
 #define ISOLDE_DRIVER_FD_KICK 4
 #define ISOLDE_DRIVER_FD_CALL 5
 #define ISOLDE_DRIVER_FD_DEVICE 6
+#define ISOLDE_DRIVER_FD_URING 7
 
 #define ISOLDE_DRIVER_START_TIMEOUT_MS 10000
+
+/* Opens the device afresh for a new generation: a new open file
+ * description (of the same file), or -1 with err. */
+typedef int (*isolde_open_device_fn)(void *ctx, char *err, size_t errlen);
 
 struct isolde_domain_params {
 	const char *driver;        /* name (blk-file) or path to a driver binary */
 	char *const *driver_args;  /* extra argv, NULL-terminated, may be NULL */
-	int device_fd;             /* owned by the caller; passed to the driver */
+	isolde_open_device_fn open_device;
+	void *open_device_ctx;
 	uint64_t device_size;
 	uint32_t device_flags;     /* ISOLDE_DEV_* */
 	uint32_t ring_slots;
 	uint64_t data_size;
 	enum isolde_notify_mode notify;
 	const struct isolde_policy *policy; /* required: what the driver may do */
+	/* A policy with 'uring' where no namespaces can be had (not root and
+	 * no user namespace) is refused unless this is set. */
+	bool uring_without_namespaces;
 };
 
 /* How the last driver process ended (filled by isolde_domain_reap). */
 struct isolde_exit {
 	bool signaled;     /* killed by a signal (else exited) */
 	int code;          /* the signal, or the exit status */
-	char text[160];    /* "(pid 12) was killed by signal 11 (SIGSEGV)" */
+	bool by_policy;    /* the launcher killed it for breaking its policy */
+	char text[200];    /* "(pid 12) was killed by signal 11 (SIGSEGV)" */
+};
+
+/* What a generation holds besides its process: launcher.c. */
+struct isolde_generation;
+
+/* The mechanisms the last start applied (the plan, after the host had its say). */
+struct isolde_sandbox_applied {
+	bool namespaces;       /* mnt, net, ipc, uts and the empty root */
+	bool user_namespace;
+	bool own_uid;          /* a uid no other process has */
+	bool cgroups;
+	int landlock_abi;      /* 0: none */
+	bool restricted_uring; /* the launcher's io_uring (policy 'uring') */
 };
 
 struct isolde_domain {
 	char driver_name[64];          /* for messages */
 	char driver_path[PATH_MAX];
-	char **argv;
-	int device_fd;
+	char **extra_args;             /* the driver's own arguments (a copy) */
+	isolde_open_device_fn open_device;
+	void *open_device_ctx;
+	bool uring_without_namespaces;
 	int shm_fd;
 	unsigned char *shm;            /* the front end's mapping */
 	struct isolde_shm_layout layout;
@@ -87,6 +120,11 @@ struct isolde_domain {
 	uint64_t denials;              /* system calls refused by policy */
 	struct isolde_exit last_exit;
 	bool warned;                   /* sandbox degradation already reported */
+	struct isolde_sandbox_applied applied;
+	/* The last generation left memory that cannot be reused safely (its
+	 * I/O did not drain): the device must not go on. */
+	char unsafe[512];
+	struct isolde_generation *gen; /* the running generation's resources */
 };
 
 /*
@@ -114,11 +152,20 @@ int isolde_domain_start(struct isolde_domain *d, char *err, size_t errlen);
 bool isolde_domain_reap(struct isolde_domain *d);
 
 /*
- * Answer pending seccomp notifications of the running driver: log each
- * refused call (driver, pid, call name) on stderr and fail it with EPERM.
- * Returns the number answered.
+ * Attend to the running driver when its watch fd fired: answer pending
+ * seccomp notifications (each refused call is counted, logged within the
+ * policy's log rate, and fails with EPERM; a driver that keeps making them
+ * is killed as a policy violation) and pass its log on. Bounded work per
+ * call, whatever the driver does. Returns the number of calls answered.
  */
-unsigned isolde_domain_answer_syscalls(struct isolde_domain *d);
+unsigned isolde_domain_service(struct isolde_domain *d);
+
+/* Lines the drivers logged, and lines (log or refusal reports) suppressed
+ * by the policy's log rate, over all generations. */
+void isolde_domain_log_counts(const struct isolde_domain *d, uint64_t *lines, uint64_t *suppressed);
+
+/* Refused calls a generation may make before it is killed for them. */
+#define ISOLDE_DENIALS_PER_GENERATION 1000u
 
 /*
  * Whether the driver is blocked in the kernel waiting for its device (state
@@ -128,7 +175,9 @@ unsigned isolde_domain_answer_syscalls(struct isolde_domain *d);
  */
 bool isolde_domain_waiting_on_device(const struct isolde_domain *d);
 
-/* Kill the driver (SIGKILL) and reap it; a no-op if it is not running. */
+/* Kill the driver (SIGKILL) and reap it; a no-op if it is not running.
+ * Reaping ends the generation: its log is passed on, its io_uring drained
+ * (see d->unsafe), its control group removed. */
 void isolde_domain_kill(struct isolde_domain *d);
 
 /* Kill the driver if running and release everything. */

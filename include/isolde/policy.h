@@ -3,8 +3,9 @@
  * isolde/policy.h - what a driver is allowed: the MINIX 3 isolation policy,
  * enforced with Linux mechanisms by the launcher.
  *
- * A policy file is lines of "key value...", '#' starts a comment. Every key
- * is required, none may repeat, and an unknown key is an error:
+ * A policy file is lines of "key value...", '#' starts a comment. The first
+ * eight keys are required, the rest optional (their default is shown); none
+ * may repeat, and an unknown key is an error:
  *
  *   driver     blk-file              the driver this policy is for
  *   device     read-write            read-only | read-write
@@ -16,7 +17,14 @@
  *                                    pending means the driver hung
  *   restart    1000 per 60s          restart budget: at most N in the window
  *   crash-loop 10                    give up after this many restarts in a row
- *                                    in which the driver completed no request
+ *                                    in which the driver made no progress
+ *   progress   32                    a generation that completed fewer requests
+ *                                    than this before it failed made no progress
+ *   threads    0                     threads the driver may start (clone with
+ *                                    CLONE_THREAD only; never a process)
+ *   cpu        100%                  CPU time, in percent of one core (cgroup)
+ *   log        100 per 1s            lines of driver log and of refused-call
+ *                                    reports passed on; the rest are counted
  */
 #ifndef ISOLDE_POLICY_H
 #define ISOLDE_POLICY_H
@@ -42,8 +50,19 @@ struct isolde_policy {
 	uint32_t restart_max;       /* restarts allowed ... */
 	uint32_t restart_window_s;  /* ... within this many seconds */
 	uint32_t crash_loop_max;    /* consecutive restarts without progress */
+	uint32_t progress_min;      /* completions that make a generation's progress */
+	uint32_t threads;           /* threads besides the first */
+	uint32_t cpu_percent;       /* of one core */
+	uint32_t log_lines;         /* log lines passed on ... */
+	uint32_t log_window_s;      /* ... per this many seconds */
 	char source[256];           /* the file it came from */
 };
+
+/* Defaults of the optional keys. */
+#define ISOLDE_POLICY_DEFAULT_PROGRESS 32u
+#define ISOLDE_POLICY_DEFAULT_CPU_PERCENT 100u
+#define ISOLDE_POLICY_DEFAULT_LOG_LINES 100u
+#define ISOLDE_POLICY_MAX_THREADS 256u
 
 /*
  * Parse a policy file. Returns 0, or -1 with "FILE:LINE: field 'KEY': what is

@@ -52,6 +52,7 @@ struct isolde_supervisor {
 	uint32_t restart_max;
 	uint32_t window_s;
 	uint32_t crash_loop_max;
+	uint32_t progress_min;      /* completions that count as progress */
 	uint64_t *restart_times;    /* ring of the last restart_max restart times */
 	uint32_t restart_next;
 	uint32_t no_progress;       /* consecutive failures with no request completed */
@@ -59,7 +60,15 @@ struct isolde_supervisor {
 };
 
 int isolde_supervisor_init(struct isolde_supervisor *s, uint32_t restart_max, uint32_t window_s,
-			   uint32_t crash_loop_max);
+			   uint32_t crash_loop_max, uint32_t progress_min);
+
+/*
+ * Did a generation that completed this many requests make progress? Only
+ * if it completed at least progress_min: a driver that answers a few
+ * requests and then fails again, generation after generation, is in a crash
+ * loop however it spreads its answers.
+ */
+bool isolde_supervisor_made_progress(const struct isolde_supervisor *s, uint64_t completed);
 void isolde_supervisor_fini(struct isolde_supervisor *s);
 
 /*

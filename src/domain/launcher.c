@@ -3,6 +3,10 @@
 #include "isolde/domain.h"
 #include "isolde/blkif.h"
 
+#include "cgroup.h"
+#include "domain_uring.h"
+#include "driver_log.h"
+#include "landlock.h"
 #include "sandbox.h"
 
 #include <errno.h>
@@ -113,40 +117,78 @@ static const char *base_name(const char *path)
 	return s ? s + 1 : path;
 }
 
-static char **build_argv(const char *path, char *const *extra)
+static void free_argv(char **argv)
 {
-	static const char *const fixed[] = {
+	for (size_t i = 0; argv && argv[i]; i++)
+		free(argv[i]);
+	free(argv);
+}
+
+/* A NULL-terminated copy of extra (which may be NULL). */
+static char **copy_args(char *const *extra)
+{
+	size_t n = 0;
+
+	while (extra && extra[n])
+		n++;
+	char **copy = calloc(n + 1, sizeof *copy);
+	for (size_t i = 0; copy && i < n; i++) {
+		if (!(copy[i] = strdup(extra[i]))) {
+			free_argv(copy);
+			return NULL;
+		}
+	}
+	return copy;
+}
+
+/* argv[0], the fd options, the ring's (if any), then the driver's own. */
+static char **build_argv(const char *path, char **extra, const char *uring_params)
+{
+	const char *fixed[] = {
 		"--shm-fd", "3", "--kick-fd", "4", "--call-fd", "5", "--device-fd", "6",
+		"--uring-fd", "7", "--uring-params", uring_params,
 	};
-	size_t nfixed = sizeof fixed / sizeof fixed[0];
-	size_t nextra = 0;
+	size_t nfixed = uring_params ? 12 : 8, nextra = 0, k = 0;
 
 	while (extra && extra[nextra])
 		nextra++;
 	char **argv = calloc(1 + nfixed + nextra + 1, sizeof *argv);
 	if (!argv)
 		return NULL;
-	argv[0] = strdup(path);
-	for (size_t i = 0; i < nfixed; i++)
-		argv[1 + i] = strdup(fixed[i]);
-	for (size_t i = 0; i < nextra; i++)
-		argv[1 + nfixed + i] = strdup(extra[i]);
-	for (size_t i = 0; i < 1 + nfixed + nextra; i++) {
-		if (!argv[i]) {
-			for (size_t j = 0; j < 1 + nfixed + nextra; j++)
-				free(argv[j]);
-			free(argv);
-			return NULL;
-		}
+	bool ok = (argv[k++] = strdup(path)) != NULL;
+	for (size_t i = 0; ok && i < nfixed; i++)
+		ok = (argv[k++] = strdup(fixed[i])) != NULL;
+	for (size_t i = 0; ok && i < nextra; i++)
+		ok = (argv[k++] = strdup(extra[i])) != NULL;
+	if (!ok) {
+		free_argv(argv);
+		return NULL;
 	}
 	return argv;
 }
 
-static void free_argv(char **argv)
+/* What a domain holds for its generations besides the process. The log's
+ * rate limit lives as long as the domain, so restarts grant no new lines. */
+struct isolde_generation {
+	struct isolde_sandbox sb;     /* the plan of the running generation */
+	char **argv;
+	int device_fd;                /* the parent's copy until the exec */
+	int log_write_fd;             /* the parent's copy until the exec */
+	int landlock_fd;
+	struct isolde_driver_log log;
+	struct isolde_domain_uring uring;
+	struct isolde_cgroup cgroup;
+	struct isolde_ratelimit log_limit;
+	uint32_t denials;             /* by this generation */
+	bool killed_for_denials;
+	uint64_t lines_before;        /* logged by earlier generations */
+};
+
+static void close_fd(int *fd)
 {
-	for (size_t i = 0; argv && argv[i]; i++)
-		free(argv[i]);
-	free(argv);
+	if (*fd >= 0)
+		close(*fd);
+	*fd = -1;
 }
 
 int isolde_domain_create(struct isolde_domain *d, const struct isolde_domain_params *p,
@@ -155,12 +197,14 @@ int isolde_domain_create(struct isolde_domain *d, const struct isolde_domain_par
 	memset(d, 0, sizeof *d);
 	d->shm_fd = d->kick_fd = d->call_fd = d->pidfd = -1;
 	d->listener_fd = d->watch_fd = d->binary_fd = -1;
-	if (!p->policy) {
-		set_err(err, errlen, "driver %s: no policy", p->driver);
+	if (!p->policy || !p->open_device) {
+		set_err(err, errlen, "driver %s: no policy or no way to open its device", p->driver);
 		return -1;
 	}
 	d->policy = *p->policy;
-	d->device_fd = p->device_fd;
+	d->open_device = p->open_device;
+	d->open_device_ctx = p->open_device_ctx;
+	d->uring_without_namespaces = p->uring_without_namespaces;
 	snprintf(d->driver_name, sizeof d->driver_name, "%s", base_name(p->driver));
 
 	if (isolde_driver_resolve(p->driver, d->driver_path, sizeof d->driver_path, err, errlen))
@@ -170,9 +214,13 @@ int isolde_domain_create(struct isolde_domain *d, const struct isolde_domain_par
 			(unsigned long long)p->data_size);
 		return -1;
 	}
-	d->argv = build_argv(d->driver_path, p->driver_args);
-	if (!d->argv)
+	d->extra_args = copy_args(p->driver_args);
+	d->gen = calloc(1, sizeof *d->gen);
+	if (!d->extra_args || !d->gen)
 		goto fail_errno;
+	d->gen->device_fd = d->gen->log_write_fd = d->gen->landlock_fd = -1;
+	d->gen->log.fd = -1;
+	isolde_ratelimit_init(&d->gen->log_limit, d->policy.log_lines, d->policy.log_window_s);
 	/* Executed by fd: the driver's root is empty, and a binary replaced on
 	 * disk after open does not change what restarts run. */
 	d->binary_fd = open(d->driver_path, O_PATH | O_CLOEXEC);
@@ -185,7 +233,8 @@ int isolde_domain_create(struct isolde_domain *d, const struct isolde_domain_par
 	d->shm_fd = memfd_create("isolde-domain", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (d->shm_fd < 0 || ftruncate(d->shm_fd, (off_t)d->layout.total_size) != 0)
 		goto fail_errno;
-	/* A driver that could shrink the object would make our mapping fault. */
+	/* A driver that could shrink the object would make our mapping fault;
+	 * F_SEAL_SEAL keeps it from adding F_SEAL_WRITE against us. */
 	if (fcntl(d->shm_fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0)
 		goto fail_errno;
 	d->shm = mmap(NULL, d->layout.total_size, PROT_READ | PROT_WRITE, MAP_SHARED, d->shm_fd, 0);
@@ -266,15 +315,54 @@ static bool read_full(int fd, void *buf, size_t len)
 	return true;
 }
 
-/* In the child between clone and exec: only async-signal-safe calls. */
-static void exec_driver(struct isolde_domain *d, const struct isolde_sandbox *sb, pid_t parent,
-			int status_fd, int control_fd)
+#define CHILD_FDS 6 /* shm, kick, call, device, log, uring */
+
+/* Put the generation's fds on 2..7 and close everything else but keep[]. */
+static void arrange_fds(struct isolde_domain *d, int status_fd, int *keep, unsigned nkeep)
 {
-	int src[4] = { d->shm_fd, d->kick_fd, d->call_fd, d->device_fd };
-	int tmp[4];
+	struct isolde_generation *g = d->gen;
+	const int src[CHILD_FDS] = { d->shm_fd, d->kick_fd, d->call_fd, g->device_fd, g->log_write_fd,
+				     g->uring.active ? g->uring.ring.ring_fd : -1 };
+	const int dst[CHILD_FDS] = { ISOLDE_DRIVER_FD_SHM, ISOLDE_DRIVER_FD_KICK, ISOLDE_DRIVER_FD_CALL,
+				     ISOLDE_DRIVER_FD_DEVICE, 2, ISOLDE_DRIVER_FD_URING };
+	int tmp[CHILD_FDS];
+	int last = g->uring.active ? ISOLDE_DRIVER_FD_URING : ISOLDE_DRIVER_FD_DEVICE;
+
+	/* Out of the way of 0..7 first, then into place. */
+	for (int i = 0; i < CHILD_FDS; i++)
+		if ((tmp[i] = src[i] < 0 ? -1 : fcntl(src[i], F_DUPFD, 16)) < 0 && src[i] >= 0)
+			child_fail(status_fd, "arrange fds");
+	for (unsigned i = 0; i < nkeep; i++)
+		if (keep[i] >= 0 && (keep[i] = fcntl(keep[i], F_DUPFD_CLOEXEC, 16)) < 0)
+			child_fail(status_fd, "arrange fds");
+	status_fd = keep[0];
+	for (int i = 0; i < CHILD_FDS; i++)
+		if (tmp[i] >= 0 && dup2(tmp[i], dst[i]) < 0)
+			child_fail(status_fd, "arrange fds");
+	/* Not close-on-exec: if 0 or 1 was closed, /dev/null lands there and
+	 * dup2 onto itself would keep the flag. */
+	int null_fd = open("/dev/null", O_RDWR);
+	if (null_fd < 0 || dup2(null_fd, 0) < 0 || dup2(null_fd, 1) < 0)
+		child_fail(status_fd, "open /dev/null");
+	for (int fd = last + 1; fd < 1024; fd++) {
+		bool kept = false;
+		for (unsigned i = 0; i < nkeep; i++)
+			kept |= fd == keep[i];
+		if (!kept)
+			close(fd);
+	}
+	if (close_range(1024, ~0u, 0) != 0)
+		child_fail(status_fd, "close inherited fds");
+}
+
+/* In the child between clone and exec: only async-signal-safe calls. */
+static void exec_driver(struct isolde_domain *d, pid_t parent, int status_fd, int control_fd)
+{
+	struct isolde_generation *g = d->gen;
 	sigset_t none;
 	const char *stage = "start";
 	char *const no_env[] = { NULL };
+	char go;
 
 	if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
 		child_fail(status_fd, "set the parent-death signal");
@@ -284,38 +372,20 @@ static void exec_driver(struct isolde_domain *d, const struct isolde_sandbox *sb
 	for (int s = 1; s < NSIG; s++)
 		signal(s, SIG_DFL);
 
-	/* Move everything out of the way of 3..6 first, then into place;
-	 * the pipes and the binary stay above, close-on-exec. */
-	for (int i = 0; i < 4; i++) {
-		tmp[i] = fcntl(src[i], F_DUPFD, 16);
-		if (tmp[i] < 0)
-			child_fail(status_fd, "arrange fds");
-	}
-	int keep[3] = { fcntl(status_fd, F_DUPFD_CLOEXEC, 16), fcntl(control_fd, F_DUPFD_CLOEXEC, 16),
-			fcntl(d->binary_fd, F_DUPFD_CLOEXEC, 16) };
-	if (keep[0] < 0 || keep[1] < 0 || keep[2] < 0)
-		child_fail(status_fd, "arrange fds");
+	int keep[4] = { status_fd, control_fd, d->binary_fd, g->landlock_fd };
+	arrange_fds(d, status_fd, keep, 4);
 	status_fd = keep[0];
 	control_fd = keep[1];
-	int binary_fd = keep[2];
-	for (int i = 0; i < 4; i++) {
-		if (dup2(tmp[i], ISOLDE_DRIVER_FD_SHM + i) < 0)
-			child_fail(status_fd, "arrange fds");
-	}
-	/* Not close-on-exec: if 0 or 1 was closed, /dev/null lands there and
-	 * dup2 onto itself would keep the flag. */
-	int null_fd = open("/dev/null", O_RDWR);
-	if (null_fd < 0 || dup2(null_fd, 0) < 0 || dup2(null_fd, 1) < 0)
-		child_fail(status_fd, "open /dev/null");
-	for (int fd = ISOLDE_DRIVER_FD_DEVICE + 1; fd < 1024; fd++) {
-		if (fd != status_fd && fd != control_fd && fd != binary_fd)
-			close(fd);
-	}
-	if (close_range(1024, ~0u, 0) != 0)
-		child_fail(status_fd, "close inherited fds");
+	int binary_fd = keep[2], landlock_fd = keep[3];
 
-	if (isolde_sandbox_enter(sb, &stage) != 0)
+	/* The launcher maps our user namespace and moves us into our control
+	 * group before we go on. */
+	if (!read_full(control_fd, &go, 1) || go != 'g')
+		child_fail(status_fd, "wait for the launcher");
+	if (isolde_sandbox_enter(&g->sb, landlock_fd, &stage) != 0)
 		child_fail(status_fd, stage);
+	if (landlock_fd >= 0)
+		close(landlock_fd);
 	/* The kernel clears the parent-death signal when credentials change,
 	 * so it is armed (again) after the sandbox dropped them. */
 	if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
@@ -336,15 +406,28 @@ static void exec_driver(struct isolde_domain *d, const struct isolde_sandbox *sb
 		child_fail(status_fd, "hand over the seccomp listener");
 	close(listener);
 
-	syscall(SYS_execveat, binary_fd, "", d->argv, no_env, AT_EMPTY_PATH);
+	syscall(SYS_execveat, binary_fd, "", g->argv, no_env, AT_EMPTY_PATH);
 	child_fail(status_fd, "execute the driver");
 }
 
-unsigned isolde_domain_answer_syscalls(struct isolde_domain *d)
+/* Kill the driver for a policy reason the kernel cannot see. */
+static void kill_for_policy(struct isolde_domain *d, const char *why)
 {
+	if (d->gen->killed_for_denials || d->pidfd < 0)
+		return;
+	d->gen->killed_for_denials = true;
+	fprintf(stderr, "isolde: driver %s (pid %d) %s: killing it\n", d->driver_name, (int)d->pid, why);
+	pidfd_send_signal(d->pidfd, SIGKILL, NULL, 0);
+}
+
+#define ANSWERS_PER_SERVICE 64u /* a flood of refused calls cannot hold the caller */
+
+static unsigned answer_syscalls(struct isolde_domain *d)
+{
+	struct isolde_generation *g = d->gen;
 	unsigned answered = 0;
 
-	while (d->listener_fd >= 0) {
+	while (d->listener_fd >= 0 && answered < ANSWERS_PER_SERVICE) {
 		struct pollfd p = { .fd = d->listener_fd, .events = POLLIN };
 		struct seccomp_notif req;
 		struct seccomp_notif_resp resp;
@@ -359,13 +442,30 @@ unsigned isolde_domain_answer_syscalls(struct isolde_domain *d)
 		resp.error = -EPERM;
 		char *name = isolde_sandbox_syscall_name(req.data.nr);
 		d->denials++;
-		fprintf(stderr, "isolde: policy %s denied driver %s (pid %d) system call %s (%d): "
-			"refused with EPERM\n", d->policy.source, d->driver_name, (int)req.pid,
-			name ? name : "?", req.data.nr);
+		g->denials++;
+		isolde_limited_log(&g->log_limit, "policy %s denied driver %s (pid %d) system call %s (%d): "
+				   "refused with EPERM", d->policy.source, d->driver_name, (int)req.pid,
+				   name ? name : "?", req.data.nr);
 		free(name);
 		ioctl(d->listener_fd, SECCOMP_IOCTL_NOTIF_SEND, &resp);
 		answered++;
+		if (g->denials >= ISOLDE_DENIALS_PER_GENERATION)
+			kill_for_policy(d, "keeps making system calls its policy refuses");
 	}
+	return answered;
+}
+
+void isolde_domain_log_counts(const struct isolde_domain *d, uint64_t *lines, uint64_t *suppressed)
+{
+	*lines = d->gen ? d->gen->lines_before + d->gen->log.lines : 0;
+	*suppressed = d->gen ? d->gen->log_limit.suppressed_total : 0;
+}
+
+unsigned isolde_domain_service(struct isolde_domain *d)
+{
+	unsigned answered = answer_syscalls(d);
+
+	isolde_driver_log_drain(&d->gen->log);
 	return answered;
 }
 
@@ -383,10 +483,11 @@ static int wait_ready(struct isolde_domain *d, char *err, size_t errlen)
 				d->driver_name, (int)d->pid, ISOLDE_DRIVER_START_TIMEOUT_MS);
 			return -1;
 		}
-		struct pollfd p[3] = { { .fd = d->call_fd, .events = POLLIN },
+		struct pollfd p[4] = { { .fd = d->call_fd, .events = POLLIN },
 				       { .fd = d->pidfd, .events = POLLIN },
-				       { .fd = d->listener_fd, .events = POLLIN } };
-		int r = poll(p, 3, (int)((deadline - now) / 1000000) + 1);
+				       { .fd = d->listener_fd, .events = POLLIN },
+				       { .fd = d->gen->log.fd, .events = POLLIN } };
+		int r = poll(p, 4, (int)((deadline - now) / 1000000) + 1);
 		if (r < 0 && errno != EINTR) {
 			set_err(err, errlen, "waiting for driver %s: %s", d->driver_name, strerror(errno));
 			return -1;
@@ -395,8 +496,8 @@ static int wait_ready(struct isolde_domain *d, char *err, size_t errlen)
 			uint64_t v;
 			(void)!read(d->call_fd, &v, sizeof v);
 		}
-		if (p[2].revents & POLLIN)
-			isolde_domain_answer_syscalls(d);
+		if ((p[2].revents | p[3].revents) & POLLIN)
+			isolde_domain_service(d);
 		if (p[1].revents) {
 			if (__atomic_load_n(&d->header->driver_state, __ATOMIC_ACQUIRE) == ISOLDE_DRIVER_READY)
 				continue;
@@ -408,9 +509,16 @@ static int wait_ready(struct isolde_domain *d, char *err, size_t errlen)
 	}
 }
 
-/* clone3 into new namespaces where allowed; without them (with a warning)
- * where not. Returns the child's pid in both processes' sense of fork(). */
-static pid_t clone_driver(struct isolde_domain *d, struct isolde_sandbox *sb, int *pidfd)
+static bool namespaces_refused(int e)
+{
+	return e == EPERM || e == EINVAL || e == ENOSPC || e == EUSERS;
+}
+
+/* clone3 into new namespaces where allowed; without them where not (the
+ * plan records it), unless the policy needs them. Returns the child's pid
+ * in both processes' sense of fork(). */
+static pid_t clone_driver(struct isolde_domain *d, struct isolde_sandbox *sb, int *pidfd,
+			  char *err, size_t errlen)
 {
 	struct clone_args args;
 
@@ -419,18 +527,62 @@ static pid_t clone_driver(struct isolde_domain *d, struct isolde_sandbox *sb, in
 		args.flags = CLONE_PIDFD;
 		if (sb->namespaces)
 			args.flags |= CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS;
+		if (sb->user_namespace)
+			args.flags |= CLONE_NEWUSER;
 		args.pidfd = (uint64_t)(uintptr_t)pidfd;
 		args.exit_signal = SIGCHLD;
 		pid_t pid = (pid_t)syscall(SYS_clone3, &args, sizeof args);
-		if (pid >= 0 || !sb->namespaces || (errno != EPERM && errno != EINVAL && errno != ENOSPC &&
-						    errno != EUSERS))
+		if (pid >= 0)
 			return pid;
-		if (!d->warned)
-			fprintf(stderr, "isolde: warning: driver %s runs without new namespaces or an empty "
-				"root: clone3 refused them (%s)\n", d->driver_name, strerror(errno));
-		d->warned = true;
-		sb->namespaces = false;
+		int e = errno;
+		if (!sb->namespaces || !namespaces_refused(e)) {
+			set_err(err, errlen, "cannot start driver %s: clone3: %s", d->driver_name, strerror(e));
+			return -1;
+		}
+		if (sb->uring && !d->uring_without_namespaces) {
+			set_err(err, errlen, "driver %s needs io_uring (policy %s), and this host gives it no "
+				"namespaces (clone3: %s; not root and no user namespace): refusing to run "
+				"it uncontained; run as root, allow unprivileged user namespaces, or accept "
+				"seccomp, Landlock and the restricted ring alone with "
+				"--allow-uring-without-namespaces", d->driver_name, d->policy.source,
+				strerror(e));
+			return -1;
+		}
+		isolde_sandbox_drop_namespaces(sb, e);
 	}
+}
+
+/* Everything a generation holds besides its process, once it has ended. */
+static void end_generation(struct isolde_domain *d)
+{
+	struct isolde_generation *g = d->gen;
+	char err[200];
+
+	if (!g)
+		return;
+	isolde_driver_log_close(&g->log);
+	g->lines_before += g->log.lines;
+	g->log.lines = 0;
+	if (g->uring.active) {
+		int timeout = d->policy.heartbeat_ms * 10 < 5000 ? 5000 : (int)d->policy.heartbeat_ms * 10;
+		int r = isolde_domain_uring_drain(&g->uring, timeout, err, sizeof err);
+		if (r <= 0) {
+			snprintf(d->unsafe, sizeof d->unsafe, "driver %s's io_uring still had %u requests in "
+				 "flight %d ms after it ended (%.100s): its memory may still be written, so "
+				 "the device stops", d->driver_name, isolde_domain_uring_inflight(&g->uring),
+				 timeout, r < 0 ? err : "timed out");
+			fprintf(stderr, "isolde: %s\n", d->unsafe);
+			/* The ring stays referenced: freeing it would not stop
+			 * the device from writing. */
+		}
+	}
+	if (g->cgroup.ndirs)
+		isolde_cgroup_remove(&g->cgroup);
+	close_fd(&g->device_fd);
+	close_fd(&g->log_write_fd);
+	close_fd(&g->landlock_fd);
+	free_argv(g->argv);
+	g->argv = NULL;
 }
 
 static int start_failed(struct isolde_domain *d, int status_pipe, int control_pipe)
@@ -446,20 +598,106 @@ static int start_failed(struct isolde_domain *d, int status_pipe, int control_pi
 		struct pollfd p = { .fd = d->pidfd, .events = POLLIN };
 		poll(&p, 1, 50);
 	}
-	isolde_domain_kill(d);
+	if (d->pid > 0)
+		isolde_domain_kill(d);
+	else
+		end_generation(d);
 	return -1;
+}
+
+/* The generation's resources, before the clone: device, ring, log, argv. */
+static int prepare_generation(struct isolde_domain *d, int log_pipe[2], char *err, size_t errlen)
+{
+	struct isolde_generation *g = d->gen;
+	bool blockdev = (d->header_template.device_flags & ISOLDE_DEV_BLOCKDEV) != 0;
+	char params[2 * sizeof(struct io_uring_params) + 1];
+
+	g->denials = 0;
+	g->killed_for_denials = false;
+	isolde_sandbox_plan(&g->sb, &d->policy, d->layout.total_size, d->header_template.device_size,
+			    blockdev);
+	if ((g->device_fd = d->open_device(d->open_device_ctx, err, errlen)) < 0)
+		return -1;
+	if (g->sb.uring) {
+		if (isolde_domain_uring_create(&g->uring, d->layout.ring_slots, g->device_fd, err, errlen))
+			return -1;
+		isolde_domain_uring_params_hex(&g->uring, params, sizeof params);
+	}
+	if (!(g->argv = build_argv(d->driver_path, d->extra_args, g->sb.uring ? params : NULL))) {
+		set_err(err, errlen, "out of memory");
+		return -1;
+	}
+	/* Non-blocking at both ends: a driver whose log is not read loses
+	 * lines instead of stalling, and the launcher never waits for it. */
+	if (pipe2(log_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+		set_err(err, errlen, "cannot start driver %s: log pipe: %s", d->driver_name, strerror(errno));
+		return -1;
+	}
+	g->log_write_fd = log_pipe[1];
+	if (g->sb.landlock_abi > 0 &&
+	    (g->landlock_fd = isolde_landlock_ruleset(g->sb.landlock_abi, d->binary_fd, err, errlen)) < 0) {
+		close(log_pipe[0]);
+		return -1;
+	}
+	return 0;
+}
+
+/* Parent, right after clone: what must be in place before the child goes on. */
+static int admit_child(struct isolde_domain *d, pid_t pid, int control_pipe, char *err, size_t errlen)
+{
+	struct isolde_generation *g = d->gen;
+
+	if (isolde_sandbox_map_user(&g->sb, pid, err, errlen))
+		return -1;
+	if (g->sb.cgroups && isolde_cgroup_enter(&g->cgroup, d->driver_name, pid, &g->sb.cgroup, err, errlen))
+		return -1;
+	if (send(control_pipe, "g", 1, MSG_NOSIGNAL) != 1) {
+		set_err(err, errlen, "driver %s died while entering its sandbox", d->driver_name);
+		return -1;
+	}
+	if (g->sb.degraded[0] && !d->warned) {
+		fprintf(stderr, "isolde: warning: driver %s runs with less confinement than its policy "
+			"asks: %s\n", d->driver_name, g->sb.degraded);
+		d->warned = true;
+	}
+	return 0;
+}
+
+/* The child's execveat is the one notification we let through. */
+static void let_exec_through(struct isolde_domain *d, pid_t pid)
+{
+	struct pollfd pl[2] = { { .fd = d->listener_fd, .events = POLLIN }, { .fd = d->pidfd, .events = POLLIN } };
+
+	if (poll(pl, 2, ISOLDE_DRIVER_START_TIMEOUT_MS) > 0 && (pl[0].revents & POLLIN)) {
+		struct seccomp_notif req;
+		struct seccomp_notif_resp resp;
+		memset(&req, 0, sizeof req);
+		if (ioctl(d->listener_fd, SECCOMP_IOCTL_NOTIF_RECV, &req) == 0) {
+			memset(&resp, 0, sizeof resp);
+			resp.id = req.id;
+			if (req.pid == (uint32_t)pid && req.data.nr == SYS_execveat)
+				resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
+			else
+				resp.error = -EPERM;
+			ioctl(d->listener_fd, SECCOMP_IOCTL_NOTIF_SEND, &resp);
+		}
+	}
 }
 
 int isolde_domain_start(struct isolde_domain *d, char *err, size_t errlen)
 {
-	int status_pipe[2], control_pipe[2];
+	struct isolde_generation *g = d->gen;
+	int status_pipe[2] = { -1, -1 }, control_pipe[2] = { -1, -1 }, log_pipe[2] = { -1, -1 };
 	pid_t parent = getpid();
-	struct isolde_sandbox sb;
 	struct child_report report = { 0 };
 	int pidfd = -1;
 
 	if (d->pid > 0) {
 		set_err(err, errlen, "driver %s is already running (pid %d)", d->driver_name, (int)d->pid);
+		return -1;
+	}
+	if (d->unsafe[0]) {
+		set_err(err, errlen, "%s", d->unsafe);
 		return -1;
 	}
 	memset(&d->last_exit, 0, sizeof d->last_exit);
@@ -473,42 +711,37 @@ int isolde_domain_start(struct isolde_domain *d, char *err, size_t errlen)
 	(void)!read(d->kick_fd, &v, sizeof v);
 	(void)!read(d->call_fd, &v, sizeof v);
 
-	/* A regular file must not grow: writing past its end kills the
-	 * driver. A block device cannot grow, and the limit does not apply. */
-	isolde_sandbox_plan(&sb, &d->policy, d->layout.total_size,
-			    (d->header_template.device_flags & ISOLDE_DEV_BLOCKDEV) ? RLIM_INFINITY
-										 : d->header_template.device_size);
-	if (!sb.drop_identity && !d->warned) {
-		fprintf(stderr, "isolde: warning: not root: driver %s keeps this user's identity and gets "
-			"no new namespaces or empty root (seccomp, no_new_privs and rlimits still apply)\n",
-			d->driver_name);
-		d->warned = true;
-	}
+	if (prepare_generation(d, log_pipe, err, errlen))
+		return start_failed(d, -1, -1);
 	/* The control channel is a socket so that writing to a driver killed
 	 * mid-start fails with EPIPE instead of raising SIGPIPE in the caller. */
 	if (pipe2(status_pipe, O_CLOEXEC) != 0 ||
 	    socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, control_pipe) != 0) {
 		set_err(err, errlen, "cannot start driver %s: pipe: %s", d->driver_name, strerror(errno));
-		return -1;
+		close_fd(&status_pipe[0]), close_fd(&status_pipe[1]), close(log_pipe[0]);
+		return start_failed(d, -1, -1);
 	}
-	pid_t pid = clone_driver(d, &sb, &pidfd);
+	pid_t pid = clone_driver(d, &g->sb, &pidfd, err, errlen);
 	if (pid < 0) {
-		set_err(err, errlen, "cannot start driver %s: clone3: %s", d->driver_name, strerror(errno));
 		close(status_pipe[0]), close(status_pipe[1]), close(control_pipe[0]), close(control_pipe[1]);
-		return -1;
+		close(log_pipe[0]);
+		return start_failed(d, -1, -1);
 	}
 	if (pid == 0) {
 		close(status_pipe[0]);
 		close(control_pipe[1]);
-		exec_driver(d, &sb, parent, status_pipe[1], control_pipe[0]);
+		exec_driver(d, parent, status_pipe[1], control_pipe[0]);
 	}
 	close(status_pipe[1]);
 	close(control_pipe[0]);
 	d->pid = pid;
 	d->pidfd = pidfd;
+	isolde_driver_log_attach(&g->log, log_pipe[0], d->driver_name, pid, &g->log_limit);
+	if (admit_child(d, pid, control_pipe[1], err, errlen))
+		return start_failed(d, status_pipe[0], control_pipe[1]);
 
 	/* The filter names the driver's pid, so it is built now. */
-	ssize_t len = isolde_sandbox_build_filter(&sb, pid, filter_buf, sizeof filter_buf, err, errlen);
+	ssize_t len = isolde_sandbox_build_filter(&g->sb, pid, filter_buf, sizeof filter_buf, err, errlen);
 	if (len < 0)
 		return start_failed(d, status_pipe[0], control_pipe[1]);
 	uint32_t len32 = (uint32_t)len;
@@ -537,23 +770,7 @@ int isolde_domain_start(struct isolde_domain *d, char *err, size_t errlen)
 		return start_failed(d, status_pipe[0], control_pipe[1]);
 	}
 	close(control_pipe[1]);
-
-	/* The child's execveat is the one notification we let through. */
-	struct pollfd pl[2] = { { .fd = d->listener_fd, .events = POLLIN }, { .fd = pidfd, .events = POLLIN } };
-	if (poll(pl, 2, ISOLDE_DRIVER_START_TIMEOUT_MS) > 0 && (pl[0].revents & POLLIN)) {
-		struct seccomp_notif req;
-		struct seccomp_notif_resp resp;
-		memset(&req, 0, sizeof req);
-		if (ioctl(d->listener_fd, SECCOMP_IOCTL_NOTIF_RECV, &req) == 0) {
-			memset(&resp, 0, sizeof resp);
-			resp.id = req.id;
-			if (req.pid == (uint32_t)pid && req.data.nr == SYS_execveat)
-				resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
-			else
-				resp.error = -EPERM;
-			ioctl(d->listener_fd, SECCOMP_IOCTL_NOTIF_SEND, &resp);
-		}
-	}
+	let_exec_through(d, pid);
 	/* EOF on the close-on-exec status pipe: the exec happened. */
 	ssize_t n = read(status_pipe[0], &report, sizeof report);
 	close(status_pipe[0]);
@@ -562,10 +779,21 @@ int isolde_domain_start(struct isolde_domain *d, char *err, size_t errlen)
 			report.stage, strerror(report.value));
 		return start_failed(d, -1, -1);
 	}
+	/* The driver holds its device, log and ring now; our copies go (the
+	 * ring's stays referenced by g->uring, for the drain). */
+	close_fd(&g->device_fd);
+	close_fd(&g->log_write_fd);
+	close_fd(&g->landlock_fd);
 
 	struct epoll_event ev = { .events = EPOLLIN };
 	epoll_ctl(d->watch_fd, EPOLL_CTL_ADD, d->pidfd, &ev);
 	epoll_ctl(d->watch_fd, EPOLL_CTL_ADD, d->listener_fd, &ev);
+	epoll_ctl(d->watch_fd, EPOLL_CTL_ADD, g->log.fd, &ev);
+	d->applied = (struct isolde_sandbox_applied){
+		.namespaces = g->sb.namespaces, .user_namespace = g->sb.user_namespace,
+		.own_uid = g->sb.own_uid, .cgroups = g->cgroup.ndirs > 0,
+		.landlock_abi = g->sb.landlock_abi, .restricted_uring = g->uring.active,
+	};
 	if (wait_ready(d, err, errlen) != 0) {
 		isolde_domain_kill(d);
 		return -1;
@@ -583,8 +811,22 @@ static void release_process(struct isolde_domain *d)
 		epoll_ctl(d->watch_fd, EPOLL_CTL_DEL, d->listener_fd, NULL);
 		close(d->listener_fd);
 	}
+	if (d->gen && d->gen->log.fd >= 0)
+		epoll_ctl(d->watch_fd, EPOLL_CTL_DEL, d->gen->log.fd, NULL);
 	d->pidfd = d->listener_fd = -1;
 	d->pid = 0;
+	end_generation(d);
+}
+
+static void note_policy_kill(struct isolde_domain *d)
+{
+	struct isolde_exit *x = &d->last_exit;
+
+	if (!d->gen->killed_for_denials)
+		return;
+	x->by_policy = true;
+	snprintf(x->text, sizeof x->text, "(pid %d) was killed after %u system calls its policy refuses",
+		 (int)d->pid, d->gen->denials);
 }
 
 bool isolde_domain_reap(struct isolde_domain *d)
@@ -621,6 +863,7 @@ bool isolde_domain_reap(struct isolde_domain *d)
 			info.si_status, sigabbrev_np(info.si_status) ? sigabbrev_np(info.si_status) : "?",
 			info.si_code == CLD_DUMPED ? ", core dumped" : "");
 	}
+	note_policy_kill(d);
 	release_process(d);
 	return true;
 }
@@ -667,12 +910,17 @@ void isolde_domain_kill(struct isolde_domain *d)
 	memset(&d->last_exit, 0, sizeof d->last_exit);
 	set_err(d->last_exit.text, sizeof d->last_exit.text, "(pid %d) was stopped by the launcher",
 		(int)pid);
+	note_policy_kill(d);
 	release_process(d);
 }
 
 void isolde_domain_destroy(struct isolde_domain *d)
 {
 	isolde_domain_kill(d);
+	/* A ring that did not drain is let go only now: the device stopped
+	 * and its memory is about to be unmapped. */
+	if (d->gen)
+		isolde_domain_uring_release(&d->gen->uring);
 	if (d->shm)
 		munmap(d->shm, d->layout.total_size);
 	if (d->shm_fd >= 0)
@@ -685,8 +933,10 @@ void isolde_domain_destroy(struct isolde_domain *d)
 		close(d->watch_fd);
 	if (d->binary_fd >= 0)
 		close(d->binary_fd);
-	free_argv(d->argv);
-	d->argv = NULL;
+	free_argv(d->extra_args);
+	free(d->gen);
+	d->extra_args = NULL;
+	d->gen = NULL;
 	d->shm = NULL;
 	d->shm_fd = d->kick_fd = d->call_fd = d->watch_fd = d->binary_fd = -1;
 }

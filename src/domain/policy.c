@@ -21,12 +21,17 @@
 
 #define MAX_POLICY_BYTES 65536
 
+/* The first K_REQUIRED keys must be given; the others have defaults. */
 enum key { K_DRIVER, K_DEVICE, K_SYSCALLS, K_MEMORY, K_FILES, K_HEARTBEAT, K_RESTART, K_CRASH_LOOP,
-	   K_COUNT };
+	   K_REQUIRED, K_PROGRESS = K_REQUIRED, K_THREADS, K_CPU, K_LOG, K_COUNT };
 
 static const char *const key_names[K_COUNT] = {
 	"driver", "device", "syscalls", "memory", "files", "heartbeat", "restart", "crash-loop",
+	"progress", "threads", "cpu", "log",
 };
+
+#define KNOWN_KEYS "driver, device, syscalls, memory, files, heartbeat, restart, crash-loop, " \
+		   "progress, threads, cpu, log"
 
 static const struct {
 	const char *name;
@@ -115,6 +120,19 @@ static int parse_duration_ms(const char *s, uint64_t *ms)
 	return 0;
 }
 
+/* "100%" -> 100. */
+static int parse_percent(const char *s, uint64_t *v)
+{
+	size_t len = strlen(s);
+	char num[16];
+
+	if (len < 2 || len - 1 >= sizeof num || s[len - 1] != '%')
+		return -1;
+	memcpy(num, s, len - 1);
+	num[len - 1] = '\0';
+	return isolde_parse_u64(num, v);
+}
+
 static int parse_value(struct isolde_policy *p, struct parse_ctx *c, enum key k, char **w, int n)
 {
 	const char *key = key_names[k];
@@ -177,6 +195,31 @@ static int parse_value(struct isolde_policy *p, struct parse_ctx *c, enum key k,
 			return fail(c, key, "expected a number of restarts between 1 and 1000");
 		p->crash_loop_max = (uint32_t)v;
 		return 0;
+	case K_PROGRESS:
+		if (n != 1 || isolde_parse_u64(w[0], &v) || v < 1 || v > 1000000)
+			return fail(c, key, "expected a number of completed requests between 1 and 1000000");
+		p->progress_min = (uint32_t)v;
+		return 0;
+	case K_THREADS:
+		if (n != 1 || isolde_parse_u64(w[0], &v) || v > ISOLDE_POLICY_MAX_THREADS)
+			return fail(c, key, "expected a number of threads between 0 and %u",
+				    ISOLDE_POLICY_MAX_THREADS);
+		p->threads = (uint32_t)v;
+		return 0;
+	case K_CPU:
+		if (n != 1 || parse_percent(w[0], &v) || v < 1 || v > 6400)
+			return fail(c, key, "expected a percentage of one core between 1%% and 6400%%, "
+				    "like 100%%");
+		p->cpu_percent = (uint32_t)v;
+		return 0;
+	case K_LOG:
+		if (n != 3 || strcmp(w[1], "per") != 0 || isolde_parse_u64(w[0], &v) || v > 100000 ||
+		    parse_duration_ms(w[2], &ms) || ms < 1000 || ms % 1000 || ms > 3600000)
+			return fail(c, key, "expected 'N per Ss' lines, like '100 per 1s' (N up to 100000, "
+				    "S from 1 to 3600)");
+		p->log_lines = (uint32_t)v;
+		p->log_window_s = (uint32_t)(ms / 1000);
+		return 0;
 	default:
 		return -1;
 	}
@@ -191,6 +234,10 @@ int isolde_policy_parse(struct isolde_policy *p, const char *name, const char *t
 	int rc = -1;
 
 	memset(p, 0, sizeof *p);
+	p->progress_min = ISOLDE_POLICY_DEFAULT_PROGRESS;
+	p->cpu_percent = ISOLDE_POLICY_DEFAULT_CPU_PERCENT;
+	p->log_lines = ISOLDE_POLICY_DEFAULT_LOG_LINES;
+	p->log_window_s = 1;
 	snprintf(p->source, sizeof p->source, "%s", name);
 	if (!copy) {
 		snprintf(err, errlen, "%s: out of memory", name);
@@ -220,8 +267,7 @@ int isolde_policy_parse(struct isolde_policy *p, const char *name, const char *t
 			if (strcmp(words[0], key_names[i]) == 0)
 				k = (enum key)i;
 		if (k == K_COUNT) {
-			fail(&c, words[0], "unknown key (known: driver, device, syscalls, memory, files, "
-				 "heartbeat, restart, crash-loop)");
+			fail(&c, words[0], "unknown key (known: " KNOWN_KEYS ")");
 			goto out;
 		}
 		if (seen[k]) {
@@ -232,7 +278,7 @@ int isolde_policy_parse(struct isolde_policy *p, const char *name, const char *t
 		if (parse_value(p, &c, k, words + 1, n - 1))
 			goto out;
 	}
-	for (int i = 0; i < K_COUNT; i++) {
+	for (int i = 0; i < K_REQUIRED; i++) {
 		if (!seen[i]) {
 			snprintf(err, errlen, "%s: missing required key '%s'", name, key_names[i]);
 			goto out;
@@ -325,8 +371,13 @@ void isolde_policy_format(const struct isolde_policy *p, char *buf, size_t len)
 		 "files      %u\n"
 		 "heartbeat  %ums\n"
 		 "restart    %u per %us\n"
-		 "crash-loop %u\n",
+		 "crash-loop %u\n"
+		 "progress   %u\n"
+		 "threads    %u\n"
+		 "cpu        %u%%\n"
+		 "log        %u per %us\n",
 		 p->source, p->driver, p->device_writable ? "read-write" : "read-only", sys,
 		 mem, p->max_files, p->heartbeat_ms,
-		 p->restart_max, p->restart_window_s, p->crash_loop_max);
+		 p->restart_max, p->restart_window_s, p->crash_loop_max, p->progress_min, p->threads,
+		 p->cpu_percent, p->log_lines, p->log_window_s);
 }

@@ -84,6 +84,8 @@ struct isolde_driver {
 	struct isolde_grant_view grants;
 	struct isolde_waiter waiter;
 	int device_fd;
+	int uring_fd;                     /* the launcher's io_uring, or -1 */
+	const char *uring_params_hex;     /* its io_uring_params, to map it */
 	bool notify_pending;              /* a push in this batch crossed rsp_event */
 	uint64_t heartbeat;               /* private counts, mirrored into the header */
 	uint64_t requests_done;
@@ -128,8 +130,12 @@ void isolde_driver_watch_fd(struct isolde_driver *drv, int fd);
  */
 uint8_t isolde_driver_status_from_errno(int e);
 
-/* Log a line to stderr prefixed with the driver's name and pid. */
+/* Log a line (the launcher adds the driver's name and pid). */
 void isolde_driver_log(const struct isolde_driver *drv, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
+
+/* fstat(2) itself: drivers may not use glibc's, which looks up a path. */
+struct stat;
+int isolde_driver_fstat(int fd, struct stat *st);
 
 #endif

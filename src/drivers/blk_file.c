@@ -120,9 +120,12 @@ static uint8_t do_write_zeroes(struct isolde_driver *drv, const struct isolde_bl
 		if (ioctl(drv->device_fd, BLKZEROOUT, range) == 0)
 			return ISOLDE_BLK_S_OK;
 	} else {
+		/* ZERO_RANGE without KEEP_SIZE: inside the image it changes no
+		 * size, and past its end RLIMIT_FSIZE stops it (the policy
+		 * allows no other mode). */
 		int mode = (req->flags & ISOLDE_BLK_F_MAY_UNMAP)
 				   ? FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
-				   : FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
+				   : FALLOC_FL_ZERO_RANGE;
 		if (fallocate(drv->device_fd, mode, off, len) == 0)
 			return ISOLDE_BLK_S_OK;
 		if (errno != EOPNOTSUPP && errno != EINVAL)
@@ -153,7 +156,7 @@ int blk_file_init(struct isolde_driver *drv)
 {
 	struct stat st;
 
-	if (fstat(drv->device_fd, &st) != 0) {
+	if (isolde_driver_fstat(drv->device_fd, &st) != 0) {
 		isolde_driver_log(drv, "device fd %d is not open: %s", drv->device_fd, strerror(errno));
 		return -1;
 	}

@@ -12,13 +12,11 @@
  *   READ          IORING_OP_READV
  *   WRITE         IORING_OP_WRITEV, FUA as RWF_DSYNC in rw_flags
  *   FLUSH         IORING_OP_FSYNC with IORING_FSYNC_DATASYNC and IOSQE_IO_DRAIN
- *   DISCARD       IORING_OP_FALLOCATE, PUNCH_HOLE | KEEP_SIZE (regular file)
- *   WRITE_ZEROES  IORING_OP_FALLOCATE, ZERO_RANGE | KEEP_SIZE, or PUNCH_HOLE |
- *                 KEEP_SIZE with MAY_UNMAP (regular file)
- * On a block device DISCARD and WRITE_ZEROES are blk-file's ioctls, done
- * synchronously (blk_file_io). So is anything io_uring hands back unfinished:
- * a short transfer's rest, -EAGAIN/-ECANCELED, a WRITE_ZEROES whose file
- * system has no ZERO_RANGE.
+ *   DISCARD and WRITE_ZEROES are blk-file's (fallocate or the block ioctls),
+ *                 done synchronously: the ring may not carry FALLOCATE, whose
+ *                 mode and range seccomp could not check there.
+ * So is anything io_uring hands back unfinished: a short transfer's rest,
+ * -EAGAIN/-ECANCELED.
  *
  * Async workers. What cannot be done without blocking io_uring hands to its
  * io-wq worker threads: writes to the page cache, fsync, fallocate, and
@@ -53,23 +51,14 @@
  *      any queued block device; the front end matches responses by id, and
  *      its users do not overlap requests that are in flight together.
  *
- * Containment. seccomp sees io_uring_enter, not the operations it carries:
- * a ring can do IORING_OP_OPENAT, SOCKET, CONNECT and the rest. The sandbox
- * still holds: the driver is uid nobody in an empty, read-only root (an
- * OPENAT finds nothing to open), in a new network namespace with no
- * interface but a down loopback (a SOCKET reaches nothing), and without
- * capabilities. What a ring can still do beyond seccomp's list acts on the
- * fds the driver holds anyway (IORING_OP_FTRUNCATE on the device, say, where
- * pwrite and fallocate already reach every byte). This driver also ties its
- * own hands: the ring is created
- * disabled (IORING_SETUP_R_DISABLED), the device fd is registered as its only
- * fixed file, IORING_REGISTER_RESTRICTIONS allows the four opcodes above,
- * requires IOSQE_FIXED_FILE (so an SQE can name no fd but the device) and
- * permits no io_uring_register call at all once IORING_REGISTER_ENABLE_RINGS
- * has started the ring. That protects against this driver's own bugs; a
- * malicious driver would simply create an unrestricted ring (the 'uring'
- * group allows io_uring_setup), which is why the namespaces, the empty root
- * and the uid are what contain it.
+ * Containment. seccomp sees io_uring_enter, not the operations it carries,
+ * so this driver does not make its ring: the launcher does
+ * (src/domain/domain_uring.h) and hands it over as fd 7, already bound to
+ * the device as fixed file 0 and restricted to READV, WRITEV and FSYNC on
+ * fixed files, with no io_uring_register operation left. The policy's
+ * 'uring' group allows io_uring_enter only: no ring of the driver's own can
+ * carry OPENAT, SOCKET, CONNECT or FALLOCATE past seccomp. The driver maps
+ * the ring with the parameters the launcher passes (--uring-params).
  */
 #define _GNU_SOURCE
 #include "blk_uring.h"
@@ -106,7 +95,6 @@ struct blk_uring {
 	bool workers;             /* io-wq can run blocking operations */
 	bool reads_nowait;        /* READs complete without a worker */
 	bool blockdev;
-	bool zero_range;          /* FALLOC_FL_ZERO_RANGE may work on this file */
 	bool flush_again;         /* a write was finished outside the ring while
 				   * a FLUSH was on it (ordering rule 3) */
 };
@@ -240,27 +228,6 @@ static uint8_t flush_done(struct isolde_driver *drv, struct blk_uring *u, int re
 	return status;
 }
 
-static uint8_t fallocate_done(struct isolde_driver *drv, struct blk_uring *u, struct uring_req *r, int res)
-{
-	if (res == 0)
-		return ISOLDE_BLK_S_OK;
-	if (r->op == ISOLDE_BLK_OP_DISCARD) {
-		/* Advisory, as in blk-file: a file that cannot punch holes
-		 * still succeeds. */
-		if (res == -EOPNOTSUPP || res == -ENOTTY || res == -EINVAL)
-			return ISOLDE_BLK_S_OK;
-		if (res != -ECANCELED && res != -EAGAIN)
-			return isolde_driver_status_from_errno(-res);
-	} else {
-		if (res == -EOPNOTSUPP && !(r->flags & ISOLDE_BLK_F_MAY_UNMAP))
-			u->zero_range = false; /* later ones go straight to blk-file */
-		if (res != -EOPNOTSUPP && res != -EINVAL && res != -ECANCELED && res != -EAGAIN)
-			return isolde_driver_status_from_errno(-res);
-	}
-	/* blk-file tries the same fallocate, then writes zeroes. */
-	return finish_sync(drv, u, r);
-}
-
 static void complete_cqe(struct isolde_driver *drv, struct blk_uring *u, const struct io_uring_cqe *cqe)
 {
 	uint64_t tag = io_uring_cqe_get_data64(cqe);
@@ -280,11 +247,8 @@ static void complete_cqe(struct isolde_driver *drv, struct blk_uring *u, const s
 	case ISOLDE_BLK_OP_WRITE:
 		status = rw_done(drv, u, r, cqe->res);
 		break;
-	case ISOLDE_BLK_OP_FLUSH:
+	default: /* only READ, WRITE and FLUSH go on the ring */
 		status = flush_done(drv, u, cqe->res);
-		break;
-	default:
-		status = fallocate_done(drv, u, r, cqe->res);
 		break;
 	}
 	isolde_driver_complete(drv, (uint32_t)tag, status);
@@ -345,7 +309,6 @@ int blk_uring_submit(struct isolde_driver *drv, const struct isolde_blk_request 
 	struct blk_uring *u = drv->priv;
 	struct uring_req *r = &u->reqs[tag];
 	struct io_uring_sqe *sqe;
-	int mode;
 
 	r->op = req->op;
 	r->flags = req->flags;
@@ -378,16 +341,7 @@ int blk_uring_submit(struct isolde_driver *drv, const struct isolde_blk_request 
 		break;
 	case ISOLDE_BLK_OP_DISCARD:
 	case ISOLDE_BLK_OP_WRITE_ZEROES:
-		if (req->op == ISOLDE_BLK_OP_DISCARD || (req->flags & ISOLDE_BLK_F_MAY_UNMAP))
-			mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
-		else
-			mode = FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
-		if (!u->workers || u->blockdev || req->length == 0 ||
-		    (mode & FALLOC_FL_ZERO_RANGE && !u->zero_range))
-			return run_sync(drv, u, r);
-		sqe = next_sqe(drv, u, tag);
-		io_uring_prep_fallocate(sqe, DEVICE_INDEX, mode, (off_t)req->offset, (off_t)req->length);
-		break;
+		return run_sync(drv, u, r);
 	default:
 		/* isolde_driver_serve's checks let only these five ops through. */
 		return ISOLDE_BLK_S_UNSUPPORTED;
@@ -397,27 +351,6 @@ int blk_uring_submit(struct isolde_driver *drv, const struct isolde_blk_request 
 }
 
 /* ---- setup ---- */
-
-/* Only our opcodes, only on the device, no io_uring_register once enabled. */
-static int restrict_ring(struct blk_uring *u)
-{
-	static const uint8_t ops[] = {
-		IORING_OP_READV, IORING_OP_WRITEV, IORING_OP_FSYNC, IORING_OP_FALLOCATE,
-	};
-	struct io_uring_restriction res[sizeof ops + 2];
-	unsigned n = 0;
-
-	memset(res, 0, sizeof res);
-	for (size_t i = 0; i < sizeof ops; i++) {
-		res[n].opcode = IORING_RESTRICTION_SQE_OP;
-		res[n++].sqe_op = ops[i];
-	}
-	res[n].opcode = IORING_RESTRICTION_SQE_FLAGS_REQUIRED;
-	res[n++].sqe_flags = IOSQE_FIXED_FILE;
-	res[n].opcode = IORING_RESTRICTION_SQE_FLAGS_ALLOWED;
-	res[n++].sqe_flags = IOSQE_IO_DRAIN;
-	return io_uring_register_restrictions(&u->ring, res, n);
-}
 
 /*
  * Can io_uring run a blocking operation? Its worker threads are created like
@@ -433,7 +366,9 @@ static bool workers_possible(void)
 {
 	struct rlimit lim;
 
-	return getrlimit(RLIMIT_NPROC, &lim) != 0 || lim.rlim_cur > 0;
+	/* This process counts: the sandbox's uid is the driver's own, with a
+	 * limit of 1 + the threads its policy grants. */
+	return getrlimit(RLIMIT_NPROC, &lim) != 0 || lim.rlim_cur > 1;
 }
 
 /*
@@ -452,11 +387,43 @@ static bool reads_nowait(struct isolde_driver *drv)
 	return preadv2(drv->device_fd, &iov, 1, 0, RWF_NOWAIT) >= 0 || errno != EOPNOTSUPP;
 }
 
+static int hex_value(char c)
+{
+	return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* The ring the launcher made (fd 7), mapped with the parameters it passed. */
+static int map_launcher_ring(struct isolde_driver *drv, struct blk_uring *u)
+{
+	struct io_uring_params p;
+	unsigned char *bytes = (unsigned char *)&p;
+	const char *hex = drv->uring_params_hex;
+	int r;
+
+	if (drv->uring_fd < 0 || !hex || strlen(hex) != 2 * sizeof p) {
+		isolde_driver_log(drv, "no io_uring from the launcher (--uring-fd, --uring-params); "
+				  "the policy must grant 'uring'");
+		return -1;
+	}
+	for (size_t i = 0; i < sizeof p; i++) {
+		int hi = hex_value(hex[2 * i]), lo = hex_value(hex[2 * i + 1]);
+		if (hi < 0 || lo < 0) {
+			isolde_driver_log(drv, "--uring-params is not hex");
+			return -1;
+		}
+		bytes[i] = (unsigned char)(hi << 4 | lo);
+	}
+	if ((r = io_uring_queue_mmap(drv->uring_fd, &p, &u->ring)) < 0) {
+		isolde_driver_log(drv, "cannot map the launcher's io_uring: %s", strerror(-r));
+		return -1;
+	}
+	return 0;
+}
+
 int blk_uring_init(struct isolde_driver *drv)
 {
 	struct blk_uring *u = &uring;
 	uint32_t slots = drv->params.ring_slots;
-	struct io_uring_params p;
 	int r;
 
 	if (blk_file_init(drv) != 0)
@@ -466,41 +433,9 @@ int blk_uring_init(struct isolde_driver *drv)
 		isolde_driver_log(drv, "out of memory for %u requests", slots);
 		return -1;
 	}
-	/* One SQ entry per ring slot; the CQ gets twice that. SUBMIT_ALL:
-	 * a bad SQE fails alone instead of stopping the batch behind it.
-	 * SINGLE_ISSUER: only this thread submits, which spares the kernel
-	 * some locking per request. */
-	memset(&p, 0, sizeof p);
-	p.flags = IORING_SETUP_R_DISABLED | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_SINGLE_ISSUER;
-	r = io_uring_queue_init_params(slots, &u->ring, &p);
-	if (r == -EINVAL) { /* a kernel older than 6.0 */
-		memset(&p, 0, sizeof p);
-		p.flags = IORING_SETUP_R_DISABLED | IORING_SETUP_SUBMIT_ALL;
-		r = io_uring_queue_init_params(slots, &u->ring, &p);
-	}
-	if (r == -EINVAL) { /* a kernel older than 5.18 */
-		memset(&p, 0, sizeof p);
-		p.flags = IORING_SETUP_R_DISABLED;
-		r = io_uring_queue_init_params(slots, &u->ring, &p);
-	}
-	if (r < 0) {
-		isolde_driver_log(drv, "cannot set up io_uring with %u entries: %s", slots, strerror(-r));
+	if ((r = map_launcher_ring(drv, u)) < 0)
 		return -1;
-	}
-	if ((r = io_uring_register_files(&u->ring, &drv->device_fd, 1)) < 0) {
-		isolde_driver_log(drv, "cannot register the device with io_uring: %s", strerror(-r));
-		return -1;
-	}
-	if ((r = restrict_ring(u)) < 0) {
-		isolde_driver_log(drv, "cannot restrict io_uring: %s", strerror(-r));
-		return -1;
-	}
-	if ((r = io_uring_enable_rings(&u->ring)) < 0) {
-		isolde_driver_log(drv, "cannot enable io_uring: %s", strerror(-r));
-		return -1;
-	}
 	u->blockdev = (drv->params.device_flags & ISOLDE_DEV_BLOCKDEV) != 0;
-	u->zero_range = true;
 	u->workers = workers_possible();
 	u->reads_nowait = reads_nowait(drv);
 	drv->priv = u;

@@ -92,6 +92,36 @@ static const char *base_name(const char *path)
 	return s ? s + 1 : path;
 }
 
+/*
+ * The device for a new driver generation: a new open file description of
+ * the front end's own image, reopened through /proc so that it is the same
+ * file even if the path was replaced. Never a dup: flags (O_APPEND,
+ * O_DIRECT), locks and write-back error cursors that a dead driver set on
+ * its description stay with it.
+ */
+static int reopen_image(void *ctx, char *err, size_t errlen)
+{
+	struct isolde_blk *dev = ctx;
+	int flags = (dev->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NOCTTY | (dev->direct ? O_DIRECT : 0);
+	char path[64];
+	struct stat mine, theirs;
+
+	snprintf(path, sizeof path, "/proc/self/fd/%d", dev->device_fd);
+	int fd = open(path, flags);
+	if (fd < 0) {
+		set_err(err, errlen, "cannot reopen image %s for the driver (%s): %s", dev->image, path,
+			strerror(errno));
+		return -1;
+	}
+	if (fstat(fd, &theirs) != 0 || fstat(dev->device_fd, &mine) != 0 || mine.st_dev != theirs.st_dev ||
+	    mine.st_ino != theirs.st_ino || mine.st_rdev != theirs.st_rdev) {
+		set_err(err, errlen, "reopening image %s gave another file", dev->image);
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
 /* The driver's policy: given, or the one shipped for it. It must name the
  * driver it is used with, and allow the device access asked for. */
 static int load_policy(struct isolde_blk *dev, const struct isolde_blk_config *cfg, char *err,
@@ -181,6 +211,7 @@ struct isolde_blk *isolde_blk_open(const struct isolde_blk_config *cfg, char *er
 	dev->domain.listener_fd = dev->domain.watch_fd = dev->domain.binary_fd = -1;
 	snprintf(dev->image, sizeof dev->image, "%s", cfg->image);
 	dev->readonly = cfg->readonly;
+	dev->direct = cfg->direct;
 	dev->queue_depth = cfg->queue_depth;
 	dev->max_io = cfg->max_io;
 
@@ -188,7 +219,7 @@ struct isolde_blk *isolde_blk_open(const struct isolde_blk_config *cfg, char *er
 		goto fail;
 	dev->hang_ms = cfg->timeout_ms ? cfg->timeout_ms : dev->policy.heartbeat_ms;
 	if (isolde_supervisor_init(&dev->supervisor, dev->policy.restart_max, dev->policy.restart_window_s,
-				   dev->policy.crash_loop_max)) {
+				   dev->policy.crash_loop_max, dev->policy.progress_min)) {
 		set_err(err, errlen, "out of memory");
 		goto fail;
 	}
@@ -203,13 +234,15 @@ struct isolde_blk *isolde_blk_open(const struct isolde_blk_config *cfg, char *er
 	struct isolde_domain_params params = {
 		.driver = cfg->driver,
 		.driver_args = cfg->driver_args,
-		.device_fd = dev->device_fd,
+		.open_device = reopen_image,
+		.open_device_ctx = dev,
 		.device_size = dev->size,
 		.device_flags = dev_flags,
 		.ring_slots = next_pow2(cfg->queue_depth),
 		.data_size = bounce + pool,
 		.notify = cfg->notify,
 		.policy = &dev->policy,
+		.uring_without_namespaces = cfg->uring_without_namespaces,
 	};
 	if (isolde_shadow_init(&dev->shadow, cfg->queue_depth) ||
 	    isolde_buf_pool_init(&dev->pool, (uint32_t)(pool / ISOLDE_PAGE_SIZE)) ||
@@ -258,6 +291,7 @@ unsigned isolde_blk_queue_depth(const struct isolde_blk *dev) { return dev->queu
 size_t isolde_blk_max_io(const struct isolde_blk *dev) { return dev->max_io; }
 pid_t isolde_blk_driver_pid(const struct isolde_blk *dev) { return dev->domain.pid; }
 bool isolde_blk_failed(const struct isolde_blk *dev) { return dev->failed; }
+int isolde_blk_flush_error(const struct isolde_blk *dev) { return dev->flush_error; }
 const char *isolde_blk_error(const struct isolde_blk *dev) { return dev->error; }
 unsigned isolde_blk_inflight(const struct isolde_blk *dev) { return isolde_shadow_in_flight(&dev->shadow); }
 
@@ -278,6 +312,7 @@ void isolde_blk_get_stats(const struct isolde_blk *dev, struct isolde_blk_stats 
 	st->kicks = dev->waiter.signals_sent;
 	st->calls = dev->waiter.signals_received;
 	st->front_sleeps = dev->waiter.sleeps;
+	isolde_domain_log_counts(&dev->domain, &st->log_lines, &st->log_suppressed);
 }
 
 /* ---- failure and recovery ---- */
@@ -360,6 +395,7 @@ static unsigned replay(struct isolde_blk *dev)
 		if (e->copy && e->op == ISOLDE_BLK_OP_WRITE)
 			memcpy(dev->domain.data + e->data_offset, e->io->buf, e->length);
 		e->submitted_ns = now;
+		e->replayed = true;
 		post_request(dev, order[k]);
 	}
 	isolde_waiter_signal(&dev->waiter, isolde_front_push_requests(&dev->ring) || n > 0);
@@ -379,14 +415,21 @@ static void driver_failed(struct isolde_blk *dev, enum isolde_failure failure, c
 	isolde_domain_kill(&dev->domain);
 	for (;;) {
 		uint64_t now = isolde_now_ns();
+		bool progress = isolde_supervisor_made_progress(&dev->supervisor, dev->completed_gen);
 
-		if (!isolde_supervisor_may_restart(&dev->supervisor, dev->progress, now)) {
-			if (!dev->progress && dev->supervisor.no_progress >= dev->policy.crash_loop_max)
-				fail_device(dev, "driver %s failed (%s: %s) after %u restarts in a row that "
-					    "completed no request (crash-loop limit of policy %s); pending "
-					    "and new I/O fails", dev->domain.driver_name,
+		/* What the dead driver may still write is not known: nothing
+		 * that memory holds may be handed out again. */
+		if (dev->domain.unsafe[0]) {
+			fail_device(dev, "%s; pending and new I/O fails", dev->domain.unsafe);
+			return;
+		}
+		if (!isolde_supervisor_may_restart(&dev->supervisor, progress, now)) {
+			if (!progress && dev->supervisor.no_progress >= dev->policy.crash_loop_max)
+				fail_device(dev, "driver %s failed (%s: %s) after %u restarts in a row in "
+					    "which it completed fewer than %u requests (crash-loop limit of "
+					    "policy %s); pending and new I/O fails", dev->domain.driver_name,
 					    isolde_failure_name(failure), why, dev->supervisor.no_progress,
-					    dev->policy.source);
+					    dev->supervisor.progress_min, dev->policy.source);
 			else
 				fail_device(dev, "driver %s failed (%s: %s) and its restart budget of %u per "
 					    "%u s (policy %s) is spent; pending and new I/O fails",
@@ -396,7 +439,7 @@ static void driver_failed(struct isolde_blk *dev, enum isolde_failure failure, c
 			return;
 		}
 		uint64_t backoff = isolde_supervisor_record_restart(&dev->supervisor, failure,
-								   dev->progress, now);
+								   progress, now);
 		fprintf(stderr, "isolde: driver %s failed (%s: %s); restart %llu, generation %u%s\n",
 			dev->domain.driver_name, isolde_failure_name(failure), why,
 			(unsigned long long)dev->supervisor.stats.restarts, dev->domain.generation + 1,
@@ -405,7 +448,7 @@ static void driver_failed(struct isolde_blk *dev, enum isolde_failure failure, c
 			struct timespec ts = { (time_t)(backoff / 1000000000u), (long)(backoff % 1000000000u) };
 			nanosleep(&ts, NULL);
 		}
-		dev->progress = false;
+		dev->completed_gen = 0;
 		char err[400];
 		if (isolde_domain_start(&dev->domain, err, sizeof err) == 0)
 			break;
@@ -589,6 +632,50 @@ static void shield_completed(struct isolde_blk *dev, const struct isolde_shadow_
 	}
 }
 
+/* A FLUSH, or a WRITE with FUA: its answer is a statement about durability. */
+static bool durability_op(const struct isolde_shadow_entry *e)
+{
+	return e->op == ISOLDE_BLK_OP_FLUSH || (e->op == ISOLDE_BLK_OP_WRITE && (e->flags & ISOLDE_BLK_F_FUA));
+}
+
+/*
+ * Ask the image itself whether write-back failed since the front end last
+ * asked: its own open file description has its own error cursor, which no
+ * driver generation can have consumed.
+ */
+static int confirm_writeback(struct isolde_blk *dev)
+{
+	return fdatasync(dev->device_fd) == 0 ? 0 : -errno;
+}
+
+/*
+ * The durability rule (PROTOCOL.md §4.4). An error on a FLUSH or FUA write
+ * is final: it is never doubted, never replayed into success. Linux reports
+ * a write-back error once per open file description, so a flush that
+ * followed the one that saw it would succeed although the data is lost; the
+ * first error therefore sticks, and every later FLUSH reports it. A FLUSH
+ * replayed to a new driver may follow a dead driver's flush that saw the
+ * error and never answered; its success is confirmed on the front end's own
+ * file description.
+ */
+static int durable_result(struct isolde_blk *dev, const struct isolde_shadow_entry *e, int result)
+{
+	bool flush = e->op == ISOLDE_BLK_OP_FLUSH;
+
+	if (!durability_op(e))
+		return result;
+	if (result == 0 && flush && e->replayed)
+		result = confirm_writeback(dev);
+	/* A FUA write's own ENOSPC is the write's, not write-back's. */
+	if (result && (flush || result == -EIO) && !dev->flush_error) {
+		dev->flush_error = result;
+		fprintf(stderr, "isolde: %s: a %s failed (%s): data written before it may not be on the "
+			"disk; every later flush reports this error until the device is reopened\n",
+			dev->image, flush ? "flush" : "FUA write", strerror(-result));
+	}
+	return flush && dev->flush_error ? dev->flush_error : result;
+}
+
 static struct isolde_blk_io *complete(struct isolde_blk *dev, uint32_t idx, int result)
 {
 	struct isolde_shadow_entry *e = &dev->shadow.entries[idx];
@@ -596,10 +683,11 @@ static struct isolde_blk_io *complete(struct isolde_blk *dev, uint32_t idx, int 
 
 	if (e->op == ISOLDE_BLK_OP_READ || e->op == ISOLDE_BLK_OP_WRITE)
 		isolde_grant_revoke(dev->domain.grants, idx * ISOLDE_BLK_MAX_SEGS);
+	result = durable_result(dev, e, result);
 	if (dev->shield_on)
 		shield_completed(dev, e, result);
 	io->result = result;
-	dev->progress = true;
+	dev->completed_gen++;
 	if (dev->recovery_started_ns && !dev->failed) {
 		recovered(dev, (isolde_now_ns() - dev->recovery_started_ns) / 1000);
 		dev->recovery_started_ns = 0;
@@ -656,9 +744,11 @@ static unsigned consume_responses(struct isolde_blk *dev, struct isolde_blk_io *
 					   isolde_blk_status_name(rsp.status));
 			return n;
 		}
-		/* A device error is believed once a fresh driver repeats it. */
+		/* A device error is believed once a fresh driver repeats it -
+		 * except where repeating it could turn it into a false success
+		 * (durable_result). */
 		if ((rsp.status == ISOLDE_BLK_S_IOERR || rsp.status == ISOLDE_BLK_S_NOSPC) &&
-		    e->error_retries++ < ERROR_MAX_RETRIES) {
+		    !durability_op(e) && e->error_retries++ < ERROR_MAX_RETRIES) {
 			doubted = true;
 			doubted_status = rsp.status;
 			continue;
@@ -668,6 +758,9 @@ static unsigned consume_responses(struct isolde_blk *dev, struct isolde_blk_io *
 			uint64_t bad;
 			if (dev->shield_on && isolde_shield_read_end(&dev->shield, e->shield_epoch, data, e->offset,
 								     e->length, &bad)) {
+				/* Data known to be wrong never stays where the caller
+				 * looks, whether this read is retried or fails. */
+				memset(e->io->buf, 0, e->length);
 				if (e->shield_retries++ < SHIELD_MAX_RETRIES) {
 					/* Not completed: it stays in the shadow and is
 					 * replayed to the next driver. */
@@ -766,7 +859,7 @@ static void check_hang(struct isolde_blk *dev, uint64_t now)
 /* The watch fd fired: a system call to answer, or the driver ended. */
 static void watch_fired(struct isolde_blk *dev, struct isolde_blk_io **done, unsigned max, unsigned *n)
 {
-	isolde_domain_answer_syscalls(&dev->domain);
+	isolde_domain_service(&dev->domain);
 	if (dev->domain.pid > 0 && !isolde_domain_reap(&dev->domain))
 		return;
 	/* Take what it answered before it died, then recover the rest. */
@@ -774,7 +867,8 @@ static void watch_fired(struct isolde_blk *dev, struct isolde_blk_io **done, uns
 	if (dev->domain.pid > 0 || dev->failed)
 		return; /* the responses themselves were a violation, already handled */
 	const struct isolde_exit *x = &dev->domain.last_exit;
-	driver_failed(dev, isolde_classify_exit(x->signaled, x->code), x->text);
+	driver_failed(dev, x->by_policy ? ISOLDE_FAIL_POLICY : isolde_classify_exit(x->signaled, x->code),
+		      x->text);
 }
 
 int isolde_blk_reap(struct isolde_blk *dev, struct isolde_blk_io **done, unsigned max,

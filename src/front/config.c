@@ -80,8 +80,14 @@ static int parse_field(struct isolde_blk_config *cfg, char *key, char *value, ch
 			cfg->shield = true;
 		return 0;
 	}
+	if (strcmp(key, "uring_without_namespaces") == 0) {
+		if (value)
+			return fail(err, errlen, "field '%s' takes no value", key);
+		cfg->uring_without_namespaces = true;
+		return 0;
+	}
 	return fail(err, errlen, "unknown field '%s' (known: image, driver, notify, qd, max_io, "
-		    "timeout_ms, policy, readonly, direct, shield)", key);
+		    "timeout_ms, policy, readonly, direct, shield, uring_without_namespaces)", key);
 }
 
 int isolde_blk_config_parse(struct isolde_blk_config *cfg, const char *spec, char *err, size_t errlen)

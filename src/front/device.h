@@ -22,6 +22,7 @@ struct isolde_blk {
 	int device_fd;
 	uint64_t size;
 	bool readonly;
+	bool direct;
 	unsigned align;            /* offsets and lengths must be multiples (O_DIRECT) */
 	unsigned queue_depth;
 	size_t max_io;
@@ -36,7 +37,7 @@ struct isolde_blk {
 	uint64_t pool_offset;      /* zero-copy pool, within the data area */
 
 	struct isolde_supervisor supervisor;
-	bool progress;             /* the running driver completed a request */
+	uint64_t completed_gen;    /* requests the running driver completed */
 	uint64_t heartbeat_seen;   /* last heartbeat value read, and when it changed */
 	uint64_t heartbeat_changed_ns;
 	uint64_t recovery_started_ns; /* failure detected; 0 once the first replayed
@@ -46,6 +47,7 @@ struct isolde_blk {
 	bool shield_on;
 	struct isolde_shield shield;
 
+	int flush_error;           /* sticky: the write-back error every flush reports */
 	bool failed;               /* past the restart budget: every request fails */
 	char error[512];
 	struct isolde_blk_stats stats;

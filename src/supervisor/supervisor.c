@@ -46,18 +46,24 @@ enum isolde_failure isolde_classify_exit(bool signaled, int code)
 }
 
 int isolde_supervisor_init(struct isolde_supervisor *s, uint32_t restart_max, uint32_t window_s,
-			   uint32_t crash_loop_max)
+			   uint32_t crash_loop_max, uint32_t progress_min)
 {
 	memset(s, 0, sizeof *s);
 	s->restart_max = restart_max;
 	s->window_s = window_s;
 	s->crash_loop_max = crash_loop_max;
+	s->progress_min = progress_min ? progress_min : 1;
 	if (restart_max) {
 		s->restart_times = calloc(restart_max, sizeof *s->restart_times);
 		if (!s->restart_times)
 			return -1;
 	}
 	return 0;
+}
+
+bool isolde_supervisor_made_progress(const struct isolde_supervisor *s, uint64_t completed)
+{
+	return completed >= s->progress_min;
 }
 
 void isolde_supervisor_fini(struct isolde_supervisor *s)

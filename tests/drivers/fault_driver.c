@@ -27,7 +27,8 @@
  *   syscall         try openat, socket and execve (each refused by policy),
  *                   then carry on correctly
  *   syscall-kill    call ptrace (on the kill list: the policy kills it)
- *   wild-write      scribble over the header, the ring and the data area
+ *   wild-write      scribble over the header, the ring and the data area, then
+ *                   stop answering
  *   leak            allocate and touch 1 MiB per request from here on, until
  *                   memory runs out at the policy's limit; then abort
  *   grow-image      write past the end of the image (the launcher's file size
@@ -149,10 +150,17 @@ static void misbehave(struct isolde_driver *drv, const struct isolde_blk_request
 		ptrace(PTRACE_TRACEME, 0, NULL, NULL);
 	if (is("wild-write")) {
 		/* Everything the driver can write: the header's page, the ring
-		 * and the data area. (The grant table is read-only to it.) */
+		 * and the data area. (The grant table is read-only to it.) Then
+		 * it stops: a driver that went on serving requests from the
+		 * scribbled data area would write garbage and answer OK, a lie
+		 * only the integrity shield can catch (corrupt-read's kind), and
+		 * whether the front end saw the scribbled ring first would be a
+		 * race. */
 		unsigned char *base = (unsigned char *)drv->header;
 		memset(base, 0xa5, drv->params.grant_offset);
 		memset(base + drv->params.data_offset, 0x5a, drv->params.data_size);
+		for (;;)
+			pause();
 	}
 	if (is("leak"))
 		leaking = true;

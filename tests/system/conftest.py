@@ -160,6 +160,24 @@ def assert_storm_was_invisible(returncode, out, err, kills):
     assert_no_sanitizer_report(err)
 
 
+DRIVER_UID_BASE = 0x70000000  # src/domain/sandbox.h: a driver's uid is this + its pid
+
+
+def proc_status(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def assert_own_identity(pid):
+    """As root, a driver runs as a uid and gid of its own (the base + its pid),
+    with no groups and no capabilities."""
+    st = proc_status(pid)
+    own = str(DRIVER_UID_BASE + pid)
+    assert st["Uid"].split() == [own] * 4 and st["Gid"].split() == [own] * 4, st["Uid"]
+    assert st["Groups"].strip() == ""
+    assert st["CapEff"] == st["CapPrm"] == "0000000000000000"
+
+
 def read_driver_pid(proc, timeout=20):
     """isolde verify announces 'driver X is pid N' on stderr once it runs."""
     deadline = time.monotonic() + timeout
