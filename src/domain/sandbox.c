@@ -105,7 +105,10 @@ void isolde_sandbox_plan(struct isolde_sandbox *sb, const struct isolde_policy *
 	sb->cgroup.cpu_percent = p->cpu_percent;
 	sb->cgroup.tasks = sb->max_tasks;
 	sb->cgroups = isolde_cgroup_available(why, sizeof why);
-	if (!sb->cgroups) {
+	if (!root) {
+		add_degraded(sb, "not root: outside its user namespace the driver has this user's uid, and "
+			     "it gets no control group (CPU time is not bounded)");
+	} else if (!sb->cgroups) {
 		char msg[192];
 		snprintf(msg, sizeof msg, "no control group (%s): CPU time is not bounded", why);
 		add_degraded(sb, msg);
@@ -115,8 +118,6 @@ void isolde_sandbox_plan(struct isolde_sandbox *sb, const struct isolde_policy *
 		add_degraded(sb, "no Landlock in this kernel");
 	else if (sb->landlock_abi < 6)
 		add_degraded(sb, "Landlock without signal scoping (ABI < 6)");
-	if (!root)
-		add_degraded(sb, "not root: no uid of its own, no control group");
 }
 
 void isolde_sandbox_drop_namespaces(struct isolde_sandbox *sb, int error)

@@ -38,12 +38,16 @@ const struct cli_command serve_command = {
 	"  --qd D              queue depth of the ring (default 64)\n"
 	"  --readonly          refuse writes\n"
 	"  --direct            open the image with O_DIRECT\n"
+	"  --allow-uring-without-namespaces\n"
+	"                      run an io_uring driver where no namespaces can be had (not\n"
+	"                      root, no user namespace): seccomp, Landlock and the\n"
+	"                      launcher's restricted ring are then its only confinement\n"
 	"  --control SOCK      Unix socket for `isolde status`\n"
 	"  -h, --help          this text\n",
 	.run = run_serve_command,
 };
 
-enum { OPT_POLICY = 256, OPT_READONLY, OPT_DIRECT, OPT_CONTROL };
+enum { OPT_POLICY = 256, OPT_READONLY, OPT_DIRECT, OPT_CONTROL, OPT_URING_NO_NS };
 
 static int run_serve_command(int argc, char **argv)
 {
@@ -56,6 +60,7 @@ static int run_serve_command(int argc, char **argv)
 		{ "qd", required_argument, NULL, 'q' },
 		{ "readonly", no_argument, NULL, OPT_READONLY },
 		{ "direct", no_argument, NULL, OPT_DIRECT },
+		{ "allow-uring-without-namespaces", no_argument, NULL, OPT_URING_NO_NS },
 		{ "control", required_argument, NULL, OPT_CONTROL },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -94,6 +99,7 @@ static int run_serve_command(int argc, char **argv)
 			break;
 		case OPT_READONLY: cfg.readonly = true; break;
 		case OPT_DIRECT: cfg.direct = true; break;
+		case OPT_URING_NO_NS: cfg.uring_without_namespaces = true; break;
 		case OPT_CONTROL: scfg.control_path = optarg; break;
 		case 'h': return cli_help(cmd);
 		case ':': return cli_usage_error(cmd, "%s needs a value", argv[optind - 1]);

@@ -112,14 +112,28 @@ static bool submit(struct workload *w, struct slot *s, uint8_t op, unsigned *inf
 	return false;
 }
 
+/* Every write completed so far made durable; a failure is an error. */
+static void flush(struct workload *w)
+{
+	int r = isolde_blk_flush(w->dev);
+
+	w->r->flushes++;
+	if (r != 0) {
+		w->r->flush_failures++;
+		w->r->errors++;
+		fprintf(stderr, "isolde verify: flush %llu failed: %s\n", (unsigned long long)w->r->flushes,
+			strerror(-r));
+	}
+}
+
 static int write_phase(struct workload *w)
 {
 	unsigned inflight = 0;
 	uint64_t issued = 0, seq = 0;
-	bool refused = false;
+	bool refused = false, flush_due = false;
 
 	while ((issued < w->o->ops && !refused) || inflight > 0) {
-		while (inflight < w->depth && issued < w->o->ops && !refused) {
+		while (inflight < w->depth && issued < w->o->ops && !refused && !flush_due) {
 			struct slot *s = w->free_slots[w->nfree - 1];
 			s->block = pick_idle_block(w);
 			s->seq = ++seq;
@@ -131,10 +145,17 @@ static int write_phase(struct workload *w)
 				break;
 			}
 			w->busy[s->block] = 1;
+			flush_due = w->o->flush_every && issued % w->o->flush_every == 0;
 		}
 		if (inflight > 0 && reap_some(w, &inflight, write_done) < 0)
 			return -1;
+		if (flush_due && inflight == 0) {
+			flush(w);
+			flush_due = false;
+		}
 	}
+	if (!refused)
+		flush(w);
 	return refused ? -1 : 0;
 }
 
@@ -232,6 +253,8 @@ int verify_run(const struct verify_options *o, struct verify_result *r, char *er
 	isolde_blk_get_stats(w.dev, &r->stats);
 	r->supervisor = *isolde_blk_supervisor_stats(w.dev);
 	r->generation = isolde_blk_generation(w.dev);
+	r->flush_error = isolde_blk_flush_error(w.dev);
+	r->enforcement = *isolde_blk_enforcement(w.dev);
 	if (isolde_blk_failed(w.dev))
 		snprintf(r->error, sizeof r->error, "%s", isolde_blk_error(w.dev));
 	free_workload(&w);
@@ -273,6 +296,11 @@ const struct cli_command verify_command = {
 	"  --shield            integrity shield: checksum every block written, check every\n"
 	"                      block read; a mismatch restarts the driver and replays\n"
 	"  --direct            open the image with O_DIRECT\n"
+	"  --flush-every N     a flush after every N writes (default: one after the last)\n"
+	"  --allow-uring-without-namespaces\n"
+	"                      run an io_uring driver where no namespaces can be had (not\n"
+	"                      root, no user namespace), with seccomp, Landlock and the\n"
+	"                      launcher's restricted ring as its only confinement\n"
 	"  --policy FILE       the driver's policy (default: the one shipped for the driver)\n"
 	"  --timeout-ms MS     hang detection: no driver progress this long while I/O is\n"
 	"                      pending (default: the policy's heartbeat)\n"
@@ -328,12 +356,21 @@ static void print_json(const struct verify_options *o, const struct verify_resul
 	printf("}, \"recovery_us\": {\"count\": %u, \"p50\": %u, \"p99\": %u, \"max\": %u}",
 	       sup->recovery_count, p50, p99, max);
 	printf(", \"kicks\": %llu, \"calls\": %llu, \"protocol_violations\": %llu, \"denials\": %llu, "
-	       "\"shield\": {\"on\": %s, \"verified\": %llu, \"learned\": %llu, \"mismatches\": %llu}, "
-	       "\"error\": ",
+	       "\"shield\": {\"on\": %s, \"verified\": %llu, \"learned\": %llu, \"mismatches\": %llu}, ",
 	       (unsigned long long)r->stats.kicks, (unsigned long long)r->stats.calls,
 	       (unsigned long long)r->stats.protocol_violations, (unsigned long long)r->stats.denials,
 	       o->cfg.shield ? "true" : "false", (unsigned long long)r->stats.shield_verified,
 	       (unsigned long long)r->stats.shield_learned, (unsigned long long)r->stats.shield_mismatches);
+	const struct isolde_enforcement *e = &r->enforcement;
+	printf("\"flushes\": %llu, \"flush_failures\": %llu, ", (unsigned long long)r->flushes,
+	       (unsigned long long)r->flush_failures);
+	printf("\"flush_error\": %d, \"log_lines\": %llu, \"log_suppressed\": %llu, \"sandbox\": "
+	       "{\"namespaces\": %s, \"user_namespace\": %s, \"own_uid\": %s, \"cgroups\": %s, "
+	       "\"landlock_abi\": %d, \"restricted_uring\": %s}, \"error\": ",
+	       r->flush_error, (unsigned long long)r->stats.log_lines,
+	       (unsigned long long)r->stats.log_suppressed, e->namespaces ? "true" : "false",
+	       e->user_namespace ? "true" : "false", e->own_uid ? "true" : "false",
+	       e->cgroups ? "true" : "false", e->landlock_abi, e->restricted_uring ? "true" : "false");
 	if (r->error[0])
 		json_string(stdout, r->error);
 	else
@@ -356,7 +393,8 @@ static void print_human(const struct verify_options *o, const struct verify_resu
 	       (unsigned long long)r->supervisor.replayed);
 }
 
-enum { OPT_SIZE = 256, OPT_POLICY, OPT_SHIELD, OPT_DRIVER_ARG, OPT_ZERO_COPY, OPT_DIRECT, OPT_TIMEOUT, OPT_FORCE, OPT_JSON };
+enum { OPT_SIZE = 256, OPT_POLICY, OPT_SHIELD, OPT_DRIVER_ARG, OPT_ZERO_COPY, OPT_DIRECT, OPT_TIMEOUT, OPT_FORCE, OPT_JSON,
+       OPT_FLUSH_EVERY, OPT_URING_NO_NS };
 
 static int run_verify_command(int argc, char **argv)
 {
@@ -374,6 +412,8 @@ static int run_verify_command(int argc, char **argv)
 		{ "seed", required_argument, NULL, 's' },
 		{ "zero-copy", no_argument, NULL, OPT_ZERO_COPY },
 		{ "direct", no_argument, NULL, OPT_DIRECT },
+		{ "flush-every", required_argument, NULL, OPT_FLUSH_EVERY },
+		{ "allow-uring-without-namespaces", no_argument, NULL, OPT_URING_NO_NS },
 		{ "timeout-ms", required_argument, NULL, OPT_TIMEOUT },
 		{ "force", no_argument, NULL, OPT_FORCE },
 		{ "json", no_argument, NULL, OPT_JSON },
@@ -433,6 +473,11 @@ static int run_verify_command(int argc, char **argv)
 			break;
 		case OPT_ZERO_COPY: o.zero_copy = true; break;
 		case OPT_DIRECT: o.cfg.direct = true; break;
+		case OPT_URING_NO_NS: o.cfg.uring_without_namespaces = true; break;
+		case OPT_FLUSH_EVERY:
+			if (!cli_parse_u64(cmd, "--flush-every", optarg, 1, UINT64_C(1) << 40, &o.flush_every))
+				return EXIT_USAGE;
+			break;
 		case OPT_TIMEOUT:
 			if (!cli_parse_u64(cmd, "--timeout-ms", optarg, 1, 3600000, &v))
 				return EXIT_USAGE;

@@ -19,6 +19,7 @@ struct verify_options {
 	uint64_t bs;
 	uint64_t seed;
 	bool zero_copy;    /* buffers in the shared data area instead of copying */
+	uint64_t flush_every; /* a FLUSH after this many writes (0: only after the last) */
 	bool announce;     /* print the driver's pid on stderr once it runs */
 	/* Called once the device is open, before the workload (fault injection
 	 * attaches to the driver here). */
@@ -30,12 +31,16 @@ struct verify_result {
 	uint64_t writes;
 	uint64_t reads;
 	uint64_t errors;      /* requests that completed with an error or could not be queued */
+	uint64_t flushes;
+	uint64_t flush_failures;
 	uint64_t mismatches;  /* blocks that read back different from what was written */
 	pid_t driver_pid;
 	double seconds;
 	struct isolde_blk_stats stats;
 	struct isolde_supervisor_stats supervisor;
 	uint32_t generation;
+	int flush_error;      /* the sticky write-back error, or 0 */
+	struct isolde_enforcement enforcement;
 	char error[512];      /* the device's failure, if any */
 };
 
