@@ -54,6 +54,7 @@
 
 #include "isolde/blkif.h"
 #include "isolde/notify.h"
+#include "isolde/policy.h"
 #include "isolde/supervisor.h"
 
 #define ISOLDE_BLK_DEFAULT_QUEUE_DEPTH 32u
@@ -219,5 +220,8 @@ struct isolde_blk_stats {
 };
 
 void isolde_blk_get_stats(const struct isolde_blk *dev, struct isolde_blk_stats *st);
+
+/* How the running driver is confined. */
+const struct isolde_enforcement *isolde_blk_enforcement(const struct isolde_blk *dev);
 
 #endif

@@ -83,15 +83,6 @@ struct isolde_exit {
 /* What a generation holds besides its process: launcher.c. */
 struct isolde_generation;
 
-/* The mechanisms the last start applied (the plan, after the host had its say). */
-struct isolde_sandbox_applied {
-	bool namespaces;       /* mnt, net, ipc, uts and the empty root */
-	bool user_namespace;
-	bool own_uid;          /* a uid no other process has */
-	bool cgroups;
-	int landlock_abi;      /* 0: none */
-	bool restricted_uring; /* the launcher's io_uring (policy 'uring') */
-};
 
 struct isolde_domain {
 	char driver_name[64];          /* for messages */
@@ -120,7 +111,7 @@ struct isolde_domain {
 	uint64_t denials;              /* system calls refused by policy */
 	struct isolde_exit last_exit;
 	bool warned;                   /* sandbox degradation already reported */
-	struct isolde_sandbox_applied applied;
+	struct isolde_enforcement applied; /* by the last start */
 	/* The last generation left memory that cannot be reused safely (its
 	 * I/O did not drain): the device must not go on. */
 	char unsafe[512];

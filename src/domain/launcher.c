@@ -789,7 +789,7 @@ int isolde_domain_start(struct isolde_domain *d, char *err, size_t errlen)
 	epoll_ctl(d->watch_fd, EPOLL_CTL_ADD, d->pidfd, &ev);
 	epoll_ctl(d->watch_fd, EPOLL_CTL_ADD, d->listener_fd, &ev);
 	epoll_ctl(d->watch_fd, EPOLL_CTL_ADD, g->log.fd, &ev);
-	d->applied = (struct isolde_sandbox_applied){
+	d->applied = (struct isolde_enforcement){
 		.namespaces = g->sb.namespaces, .user_namespace = g->sb.user_namespace,
 		.own_uid = g->sb.own_uid, .cgroups = g->cgroup.ndirs > 0,
 		.landlock_abi = g->sb.landlock_abi, .restricted_uring = g->uring.active,

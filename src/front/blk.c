@@ -292,6 +292,7 @@ size_t isolde_blk_max_io(const struct isolde_blk *dev) { return dev->max_io; }
 pid_t isolde_blk_driver_pid(const struct isolde_blk *dev) { return dev->domain.pid; }
 bool isolde_blk_failed(const struct isolde_blk *dev) { return dev->failed; }
 int isolde_blk_flush_error(const struct isolde_blk *dev) { return dev->flush_error; }
+const struct isolde_enforcement *isolde_blk_enforcement(const struct isolde_blk *dev) { return &dev->domain.applied; }
 const char *isolde_blk_error(const struct isolde_blk *dev) { return dev->error; }
 unsigned isolde_blk_inflight(const struct isolde_blk *dev) { return isolde_shadow_in_flight(&dev->shadow); }
 
