@@ -103,7 +103,7 @@ static void opt_reply(struct nbd_proto *p, uint32_t type, const void *data, uint
 
 static void opt_error(struct nbd_proto *p, uint32_t type, const char *msg)
 {
-	opt_reply(p, type, msg, (uint32_t)strlen(msg));
+	opt_reply(p, type, msg, (uint32_t)min_size(strlen(msg), NBD_MAX_STRING));
 }
 
 /* The one export answers to its own name and to "", the default export. */
@@ -201,6 +201,10 @@ static void option_read(struct nbd_proto *p)
 static void option_skipped(struct nbd_proto *p)
 {
 	expect(p, NBD_ST_OPT_HEADER);
+	if (p->cfg.refusal && p->opt != NBD_OPT_ABORT) {
+		opt_error(p, NBD_REP_ERR_POLICY, p->cfg.refusal);
+		return;
+	}
 	switch (p->opt) {
 	case NBD_OPT_ABORT:
 		/* Any data is ignored, as the protocol asks. */
@@ -249,6 +253,17 @@ static void option_header(struct nbd_proto *p)
 	if (!p->fixed_newstyle && p->opt != NBD_OPT_EXPORT_NAME) {
 		/* Plain newstyle knows no other option and no option replies. */
 		die(p, "an option other than NBD_OPT_EXPORT_NAME without fixed newstyle");
+		return;
+	}
+	if (p->cfg.refusal) {
+		/* Every option is refused, so none needs its data. */
+		if (p->opt == NBD_OPT_EXPORT_NAME) {
+			wind_down(p, "refused (NBD_OPT_EXPORT_NAME cannot carry the reason)");
+			return;
+		}
+		expect(p, NBD_ST_OPT_SKIP);
+		if (p->opt_len == 0)
+			option_skipped(p);
 		return;
 	}
 	if (p->opt == NBD_OPT_EXPORT_NAME || p->opt == NBD_OPT_INFO || p->opt == NBD_OPT_GO) {

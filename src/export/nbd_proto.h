@@ -20,6 +20,13 @@
  * is not 0 (FLUSH excepted) and at most NBD_MAX_BLOCK for READ and WRITE,
  * and it does not write to a read-only export. Anything else is answered
  * here with the error the protocol document asks for.
+ *
+ * A connection the server will not serve (nbd_proto_config.refusal, e.g. an
+ * export at its connection limit) still gets the greeting, so that the
+ * client learns why instead of waiting: every option but NBD_OPT_ABORT is
+ * answered NBD_REP_ERR_POLICY with the refusal as its message, and
+ * NBD_OPT_EXPORT_NAME, which cannot carry an error, ends the session. Such a
+ * connection never reaches the transmission phase.
  */
 #ifndef ISOLDE_EXPORT_NBD_PROTO_H
 #define ISOLDE_EXPORT_NBD_PROTO_H
@@ -127,6 +134,7 @@ struct nbd_proto_config {
 	bool multi_conn;           /* advertise NBD_FLAG_CAN_MULTI_CONN */
 	const char *name;          /* the export's canonical name; "" is always accepted too */
 	const char *description;   /* NBD_INFO_DESCRIPTION, or NULL */
+	const char *refusal;       /* non-NULL: refuse the client with this message (see above) */
 };
 
 /* One validated transmission request. */

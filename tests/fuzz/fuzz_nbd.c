@@ -3,14 +3,15 @@
  * libFuzzer target for the NBD protocol state machine (src/export/nbd_proto.c):
  * arbitrary client bytes through the handshake and the transmission phase.
  *
- * The first input byte chooses the configuration (read-only, a name) and
- * how the rest is cut into the pieces a socket would deliver; the rest is
- * what the client sends. Every request the state machine hands over is
- * checked against what it promises (nbd_proto.h) - inside the export,
- * non-empty, at most NBD_MAX_BLOCK for READ/WRITE, no write to a read-only
- * export - and answered at once, the way src/export/nbd.c would; anything
- * else aborts, which libFuzzer reports as a crash. ASan and UBSan catch the
- * rest. Built by tests/fuzz/run.sh (clang) or by meson when the compiler is
+ * The first input byte chooses the configuration (read-only, a name, a
+ * refused connection) and how the rest is cut into the pieces a socket
+ * would deliver; the rest is what the client sends. Every request the
+ * state machine hands over is checked against what it promises
+ * (nbd_proto.h) - inside the export, non-empty, at most NBD_MAX_BLOCK for
+ * READ/WRITE, no write to a read-only export, nothing at all on a refused
+ * connection - and answered at once, the way src/export/nbd.c would;
+ * anything else aborts, which libFuzzer reports as a crash. ASan and UBSan
+ * catch the rest. Built by tests/fuzz/run.sh (clang) or by meson when the compiler is
  * clang; tests/fuzz/replay.c runs a corpus through it without libFuzzer.
  */
 #include <stdint.h>
@@ -56,6 +57,7 @@ static void *h_payload_buffer(void *ctx, const struct nbd_cmd *cmd)
 {
 	struct harness *h = ctx;
 
+	check(!h->p.cfg.refusal, "a payload on a refused connection");
 	check(cmd->type == NBD_CMD_WRITE, "payload for a command other than WRITE");
 	check(cmd->len > 0 && cmd->len <= NBD_MAX_BLOCK, "payload length");
 	check(h->payload == NULL, "a second payload while one is being read");
@@ -71,6 +73,7 @@ static void h_request(void *ctx, const struct nbd_cmd *cmd, void *buf)
 	uint8_t reply[NBD_REPLY_MAX];
 
 	check(h->p.transmission, "request before the transmission phase");
+	check(!cfg->refusal, "a request on a refused connection");
 	switch (cmd->type) {
 	case NBD_CMD_READ:
 	case NBD_CMD_WRITE:
@@ -122,6 +125,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	cfg.description = (mode & 4) ? "fuzz" : NULL;
 	/* How the bytes arrive: all at once, one by one, or in pieces of 2..33. */
 	size_t piece = (mode >> 3) == 0 ? size : (mode >> 3) == 1 ? 1 : (size_t)(mode >> 3) + 1;
+	/* The largest piece size also refuses the client (an export at its
+	 * connection limit): the seeds' 0xff mode takes every stream through it. */
+	if ((mode >> 3) == 31)
+		cfg.refusal = "export 'disk' has reached its limit of 128 connections; try again later";
 
 	memset(&h, 0, sizeof h);
 	nbd_proto_init(&h.p, &cfg, &ops, &h);
@@ -147,6 +154,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		}
 		off += used;
 	}
+	check(!cfg.refusal || !h.p.transmission, "a refused connection reached transmission");
 	free(h.payload); /* a WRITE cut short, as when a client leaves mid-payload */
 	h.payload = NULL;
 	return 0;

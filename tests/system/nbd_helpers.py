@@ -35,6 +35,7 @@ OPT_EXPORT_NAME, OPT_ABORT, OPT_LIST, OPT_STARTTLS, OPT_INFO, OPT_GO, OPT_STRUCT
 REP_ACK, REP_SERVER, REP_INFO = 1, 2, 3
 REP_ERR_UNSUP, REP_ERR_INVALID, REP_ERR_UNKNOWN, REP_ERR_TOO_BIG = (2**31 + 1, 2**31 + 3, 2**31 + 6,
                                                                     2**31 + 9)
+REP_ERR_POLICY = 2**31 + 2
 INFO_EXPORT, INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE = 0, 1, 2, 3
 
 CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_TRIM, CMD_CACHE, CMD_WRITE_ZEROES = 0, 1, 2, 3, 4, 5, 6
@@ -70,12 +71,13 @@ class Served:
     stderr is drained by a thread so that the server never blocks on a full
     pipe. close() kills whatever is left and removes the directory."""
 
-    def __init__(self, isolde, image, *extra, export=None):
+    def __init__(self, isolde, image, *extra, export=None, options=""):
         self.dir = tempfile.mkdtemp(prefix="isolde-nbd-", dir="/tmp")
         self.sock = os.path.join(self.dir, "nbd.sock")
         self.control = os.path.join(self.dir, "control.sock")
         self.isolde = isolde
-        self.export = export or f"nbd:unix:{self.sock}"
+        # options: ",KEY=VALUE..." appended to the export spec
+        self.export = (export or f"nbd:unix:{self.sock}") + options
         self.tcp = self.export.startswith("nbd:tcp:")
         self._lines = []
         self.proc = isolde.start("serve", "--image", image, "--export", self.export,
@@ -141,8 +143,9 @@ class Served:
         print(f"---- isolde serve {self.export} stderr ----\n{self.stderr}")
 
 
-def run(cmd, timeout=300, check=True, cwd=None):
-    p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, cwd=cwd)
+def run(cmd, timeout=300, check=True, cwd=None, env=None):
+    p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                       env=env)
     if check:
         assert p.returncode == 0, f"{' '.join(map(str, cmd))} exited {p.returncode}:\n{p.stdout}\n{p.stderr}"
     return p
@@ -204,12 +207,41 @@ class KillStorm(threading.Thread):
             time.sleep(self.interval)
 
 
-def rss_bytes(pid):
+def wait_until(predicate, timeout, what):
+    """Poll predicate until it returns something true; fail naming `what` after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = predicate()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def export_status(srv):
+    """The first export's entry of `isolde status --json`."""
+    return srv.status()["exports"][0]
+
+
+def limit_message(limit, name=""):
+    """What a client beyond max-connections is told."""
+    return f"export '{name}' has reached its limit of {limit} connection{'' if limit == 1 else 's'}; " \
+           "try again later"
+
+
+def rss_bytes(pid, field="VmRSS"):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def private_rss_bytes(pid):
+    """Resident private memory: what the process allocated, without the
+    shared ring's data area (RssShmem, a per-device constant)."""
+    return rss_bytes(pid, "RssAnon")
 
 
 # ---- a raw NBD client, for what real clients never send ----
@@ -224,8 +256,11 @@ class RawNbd:
             self.s = socket.create_connection(address, timeout=timeout)
         else:
             self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.s.settimeout(timeout)
+            # A Unix socket's connect fails at once (EAGAIN) on a full listen
+            # backlog unless it blocks: block, but only for timeout.
+            self.s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(timeout), 0))
             self.s.connect(str(address))
+            self.s.settimeout(timeout)
         self.structured = False
         self.reads = {}   # handle -> length of a READ in flight (simple replies need it)
         self.next_handle = 1
@@ -252,6 +287,21 @@ class RawNbd:
             chunks.append(b)
             got += len(b)
         return b"".join(chunks)
+
+    def closed_now(self):
+        """True if the server has closed the connection (what it sent is discarded), without waiting."""
+        timeout = self.s.gettimeout()
+        self.s.setblocking(False)
+        try:
+            while True:
+                if not self.s.recv(65536):
+                    return True
+        except (BlockingIOError, InterruptedError):
+            return False
+        except ConnectionResetError:
+            return True
+        finally:
+            self.s.settimeout(timeout)
 
     def wait_closed(self, timeout=10):
         """True once the server closed the connection (EOF or reset), discarding what it sent."""

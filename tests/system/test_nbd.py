@@ -388,6 +388,17 @@ def test_large_trim_and_write_zeroes_are_split(serve, scratch):
         assert c.call(CMD_TRIM, 0, size + 1)[0] == EINVAL
 
 
+def test_maximal_write_and_read(serve):
+    """A WRITE of the advertised maximum block size alone fills the
+    connection's byte limit: its payload must still be read whole."""
+    srv = serve()
+    data = random.Random(9).randbytes(32 * MiB)
+    with RawNbd(srv.sock, timeout=30) as c:
+        c.handshake()
+        assert c.write(0, data) == 0
+        assert c.read(0, 32 * MiB) == data
+
+
 def test_pipelined_requests_and_out_of_order_replies(serve):
     """128 requests in one send: every reply comes back, matched by handle."""
     srv = serve()
