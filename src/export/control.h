@@ -2,7 +2,11 @@
 /*
  * The control socket of `isolde serve`: a Unix socket on which a client
  * sends one line, "status", and gets one JSON object back (what
- * `isolde status` prints).
+ * `isolde status` prints). Up to 64 clients at a time. One that has not
+ * sent its line within 2 s is dropped; one that sends more than 62
+ * characters before its newline is told so and dropped. A newcomer finding
+ * every slot taken gets the one of the client idle longest, so idle
+ * connections cannot keep `isolde status` out.
  */
 #ifndef ISOLDE_EXPORT_CONTROL_H
 #define ISOLDE_EXPORT_CONTROL_H

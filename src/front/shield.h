@@ -12,10 +12,17 @@
  * Blocks with write activity during a read's lifetime are not judged by
  * that read: a read racing a write may legitimately return either data.
  *
- * The checksums persist in a sidecar file next to the image (IMAGE.isolde-
- * shield), marked dirty while the device is open; a dirty sidecar, or one
- * that does not match the image's size, inode and modification time, is
- * discarded and the blocks are learned again.
+ * The checksums persist in a side file next to the image (IMAGE.isolde-
+ * shield), checksummed as a whole and never written in place: a new file is
+ * written beside it and renamed over it, so a symbolic link planted there
+ * is replaced, never followed. While the device is open the side file holds
+ * only a header marked dirty; one found dirty at open (isolde did not close
+ * the image) is discarded with a warning and the blocks are learned again.
+ * A side file that is not a regular file owned by isolde's uid and writable
+ * by it alone, that is corrupt, that was written for the image as it was
+ * before (size, device, inode or modification time changed since), or whose
+ * checksums contradict a sample of the image's blocks, is an error at open:
+ * the message names the file and says to remove it.
  */
 #ifndef ISOLDE_FRONT_SHIELD_H
 #define ISOLDE_FRONT_SHIELD_H
@@ -26,6 +33,31 @@
 #include <stdint.h>
 
 #define ISOLDE_SHIELD_BLOCK 4096u
+
+/*
+ * The side file: this header, then (state CLEAN only) the bitmap of known
+ * blocks, (nblocks + 63) / 64 words, and nblocks checksums. Host byte order:
+ * the file describes a local image and is not meant to travel.
+ */
+#define ISOLDE_SHIELD_FILE_MAGIC UINT64_C(0x444c454948534c49) /* "ILSHIELD" */
+#define ISOLDE_SHIELD_FILE_VERSION 2u
+#define ISOLDE_SHIELD_FILE_CLEAN 1u
+#define ISOLDE_SHIELD_FILE_DIRTY 2u
+/* Blocks of the image checked against the side file at open. */
+#define ISOLDE_SHIELD_OPEN_SAMPLE 256u
+
+struct isolde_shield_file_header {
+	uint64_t magic;
+	uint32_t version;
+	uint32_t state;
+	uint64_t block_size;
+	uint64_t image_size;
+	uint64_t image_dev;
+	uint64_t image_ino;
+	int64_t image_mtime_ns;
+	uint64_t nblocks;
+	uint64_t checksum;         /* XXH3-64 of the file with this field 0 */
+};
 
 struct isolde_shield {
 	uint64_t nblocks;
@@ -41,12 +73,21 @@ struct isolde_shield {
 	uint64_t blocks_verified;
 	uint64_t blocks_learned;
 	uint64_t mismatches;
+	/* Added with side file version 2. */
+	uint64_t image_size;       /* bytes, as the side file records it */
+	uint64_t *suspect;         /* bitmap: blocks a read contradicted, re-read at close */
+	uint64_t open_checked;     /* blocks of the image compared with the side file at open */
+	uint64_t close_forgotten;  /* blocks that differed from their checksum at close */
 };
 
-/* image_fd is the front end's own fd of the image (not the driver's). */
+/* image_fd is the front end's own fd of the image (not the driver's). Fails
+ * with err set when the side file cannot be trusted (see above); loads it,
+ * checks up to ISOLDE_SHIELD_OPEN_SAMPLE known blocks against the image
+ * through image_fd, and leaves a dirty header in its place. */
 int isolde_shield_open(struct isolde_shield *sh, const char *image, int image_fd, uint64_t size,
 		       char *err, size_t errlen);
-/* Persist (clean) and free. */
+/* Re-read the blocks the side file will vouch for, forget those that differ
+ * (a driver wrote them unasked or lost a write: warned), persist and free. */
 void isolde_shield_close(struct isolde_shield *sh);
 
 /* A read is about to be submitted: the epoch it must be judged against. */

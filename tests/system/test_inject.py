@@ -39,15 +39,48 @@ def test_faults_were_planted_and_some_struck(campaign):
         assert k["injected"] >= 20, name
 
 
+OUTCOMES = ("not_activated", "activated_no_failure", "recovered", "io_error", "corrupt_returned",
+            "front_end_crash", "not_injected")
+EXPLANATIONS = ("the device failed: ", "the integrity shield refused ",
+                " request(s) failed with an error status a fresh driver confirmed")
+
+
 def test_every_failure_recovered_or_explained(campaign):
-    _, doc, _ = campaign
-    t = doc["totals"]
-    # A trial with a detected failure either recovered or returned an error.
-    restarts = sum(t["failures"].values())
-    assert restarts == 0 or t["recovered"] + t["io_error"] > 0
-    for trial in doc["notable_trials"]:
-        if trial["outcome"] == "io_error":
-            assert trial["error"], "every I/O error is explained"
+    """Every trial in which a failure was detected either recovered or
+    returned an I/O error that the JSON and the report both explain; no
+    trial ended any other way."""
+    _, doc, md = campaign
+    t, types = doc["totals"], doc["types"].values()
+    # Each trial has exactly one outcome, and the types add up to the totals.
+    assert sum(t[o] for o in OUTCOMES) == doc["campaign"]["faults"]
+    for k in types:
+        assert sum(k[o] for o in OUTCOMES) == k["injected"] + k["not_injected"]
+    for o in OUTCOMES:
+        assert sum(k[o] for k in types) == t[o], o
+    for f in t["failures"]:
+        assert sum(k["failures"][f] for k in types) == t["failures"][f], f
+    # The only other ends a detected failure could have.
+    assert t["corrupt_returned"] == 0 and t["front_end_crash"] == 0
+    # A recovered or failed trial had at least one detected failure, and a
+    # type with detected failures has trials that recovered or failed.
+    for name, k in doc["types"].items():
+        detected = sum(k["failures"].values())
+        assert detected >= k["recovered"] + k["io_error"], name
+        assert (detected > 0) == (k["recovered"] + k["io_error"] > 0), name
+    # Every I/O error is listed and explained, in the JSON and in the report.
+    errors = [x for x in doc["notable_trials"] if x["outcome"] == "io_error"]
+    assert len(errors) == t["io_error"], "an I/O error trial is missing from notable_trials"
+    for x in errors:
+        assert x["target"] and any(e in x["error"] for e in EXPLANATIONS), x
+    failed = t["recovered"] + t["io_error"]
+    assert f"Trials with a detected failure: {failed}, of which {t['recovered']} " in md
+    assert f"and {t['io_error']} returned an I/O error (explained below)" in md
+    parts = md.split("\n## Trials that ended in an I/O error\n")
+    assert len(parts) == (2 if errors else 1)
+    listed = [line for line in parts[-1].splitlines() if line.startswith("- ")] if errors else []
+    assert len(listed) == len(errors)
+    for line, x in zip(listed, errors):
+        assert line == f"- {x['type']} at `{x['target']}`: {x['error']}"
 
 
 def test_report(campaign):
