@@ -35,11 +35,16 @@
  *                   limit makes that a policy kill)
  *   lie-ioerr       answer a valid request with an I/O error it did not have
  *   lie-invalid     answer a valid request with "invalid request"
+ *   flush-and-die   in the first generation only: at the first FLUSH, sync
+ *                   the device (taking whatever write-back error it reports)
+ *                   and die without answering, so that the FLUSH is replayed
+ *                   to a driver whose file description never saw the error
  *   corrupt-read    answer a READ correctly but flip one byte of its data:
  *                   a perfectly well-formed lie only the integrity shield
  *                   can catch (a non-READ request at --after is served as is)
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -63,7 +68,7 @@ static const char *const known_faults[] = {
 	"none", "unknown-id", "dup-id", "stale-id", "oversize-length", "short-length",
 	"bad-status", "wrong-op", "prod-overflow", "exit", "segfault", "grant-write", "sigill",
 	"sigfpe", "abort", "hang", "spin-hang", "slow", "syscall", "syscall-kill", "wild-write", "leak",
-	"corrupt-read", "lie-ioerr", "lie-invalid", "grow-image",
+	"corrupt-read", "lie-ioerr", "lie-invalid", "grow-image", "flush-and-die",
 };
 
 static int parse_arg(struct isolde_driver *drv, const char *key, const char *value)
@@ -211,7 +216,13 @@ static void handle(struct isolde_driver *drv, const struct isolde_blk_request *r
 {
 	struct isolde_blk_response rsp;
 
-	if (++seen == after && !is("none")) {
+	if (is("flush-and-die") && req->op == ISOLDE_BLK_OP_FLUSH && drv->params.generation == 1) {
+		int r = fdatasync(drv->device_fd);
+		isolde_driver_log(drv, "injecting fault flush-and-die: fdatasync said %s; dying unanswered",
+				  r == 0 ? "ok" : strerror(errno));
+		abort();
+	}
+	if (++seen == after && !is("none") && !is("flush-and-die")) {
 		misbehave(drv, req);
 		return;
 	}

@@ -1,11 +1,14 @@
 """Least authority: what a running driver can see and do."""
+import json
 import os
 import re
 import stat
+import subprocess
 
 import pytest
 
-from conftest import DRIVER_UID_BASE, assert_own_identity, proc_status, read_driver_pid, stop
+from conftest import (DRIVER_UID_BASE, FAULT_POLICY, assert_own_identity, proc_status, read_driver_pid,
+                      stop)
 
 
 @pytest.fixture
@@ -135,3 +138,25 @@ def test_driver_cannot_grow_the_image(isolde, image):
     assert r["restarts_by_reason"]["policy-kill"] >= 1 and r["errors"] == 0 and r["mismatches"] == 0
     assert image.stat().st_size == size
     assert "SIGXFSZ" in p.stderr
+
+
+def test_the_driver_logs_into_a_pipe_not_the_applications_file(isolde, image, tmp_path):
+    """The application's stderr is a log file already larger than the image,
+    i.e. past the driver's file size limit: the driver's lines still arrive
+    (through its own pipe, written into that file by the front end) and no
+    driver dies of SIGXFSZ for logging."""
+    log = tmp_path / "app.log"
+    with open(log, "wb") as f:
+        f.truncate(2 * image.stat().st_size)
+    with open(log, "a") as err:
+        p = subprocess.run([str(isolde.build.isolde), "verify", "--image", str(image), "--json", "--ops", "200",
+                            "--qd", "4", "--driver", str(isolde.build.fault_driver), "--policy", str(FAULT_POLICY),
+                            "--driver-arg=--fault=syscall", "--driver-arg=--after=20"],
+                           stdout=subprocess.PIPE, stderr=err, text=True, timeout=120)
+    r = json.loads(p.stdout)
+    assert p.returncode == 0 and r["restarts"] == 0 and r["errors"] == 0
+    with open(log, "rb") as f:
+        f.seek(2 * image.stat().st_size)
+        tail = f.read().decode()
+    assert re.search(r"isolde driver fault-driver\[\d+\]: open: -1, socket: -1, execve returned: all refused",
+                     tail), tail
