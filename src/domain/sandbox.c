@@ -106,8 +106,8 @@ void isolde_sandbox_plan(struct isolde_sandbox *sb, const struct isolde_policy *
 	sb->cgroup.tasks = sb->max_tasks;
 	sb->cgroups = isolde_cgroup_available(why, sizeof why);
 	if (!root) {
-		add_degraded(sb, "not root: outside its user namespace the driver has this user's uid, and "
-			     "it gets no control group (CPU time is not bounded)");
+		add_degraded(sb, "not root: the driver runs as this user (inside a user namespace of its "
+			     "own where one can be had) with no control group (CPU time is not bounded)");
 	} else if (!sb->cgroups) {
 		char msg[192];
 		snprintf(msg, sizeof msg, "no control group (%s): CPU time is not bounded", why);
