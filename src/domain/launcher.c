@@ -565,7 +565,16 @@ static void end_generation(struct isolde_domain *d)
 	g->log.lines = 0;
 	if (g->uring.active) {
 		int timeout = d->policy.heartbeat_ms * 10 < 5000 ? 5000 : (int)d->policy.heartbeat_ms * 10;
-		int r = isolde_domain_uring_drain(&g->uring, timeout, err, sizeof err);
+		uint64_t started = isolde_now_ns();
+		int r = isolde_domain_uring_drain(&g->uring, 0, err, sizeof err);
+		unsigned left = isolde_domain_uring_inflight(&g->uring);
+		if (r == 0) {
+			r = isolde_domain_uring_drain(&g->uring, timeout, err, sizeof err);
+			if (r > 0)
+				fprintf(stderr, "isolde: driver %s: waited %llu ms for %u requests it left in "
+					"flight on its io_uring before reusing their memory\n", d->driver_name,
+					(unsigned long long)((isolde_now_ns() - started) / 1000000), left);
+		}
 		if (r <= 0) {
 			snprintf(d->unsafe, sizeof d->unsafe, "driver %s's io_uring still had %u requests in "
 				 "flight %d ms after it ended (%.100s): its memory may still be written, so "

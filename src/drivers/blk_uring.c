@@ -73,6 +73,7 @@
 #include <unistd.h>
 
 #include "blk_file.h"
+#include "uring_attach.h"
 
 #define DEVICE_INDEX 0 /* the device fd among the ring's fixed files */
 
@@ -387,39 +388,6 @@ static bool reads_nowait(struct isolde_driver *drv)
 	return preadv2(drv->device_fd, &iov, 1, 0, RWF_NOWAIT) >= 0 || errno != EOPNOTSUPP;
 }
 
-static int hex_value(char c)
-{
-	return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
-/* The ring the launcher made (fd 7), mapped with the parameters it passed. */
-static int map_launcher_ring(struct isolde_driver *drv, struct blk_uring *u)
-{
-	struct io_uring_params p;
-	unsigned char *bytes = (unsigned char *)&p;
-	const char *hex = drv->uring_params_hex;
-	int r;
-
-	if (drv->uring_fd < 0 || !hex || strlen(hex) != 2 * sizeof p) {
-		isolde_driver_log(drv, "no io_uring from the launcher (--uring-fd, --uring-params); "
-				  "the policy must grant 'uring'");
-		return -1;
-	}
-	for (size_t i = 0; i < sizeof p; i++) {
-		int hi = hex_value(hex[2 * i]), lo = hex_value(hex[2 * i + 1]);
-		if (hi < 0 || lo < 0) {
-			isolde_driver_log(drv, "--uring-params is not hex");
-			return -1;
-		}
-		bytes[i] = (unsigned char)(hi << 4 | lo);
-	}
-	if ((r = io_uring_queue_mmap(drv->uring_fd, &p, &u->ring)) < 0) {
-		isolde_driver_log(drv, "cannot map the launcher's io_uring: %s", strerror(-r));
-		return -1;
-	}
-	return 0;
-}
-
 int blk_uring_init(struct isolde_driver *drv)
 {
 	struct blk_uring *u = &uring;
@@ -433,7 +401,7 @@ int blk_uring_init(struct isolde_driver *drv)
 		isolde_driver_log(drv, "out of memory for %u requests", slots);
 		return -1;
 	}
-	if ((r = map_launcher_ring(drv, u)) < 0)
+	if ((r = isolde_driver_map_uring(drv, &u->ring)) < 0)
 		return -1;
 	u->blockdev = (drv->params.device_flags & ISOLDE_DEV_BLOCKDEV) != 0;
 	u->workers = workers_possible();

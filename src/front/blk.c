@@ -409,9 +409,10 @@ static unsigned replay(struct isolde_blk *dev)
  */
 static void driver_failed(struct isolde_blk *dev, enum isolde_failure failure, const char *detail)
 {
-	uint64_t detected = isolde_now_ns();
+	uint64_t detected = dev->death_seen_ns ? dev->death_seen_ns : isolde_now_ns();
 	char why[512];
 
+	dev->death_seen_ns = 0;
 	snprintf(why, sizeof why, "%s", detail);
 	isolde_domain_kill(&dev->domain);
 	for (;;) {
@@ -861,8 +862,11 @@ static void check_hang(struct isolde_blk *dev, uint64_t now)
 static void watch_fired(struct isolde_blk *dev, struct isolde_blk_io **done, unsigned max, unsigned *n)
 {
 	isolde_domain_service(&dev->domain);
-	if (dev->domain.pid > 0 && !isolde_domain_reap(&dev->domain))
+	dev->death_seen_ns = isolde_now_ns();
+	if (dev->domain.pid > 0 && !isolde_domain_reap(&dev->domain)) {
+		dev->death_seen_ns = 0;
 		return;
+	}
 	/* Take what it answered before it died, then recover the rest. */
 	*n += consume_responses(dev, done + *n, max - *n);
 	if (dev->domain.pid > 0 || dev->failed)

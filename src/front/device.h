@@ -40,6 +40,8 @@ struct isolde_blk {
 	uint64_t completed_gen;    /* requests the running driver completed */
 	uint64_t heartbeat_seen;   /* last heartbeat value read, and when it changed */
 	uint64_t heartbeat_changed_ns;
+	uint64_t death_seen_ns;    /* the driver's end noticed, before reaping it
+				    * (which may wait for its I/O to drain) */
 	uint64_t recovery_started_ns; /* failure detected; 0 once the first replayed
 				       * request completed */
 	unsigned replayed_last;    /* requests replayed by the last restart */

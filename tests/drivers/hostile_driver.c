@@ -29,6 +29,7 @@
 
 #include "blk_file.h"
 #include "isolde/domain.h"
+#include "uring_attach.h"
 
 #ifndef F_OFD_SETLK
 #define F_OFD_SETLK 37
@@ -421,6 +422,45 @@ static enum after_attack trickle(struct isolde_driver *drv)
 	return STOP; /* a few answers per generation, then silence */
 }
 
+/*
+ * O_DIRECT reads into the data area, left in flight as the driver dies: if
+ * the launcher reused that memory before they landed, they would overwrite
+ * what replay put there (writes' data included). One MiB each, one bio
+ * each, so that io_uring issues them at once instead of handing them to a
+ * worker thread the driver may not have. It waits a second first, for the
+ * test to slow its device down. With the policy's 'uring' it uses the
+ * launcher's ring, else a ring of its own.
+ */
+static enum after_attack late_dma(struct isolde_driver *drv)
+{
+	struct io_uring ring;
+	static struct iovec iov[64];
+	uint64_t len = drv->params.data_size < drv->params.device_size ? drv->params.data_size
+									 : drv->params.device_size;
+	bool launchers = drv->uring_fd >= 0;
+	unsigned n = 0;
+
+	if (launchers ? isolde_driver_map_uring(drv, &ring) : io_uring_queue_init(64, &ring, 0)) {
+		isolde_driver_log(drv, "attack %s: no io_uring", attack_name);
+		return SERVE;
+	}
+	len = len > (64u << 20) ? (64u << 20) : len & ~(uint64_t)4095;
+	for (uint64_t off = 0; off < len && n < 64; off += 1u << 20, n++)
+		iov[n] = (struct iovec){ (unsigned char *)drv->grants.data + off,
+					 len - off < (1u << 20) ? len - off : (1u << 20) };
+	sleep(1);
+	for (unsigned i = 0; i < n; i++) {
+		struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
+		if (!sqe)
+			break;
+		io_uring_prep_readv(sqe, launchers ? 0 : ISOLDE_DRIVER_FD_DEVICE, &iov[i], 1, (off_t)i << 20);
+		if (launchers)
+			sqe->flags |= IOSQE_FIXED_FILE;
+	}
+	report(drv, "submit reads into the data area", io_uring_submit(&ring));
+	return CRASH;
+}
+
 static enum after_attack header_lies(struct isolde_driver *drv)
 {
 	/* What the next generation is told comes from the launcher's copy. */
@@ -452,6 +492,7 @@ static const struct attack attacks[] = {
 	{ "flood-responses", flood_responses }, { "corrupt-indices", corrupt_indices },
 	{ "saturate-eventfds", saturate_eventfds }, { "heartbeat-games", heartbeat_games },
 	{ "trickle", trickle },                 { "header-lies", header_lies },
+	{ "late-dma", late_dma },
 };
 
 static int parse_arg(struct isolde_driver *drv, const char *key, const char *value)
