@@ -19,9 +19,13 @@
  * buffers for all of them could exhaust memory, so requests beyond
  * BLK_MAX_BYTES_IN_FLIGHT of data wait here, in order, for earlier ones
  * to complete.
+ *
+ * What the guest gets wrong is logged through vhost_user_log, which is
+ * rate-limited: a guest can make bad requests as fast as it likes.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -194,8 +198,9 @@ static void submit(struct blk_request *r)
 	struct vhost_blk *blk = r->blk;
 	const struct vq_elem *e = r->vr->elem;
 	struct server_io *sio = &r->sio;
+	bool data = sio->op == ISOLDE_BLK_OP_READ || sio->op == ISOLDE_BLK_OP_WRITE;
 
-	if (sio->op == ISOLDE_BLK_OP_READ || sio->op == ISOLDE_BLK_OP_WRITE) {
+	if (data) {
 		/* Page-aligned, so that an O_DIRECT image could take it as is. */
 		size_t cap = (sio->len + 4095u) & ~(size_t)4095u;
 		if (!(r->bounce = aligned_alloc(4096, cap ? cap : 4096))) {
@@ -207,6 +212,15 @@ static void submit(struct blk_request *r)
 		 * is not what was checked and written. */
 		if (sio->op == ISOLDE_BLK_OP_WRITE)
 			copy_from_segments(e->iov, e->nout, sizeof(struct virtio_blk_outhdr), r->bounce, sio->len);
+	}
+	/* Everything this request read from the guest (header, range, data)
+	 * was read by now: if its memory file shrank meanwhile, some of it is
+	 * zeros, and none of it goes to the disk. */
+	if (vhost_user_memory_lost(r->vr)) {
+		finish(r, VIRTIO_BLK_S_IOERR, 0);
+		return;
+	}
+	if (data) {
 		sio->buf = r->bounce;
 		blk->bytes_in_flight += sio->len;
 	}

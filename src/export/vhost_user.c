@@ -45,6 +45,32 @@
 /* How long the hybrid poller keeps polling after the last request. */
 #define HYBRID_POLL_NS 50000u
 
+/* Requests one pass of the loop takes from one queue: a guest that keeps
+ * its queue full gets its turn, then the other exports and queues theirs.
+ * What is left is taken on the next pass (vq_slot.backlog). */
+#define PASS_BUDGET 64u
+
+/* What the requests in flight of one export may hold in our memory: the
+ * elements (their segment lists), and ours and the device's state for
+ * each. A queue has at most its size in flight, but a front end can
+ * disconnect, or reset its queues, and start again while the earlier ones
+ * are still in flight. Past this the export takes no more until some
+ * complete; a guest within its advertised limits (seg_max 126, QEMU's
+ * 1024-entry queues, 8 of them) needs at most a quarter of it. */
+#define MAX_REQUEST_BYTES (64u << 20)
+#define DEVICE_REQUEST_BYTES 256u   /* the device's state, allowance for it */
+
+/* Memory tables an export keeps mapped: the current one and those that
+ * requests in flight still point into. 8 of 8 regions for each of the
+ * server's 16 exports fill the process's SIGBUS registry exactly. */
+#define MAX_TABLES (GUEST_MEMORY_MAX_MAPPED / 16 / GUEST_MEMORY_MAX_REGIONS)
+
+/* Lines the front end and its guest can make us log: LOG_BURST at once,
+ * then LOG_PER_SECOND; the rest are counted and the count is logged. */
+#define LOG_BURST 100u
+#define LOG_PER_SECOND 10u
+#define LOG_LINE_NS (1000000000ull / LOG_PER_SECOND)
+
 enum vu_request {
 	VU_GET_FEATURES = 1, VU_SET_FEATURES = 2, VU_SET_OWNER = 3, VU_RESET_OWNER = 4,
 	VU_SET_MEM_TABLE = 5, VU_SET_LOG_BASE = 6, VU_SET_LOG_FD = 7, VU_SET_VRING_NUM = 8,
@@ -98,7 +124,9 @@ struct vq_slot {
 	bool started;            /* a kick fd (or "poll me") was given */
 	bool enabled;
 	bool reported_broken;
-	unsigned inflight;
+	bool backlog;            /* a pass stopped at PASS_BUDGET: more to take */
+	unsigned inflight;       /* requests of every generation */
+	unsigned generation;     /* RESET_OWNER starts a new one: older requests are stale */
 };
 
 struct vhost_conn {
@@ -135,6 +163,11 @@ struct vhost_user {
 	struct vhost_conn *conn;
 	bool quiescing;
 	unsigned long long connections, requests, inflight;
+	size_t request_bytes;    /* what requests in flight hold, as request_cost counts */
+	bool throttled;          /* over MAX_REQUEST_BYTES: take nothing until half of it */
+	unsigned tables;         /* memory tables mapped, of every connection */
+	uint64_t log_credit_ns, log_last_ns;  /* the log's token bucket */
+	unsigned long long log_suppressed;
 };
 
 static const char *request_name(uint32_t r)
@@ -144,11 +177,33 @@ static const char *request_name(uint32_t r)
 	return "unknown request";
 }
 
-void vhost_user_log(const struct vhost_user *vu, const char *fmt, ...)
+/* The token bucket: credit accrues with time up to LOG_BURST lines. */
+static bool log_allowed(struct vhost_user *vu)
+{
+	uint64_t now = isolde_now_ns(), cap = LOG_BURST * LOG_LINE_NS;
+	uint64_t credit = vu->log_credit_ns + (now - vu->log_last_ns);
+
+	vu->log_last_ns = now;
+	vu->log_credit_ns = credit < cap ? credit : cap;
+	if (vu->log_credit_ns < LOG_LINE_NS) {
+		vu->log_suppressed++;
+		return false;
+	}
+	vu->log_credit_ns -= LOG_LINE_NS;
+	return true;
+}
+
+void vhost_user_log(struct vhost_user *vu, const char *fmt, ...)
 {
 	char msg[512];
 	va_list ap;
 
+	if (!log_allowed(vu))
+		return;
+	if (vu->log_suppressed) {
+		server_log(vu->srv, "vhost-user-blk: %s: %llu messages suppressed", vu->path, vu->log_suppressed);
+		vu->log_suppressed = 0;
+	}
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
@@ -162,11 +217,24 @@ static uint64_t offered_features(const struct vhost_user *vu)
 
 /* ---- connection lifetime ---- */
 
+/* Drop a reference to a table of vu's, counting the tables still mapped. */
+static void table_unref(struct vhost_user *vu, struct guest_memory *m)
+{
+	if (m && m->refs == 1)
+		vu->tables--;
+	guest_memory_unref(m);
+}
+
+static void conn_ref(struct vhost_conn *c)
+{
+	c->refs++;
+}
+
 static void conn_unref(struct vhost_conn *c)
 {
 	if (--c->refs > 0)
 		return;
-	guest_memory_unref(c->mem);
+	table_unref(c->vu, c->mem);
 	free(c);
 }
 
@@ -227,9 +295,27 @@ static bool slot_running(const struct vq_slot *s)
 	return s->started && s->enabled && !s->vq.broken && s->vq.desc && c->fd >= 0 && !c->vu->quiescing;
 }
 
+/* The front end shrank a file under c's memory (or under m, which a
+ * request points into): what was read from it since is zeros, not the
+ * guest's. The connection ends, logged once; true from then on. */
+static bool conn_memory_lost(struct vhost_conn *c, const struct guest_memory *m)
+{
+	if (!guest_memory_poisoned(c->mem) && !guest_memory_poisoned(m))
+		return false;
+	if (c->fd >= 0) {
+		vhost_user_log(c->vu, "the front end shrank its memory file under a mapped region (it reads "
+			       "as zeros now); closing the connection");
+		conn_close(c);
+	}
+	return true;
+}
+
 static void report_broken(struct vq_slot *s)
 {
 	if (!s->vq.broken || s->reported_broken)
+		return;
+	/* A queue that broke on the zeros of a shrunk file is not the reason. */
+	if (conn_memory_lost(s->conn, NULL))
 		return;
 	s->reported_broken = true;
 	vhost_user_log(s->conn->vu, "%s; the queue stops until the front end resets it",
@@ -242,49 +328,111 @@ static void report_broken(struct vq_slot *s)
 	}
 }
 
-/* Start every request the guest made available on s; returns how many. */
-static unsigned slot_process(struct vq_slot *s)
+/* What a request in flight holds in our memory, for MAX_REQUEST_BYTES. */
+static size_t request_cost(const struct vq_elem *e)
+{
+	return sizeof(struct vhost_request) + DEVICE_REQUEST_BYTES + sizeof *e +
+	       (e->nout + e->nin) * sizeof e->iov[0];
+}
+
+static bool over_request_bytes(struct vhost_user *vu)
+{
+	if (vu->request_bytes >= MAX_REQUEST_BYTES)
+		vu->throttled = true;
+	return vu->throttled;
+}
+
+/* Make sure the loop makes another pass for c: its poller (spin and
+ * hybrid have it anyway; event mode adds it for as long as there is a
+ * backlog). Hybrid stops sleeping: the guest will not kick for what it
+ * already kicked for. False if no poller can be added. */
+static bool conn_want_pass(struct vhost_conn *c)
+{
+	if (!c->polling && server_add_poller(c->vu->srv, conn_poll, c) == 0)
+		c->polling = true;
+	if (c->vu->poll == ISOLDE_NOTIFY_HYBRID) {
+		c->last_work_ns = isolde_now_ns();
+		if (c->sleeping) {
+			c->sleeping = false;
+			for (unsigned i = 0; i < VHOST_USER_MAX_QUEUES; i++)
+				vq_set_notification(&c->q[i].vq, false);
+		}
+	}
+	return c->polling;
+}
+
+static void start_request(struct vq_slot *s, struct vhost_request *req, struct vq_elem *e)
 {
 	struct vhost_conn *c = s->conn;
 	struct vhost_user *vu = c->vu;
+
+	req->conn = c;
+	req->mem = c->mem;
+	req->queue = s->vq.index;
+	req->generation = s->generation;
+	req->elem = e;
+	req->cost = request_cost(e);
+	conn_ref(c);
+	guest_memory_ref(c->mem);
+	s->inflight++;
+	vu->inflight++;
+	vu->request_bytes += req->cost;
+	vu->requests++;
+	vu->ops->request(vu->dev, req);
+}
+
+/* Start up to budget requests the guest made available on s; returns how
+ * many. Stopping at the budget leaves s->backlog set and a pass to come;
+ * if no pass can be had, it goes on: slow is better than stuck. The
+ * caller holds a reference to s->conn (the connection may close here). */
+static unsigned slot_process(struct vq_slot *s, unsigned budget)
+{
+	struct vhost_conn *c = s->conn;
 	unsigned n = 0;
 
 	while (slot_running(s)) {
-		struct vq_elem *e = vq_pop(&s->vq, c->mem);
+		struct vq_elem *e;
 		struct vhost_request *req;
 
+		if (n == budget && vq_available(&s->vq)) {
+			s->backlog = true;
+			if (conn_want_pass(c))
+				break;
+		}
+		if (over_request_bytes(c->vu))
+			break; /* request_finish wants a pass once there is room */
+		e = vq_pop(&s->vq, c->mem);
+		/* Whatever vq_pop made of it, zeros are not the guest's. */
+		if (conn_memory_lost(c, NULL)) {
+			free(e);
+			return n;
+		}
 		if (!e)
 			break;
 		if (!(req = calloc(1, sizeof *req))) {
+			vq_drop(&s->vq, e->head);
 			vq_break(&s->vq, "queue %u: out of memory", s->vq.index);
 			free(e);
 			break;
 		}
-		req->conn = c;
-		req->mem = c->mem;
-		req->queue = s->vq.index;
-		req->elem = e;
-		c->refs++;
-		guest_memory_ref(c->mem);
-		s->inflight++;
-		vu->inflight++;
-		vu->requests++;
 		n++;
-		vu->ops->request(vu->dev, req);
+		start_request(s, req, e);
 	}
 	report_broken(s);
 	return n;
 }
 
 /* event mode, and hybrid once it sleeps: process, then ask for a kick, then
- * look again for what arrived before the guest saw that. */
+ * look again for what arrived before the guest saw that. Stops at the
+ * pass budget (notifications stay as they are: the next pass comes anyway)
+ * and when the export holds too much. */
 static unsigned slot_process_then_arm(struct vq_slot *s)
 {
 	unsigned n = 0;
 
 	for (;;) {
-		n += slot_process(s);
-		if (!slot_running(s))
+		n += slot_process(s, n < PASS_BUDGET ? PASS_BUDGET - n : 0);
+		if (!slot_running(s) || s->backlog || s->conn->vu->throttled)
 			return n;
 		vq_set_notification(&s->vq, true);
 		if (!vq_available(&s->vq))
@@ -302,43 +450,73 @@ static void kick_cb(void *ctx, uint32_t events)
 	if (read(s->kick_fd, &count, sizeof count) < 0 && errno != EAGAIN) {
 		/* An eventfd read only fails when there is nothing to read. */
 	}
+	conn_ref(c);
 	if (c->vu->poll == ISOLDE_NOTIFY_EVENT) {
 		slot_process_then_arm(s);
-		return;
+	} else {
+		/* hybrid: poll again from now on */
+		conn_want_pass(c);
+		slot_process(s, PASS_BUDGET);
 	}
-	/* hybrid: poll again from now on */
-	c->last_work_ns = isolde_now_ns();
-	if (c->sleeping) {
-		c->sleeping = false;
-		for (unsigned i = 0; i < VHOST_USER_MAX_QUEUES; i++)
-			vq_set_notification(&c->q[i].vq, false);
-	}
-	slot_process(s);
+	conn_unref(c);
 }
 
-/* spin and hybrid: the server loop calls this on every pass. */
-static bool conn_poll(void *ctx)
+static bool any_queue_unkicked(const struct vhost_conn *c)
 {
-	struct vhost_conn *c = ctx;
-	unsigned n = 0;
-	bool any = false;
+	for (unsigned i = 0; i < VHOST_USER_MAX_QUEUES; i++)
+		if (slot_running(&c->q[i]) && c->q[i].kick_fd < 0)
+			return true; /* "no fd": the front end never kicks this queue */
+	return false;
+}
+
+/* event mode: the passes that take what a kick's pass left at the budget;
+ * the poller goes once nothing is left. */
+static bool poll_backlog(struct vhost_conn *c)
+{
+	bool more = false;
 
 	for (unsigned i = 0; i < VHOST_USER_MAX_QUEUES; i++) {
-		if (slot_running(&c->q[i])) {
+		struct vq_slot *s = &c->q[i];
+
+		if (!s->backlog)
+			continue;
+		s->backlog = false;
+		if (slot_running(s))
+			slot_process_then_arm(s);
+		more |= s->backlog;
+	}
+	if (!more && c->polling) {
+		server_remove_poller(c->vu->srv, conn_poll, c);
+		c->polling = false;
+	}
+	return more;
+}
+
+/* spin, hybrid, and event mode with a queue that is never kicked. */
+static bool poll_queues(struct vhost_conn *c)
+{
+	unsigned n = 0;
+	bool any = false, backlog = false;
+
+	for (unsigned i = 0; i < VHOST_USER_MAX_QUEUES; i++) {
+		struct vq_slot *s = &c->q[i];
+
+		s->backlog = false;
+		if (slot_running(s)) {
 			any = true;
-			n += slot_process(&c->q[i]);
+			n += slot_process(s, PASS_BUDGET);
+			backlog |= s->backlog;
 		}
 	}
 	if (!any)
 		return false;
-	if (c->vu->poll == ISOLDE_NOTIFY_SPIN)
+	if (c->vu->poll == ISOLDE_NOTIFY_SPIN || any_queue_unkicked(c))
 		return true;
-	for (unsigned i = 0; i < VHOST_USER_MAX_QUEUES; i++)
-		if (slot_running(&c->q[i]) && c->q[i].kick_fd < 0)
-			return true; /* "no fd": the front end never kicks this queue */
 	uint64_t now = isolde_now_ns();
 	if (n)
 		c->last_work_ns = now;
+	if (backlog)
+		return true;
 	if (c->sleeping)
 		return false;
 	if (now - c->last_work_ns < HYBRID_POLL_NS)
@@ -358,6 +536,21 @@ static bool conn_poll(void *ctx)
 	return false;
 }
 
+/* The server loop calls this on every pass while it is registered. */
+static bool conn_poll(void *ctx)
+{
+	struct vhost_conn *c = ctx;
+	bool again;
+
+	conn_ref(c);
+	if (c->vu->poll == ISOLDE_NOTIFY_EVENT && !any_queue_unkicked(c))
+		again = poll_backlog(c);
+	else
+		again = poll_queues(c);
+	conn_unref(c);
+	return again;
+}
+
 /* The queue just started (kick fd, enable or reconnect): set up its
  * notifications and take what is already there. */
 static void slot_kickoff(struct vq_slot *s)
@@ -375,7 +568,7 @@ static void slot_kickoff(struct vq_slot *s)
 	c->sleeping = false;
 	c->last_work_ns = isolde_now_ns();
 	vq_set_notification(&s->vq, false);
-	slot_process(s);
+	slot_process(s, PASS_BUDGET);
 }
 
 static int send_reply(struct vhost_conn *c, uint32_t request, const void *payload, uint32_t size)
@@ -391,6 +584,49 @@ static int send_reply(struct vhost_conn *c, uint32_t request, const void *payloa
 	return 0;
 }
 
+/* Put req on its used ring and signal the guest if it asked; or, if it
+ * cannot be answered, only forget its head. */
+static void answer(struct vq_slot *s, struct vhost_request *req, bool push, uint32_t written)
+{
+	struct vhost_conn *c = s->conn;
+
+	/* A request of an earlier generation (RESET_OWNER) is not this
+	 * queue's: its head means nothing here. */
+	if (req->generation != s->generation)
+		return;
+	/* A guest that disconnected, whose queue broke, or whose memory file
+	 * shrank gets nothing written into its memory. */
+	if (!push || c->fd < 0 || !s->vq.used || s->vq.broken || conn_memory_lost(c, req->mem)) {
+		vq_drop(&s->vq, req->elem->head);
+		return;
+	}
+	vq_push(&s->vq, req->elem->head, written);
+	if (s->call_fd >= 0 && vq_should_notify(&s->vq)) {
+		uint64_t one = 1;
+		if (write(s->call_fd, &one, sizeof one) < 0) {
+			/* EAGAIN: the counter is saturated, the guest will look anyway. */
+		}
+	}
+}
+
+/* Throttled, and now below half of MAX_REQUEST_BYTES: the current front
+ * end's queues get a pass (they stopped without asking for a kick). */
+static void resume_if_room(struct vhost_user *vu)
+{
+	if (!vu->throttled || vu->request_bytes > MAX_REQUEST_BYTES / 2)
+		return;
+	vu->throttled = false;
+	if (!vu->conn)
+		return;
+	for (unsigned i = 0; i < VHOST_USER_MAX_QUEUES; i++) {
+		struct vq_slot *s = &vu->conn->q[i];
+		if (slot_running(s)) {
+			s->backlog = true;
+			conn_want_pass(vu->conn);
+		}
+	}
+}
+
 static void request_finish(struct vhost_request *req, bool push, uint32_t written)
 {
 	struct vhost_conn *c = req->conn;
@@ -398,19 +634,10 @@ static void request_finish(struct vhost_request *req, bool push, uint32_t writte
 	struct vq_slot *s = &c->q[req->queue];
 
 	vu->inflight--;
+	vu->request_bytes -= req->cost;
 	s->inflight--;
-	/* A guest that disconnected, or whose queue was reset meanwhile,
-	 * gets nothing written into its memory. */
-	if (push && c->fd >= 0 && s->vq.used && !s->vq.broken) {
-		vq_push(&s->vq, req->elem->head, written);
-		if (s->call_fd >= 0 && vq_should_notify(&s->vq)) {
-			uint64_t one = 1;
-			if (write(s->call_fd, &one, sizeof one) < 0) {
-				/* EAGAIN: the counter is saturated, the guest will look anyway. */
-			}
-		}
-	}
-	guest_memory_unref(req->mem);
+	answer(s, req, push, written);
+	table_unref(vu, req->mem);
 	free(req->elem);
 	free(req);
 	if (c->fd >= 0 && c->waiting_queue == (int)s->vq.index && s->inflight == 0) {
@@ -421,12 +648,18 @@ static void request_finish(struct vhost_request *req, bool push, uint32_t writte
 		else
 			server_modify(vu->srv, c->fd, EPOLLIN);
 	}
+	resume_if_room(vu);
 	conn_unref(c);
 }
 
 void vhost_user_complete(struct vhost_request *req, uint32_t written)
 {
 	request_finish(req, true, written);
+}
+
+bool vhost_user_memory_lost(struct vhost_request *req)
+{
+	return conn_memory_lost(req->conn, req->mem);
 }
 
 void vhost_user_abandon(struct vhost_request *req, const char *reason)
@@ -531,6 +764,8 @@ static void reset_queues(struct vhost_conn *c)
 		close_fd(&s->err_fd);
 		s->enabled = false;
 		s->reported_broken = false;
+		s->backlog = false;
+		s->generation++;
 		memset(&s->vq, 0, sizeof s->vq);
 		s->vq.index = i;
 	}
@@ -555,9 +790,14 @@ static enum outcome on_set_mem_table(struct vhost_conn *c)
 	if (c->nfds != n || c->fds_overflow)
 		return malformed(c, "%u regions but %u fds", n, c->nfds);
 	memcpy(regions, (const uint8_t *)payload(c) + 8, n * sizeof regions[0]);
+	/* The table this one replaces goes now unless requests hold it. */
+	if (c->vu->tables - (c->mem && c->mem->refs == 1) >= MAX_TABLES)
+		return malformed(c, "%u memory tables are still mapped for requests in flight, the most "
+				 "an export keeps", c->vu->tables);
 	if (!(m = guest_memory_map(regions, n, c->fds, why, sizeof why)))
 		return malformed(c, "%s", why);
-	guest_memory_unref(c->mem);
+	c->vu->tables++;
+	table_unref(c->vu, c->mem);
 	c->mem = m;
 	/* Rings already placed must be found again in the new table. */
 	for (unsigned i = 0; i < VHOST_USER_MAX_QUEUES; i++) {
@@ -974,6 +1214,8 @@ struct vhost_user *vhost_user_start(struct isolde_server *srv, const char *path,
 	}
 	memcpy(vu->path, path, strlen(path) + 1);
 	vu->srv = srv;
+	vu->log_last_ns = isolde_now_ns();
+	vu->log_credit_ns = LOG_BURST * LOG_LINE_NS;
 	vu->poll = poll;
 	vu->ops = ops;
 	vu->dev = dev;

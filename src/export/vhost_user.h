@@ -15,6 +15,13 @@
  * guest's kick), spin (poll the available rings, kicks suppressed) or
  * hybrid (poll for a while after the last request, then wait for a kick).
  *
+ * Limits (docs/VHOST-LIMITS.md): each head is in flight at most once, so a
+ * queue has at most its size in flight; a pass of the loop takes at most
+ * 64 requests from a queue; the requests in flight of all connections hold
+ * at most 64 MiB, past which the export waits for completions; a front end
+ * that shrinks its memory file loses the connection instead of killing the
+ * server with SIGBUS; what it can make us log is rate-limited.
+ *
  * Requests the device started belong to their queue until
  * vhost_user_complete; when the front end asks for a queue's state
  * (GET_VRING_BASE, which stops it) the answer waits until that queue's
@@ -44,6 +51,8 @@ struct vhost_request {
 	struct vhost_conn *conn;         /* referenced until completion */
 	struct guest_memory *mem;        /* referenced: elem's iovecs point into it */
 	unsigned queue;
+	unsigned generation;             /* the queue's when it was taken */
+	size_t cost;                     /* bytes it holds, for the export's limit */
 	struct vq_elem *elem;
 };
 
@@ -71,6 +80,15 @@ void vhost_user_complete(struct vhost_request *req, uint32_t written);
 /* req cannot even be answered (no status byte in guest memory): the
  * queue stops, as for a malformed chain, and req is freed. */
 void vhost_user_abandon(struct vhost_request *req, const char *reason);
-void vhost_user_log(const struct vhost_user *vu, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The front end shrank a memory file under req's buffers or its rings:
+ * what the device copied from them may be zeros, not the guest's, and
+ * must not reach the disk. The connection is closed (logged once); the
+ * device completes req without doing it. Call after copying the guest's
+ * data and before submitting. */
+bool vhost_user_memory_lost(struct vhost_request *req);
+/* Rate-limited per export (a burst, then a few lines a second, then a
+ * count of what was left out): nearly everything logged here the front
+ * end or its guest can cause at will. */
+void vhost_user_log(struct vhost_user *vu, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #endif

@@ -15,6 +15,27 @@ static void read_once(void *dst, const void *src, size_t n)
 	__asm__ volatile("" ::: "memory");
 }
 
+bool vq_head_in_flight(const struct virtqueue *vq, uint16_t head)
+{
+	return head < VQ_MAX_SIZE && (vq->inflight_heads[head / 64] >> (head % 64)) & 1;
+}
+
+static void mark_in_flight(struct virtqueue *vq, uint16_t head)
+{
+	vq->inflight_heads[head / 64] |= 1ull << (head % 64);
+	vq->inflight++;
+}
+
+/* A head the device answers or forgets; one that is not in flight (the
+ * device's mistake, not the guest's) changes nothing. */
+static void release_head(struct virtqueue *vq, uint16_t head)
+{
+	if (!vq_head_in_flight(vq, head))
+		return;
+	vq->inflight_heads[head / 64] &= ~(1ull << (head % 64));
+	vq->inflight--;
+}
+
 void vq_break(struct virtqueue *vq, const char *fmt, ...)
 {
 	va_list ap;
@@ -165,7 +186,7 @@ struct vq_elem *vq_pop(struct virtqueue *vq, const struct guest_memory *m)
 {
 	static struct vring_desc chain[VQ_MAX_SEGMENTS]; /* the server has one thread */
 	struct vq_elem *e;
-	unsigned count, n = 0;
+	unsigned count, segments = 0, n = 0;
 	uint16_t head;
 
 	if (!vq_available(vq))
@@ -176,9 +197,19 @@ struct vq_elem *vq_pop(struct virtqueue *vq, const struct guest_memory *m)
 			 vq->index, vq->last_avail, head, vq->num);
 		return NULL;
 	}
+	/* Taking it again would answer the guest twice for one request, and
+	 * let it have any number in flight by naming one head over and over. */
+	if (vq_head_in_flight(vq, head)) {
+		vq_break(vq, "queue %u: available entry %u names descriptor %u, which is already in flight "
+			 "(%u of the queue's %u requests in flight)", vq->index, vq->last_avail, head,
+			 vq->inflight, vq->num);
+		return NULL;
+	}
 	if (!(count = collect_chain(vq, m, head, chain)))
 		return NULL;
-	if (!(e = calloc(1, sizeof *e + count * sizeof e->iov[0]))) {
+	for (unsigned i = 0; i < count; i++)
+		segments += chain[i].len != 0;
+	if (!(e = calloc(1, sizeof *e + segments * sizeof e->iov[0]))) {
 		vq_break(vq, "queue %u: out of memory", vq->index);
 		return NULL;
 	}
@@ -204,6 +235,7 @@ struct vq_elem *vq_pop(struct virtqueue *vq, const struct guest_memory *m)
 			e->nout++;
 	}
 	vq->last_avail++;
+	mark_in_flight(vq, head);
 	return e;
 }
 
@@ -215,6 +247,12 @@ void vq_push(struct virtqueue *vq, uint16_t head, uint32_t written)
 	__atomic_store_n(&slot->len, written, __ATOMIC_RELAXED);
 	vq->used_idx++;
 	__atomic_store_n(&vq->used->idx, vq->used_idx, __ATOMIC_RELEASE);
+	release_head(vq, head);
+}
+
+void vq_drop(struct virtqueue *vq, uint16_t head)
+{
+	release_head(vq, head);
 }
 
 bool vq_should_notify(struct virtqueue *vq)

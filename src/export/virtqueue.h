@@ -9,11 +9,15 @@
  * `next` index past the queue, a chain longer than the queue (a loop), an
  * indirect table that is empty, not a whole number of descriptors or
  * itself holds an indirect descriptor, device-readable after
- * device-writable: the chain's structure is wrong and the queue is broken
- * (vq_pop fails; no later request on the queue is looked at). A buffer
- * outside guest memory only spoils its own request: the element comes
- * back with `bad` set and that segment's base NULL, so the device can
- * still answer it with an error in its status byte.
+ * device-writable, a head that is already in flight: the chain's structure
+ * is wrong and the queue is broken (vq_pop fails; no later request on the
+ * queue is looked at). A buffer outside guest memory only spoils its own
+ * request: the element comes back with `bad` set and that segment's base
+ * NULL, so the device can still answer it with an error in its status byte.
+ *
+ * Each head the device took is in flight until it is pushed (vq_push) or
+ * dropped (vq_drop): the guest may not make it available again before, so
+ * that at most num requests are ever in flight, whatever the guest writes.
  *
  * Nothing here knows about block devices.
  */
@@ -77,6 +81,10 @@ struct virtqueue {
 	bool indirect;                   /* VIRTIO_RING_F_INDIRECT_DESC negotiated */
 	bool broken;
 	char broken_reason[160];
+	/* Heads taken and not yet pushed or dropped, one bit each, and how
+	 * many: at most num, since vq_pop takes no head twice. */
+	uint64_t inflight_heads[VQ_MAX_SIZE / 64];
+	unsigned inflight;
 };
 
 /* One request: its device-readable segments, then its device-writable ones. */
@@ -97,12 +105,21 @@ bool vq_map_rings(struct virtqueue *vq, const struct guest_memory *m);
 unsigned vq_available(struct virtqueue *vq);
 
 /* Take the next available request; NULL if none, or if its chain breaks the
- * queue. The caller frees the element. */
+ * queue (its head is already in flight, among others). Its head is in flight
+ * from now on. The caller frees the element. */
 struct vq_elem *vq_pop(struct virtqueue *vq, const struct guest_memory *m);
 
 /* Put a completed request on the used ring; written is the number of bytes
- * the device wrote into its device-writable segments. */
+ * the device wrote into its device-writable segments. The head is no longer
+ * in flight. */
 void vq_push(struct virtqueue *vq, uint16_t head, uint32_t written);
+
+/* Forget a request without answering it (its queue broke, its front end
+ * left): the head is no longer in flight, the used ring is not touched. */
+void vq_drop(struct virtqueue *vq, uint16_t head);
+
+/* Whether head was taken and is not yet pushed or dropped. */
+bool vq_head_in_flight(const struct virtqueue *vq, uint16_t head);
 
 /* Whether the guest wants an interrupt for what was pushed since the last
  * one (VIRTIO_RING_F_EVENT_IDX's used_event, or the NO_INTERRUPT flag).

@@ -15,7 +15,9 @@
  *          available index is taken as is (else last_avail + it % (num + 1),
  *          so that the queue is not broken at once); bit 3 ring addresses
  *          as is (else aligned); bit 4 the guest sets NO_INTERRUPT;
- *          bits 5-7 how the device answers (push, notify, re-enable kicks)
+ *          bits 5-7 how the device answers (push, notify, re-enable kicks;
+ *          without push every other request is dropped, the rest stay in
+ *          flight)
  *   2, 4, 6  offsets of the descriptor table, available and used rings in
  *          the first region (little endian, as all that follow)
  *   8      last_avail and used_idx (SET_VRING_BASE)
@@ -29,7 +31,9 @@
  * more than the queue's size without INDIRECT_DESC), each segment non-empty,
  * every non-NULL base inside one region's mapping with its whole length,
  * `bad` set exactly when some base is NULL; no more requests taken than
- * were available; a broken queue gives nothing more. vq_push's slot and
+ * were available; a broken queue gives nothing more; no head returned
+ * while it is in flight (this harness keeps its own record), never more
+ * than num in flight, and vq_push / vq_drop release exactly their head. vq_push's slot and
  * index, and vq_set_notification's writes, are read back. Anything else
  * aborts, which libFuzzer reports as a crash; ASan and UBSan catch the
  * rest. Built by tests/fuzz/run.sh (clang) or by meson when the compiler is
@@ -56,6 +60,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static struct guest_memory *mem;
 static unsigned char *ram[2];   /* each region's host mapping */
+static unsigned char held[2048]; /* heads in flight, as this harness counts them */
+static unsigned nheld;
 static const uint64_t ram_size[2] = { SIZE0, SIZE1 };
 
 static void check(int ok, const char *what)
@@ -133,6 +139,24 @@ static void check_elem(const struct virtqueue *vq, const struct vq_elem *e)
 	check(!e->bad || e->bad_reason[0], "a reason for bad");
 }
 
+/* vq_pop handed over e: its head was not in flight and is now. */
+static void check_taken(const struct virtqueue *vq, const struct vq_elem *e)
+{
+	check(!held[e->head], "no head taken while it is in flight");
+	held[e->head] = 1;
+	nheld++;
+	check(vq_head_in_flight(vq, e->head), "a taken head is in flight");
+	check(vq->inflight == nheld && nheld <= vq->num, "in flight counted, and at most num");
+}
+
+/* The device answered or dropped head. */
+static void check_released(const struct virtqueue *vq, uint16_t head)
+{
+	held[head] = 0;
+	nheld--;
+	check(!vq_head_in_flight(vq, head) && vq->inflight == nheld, "push and drop release their head");
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct virtqueue vq;
@@ -153,6 +177,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	memset(ram[0], 0, SIZE0);
 	memset(ram[1], 0, SIZE1);
+	memset(held, 0, sizeof held);
+	nheld = 0;
 	at = le16(data + 14);
 	image = size - HEADER;
 	if (image > SIZE0 + SIZE1 - at)
@@ -209,6 +235,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		check(writes || taken <= avail, "no more taken than the guest made available");
 		check(vq.last_avail == (uint16_t)(le16(data + 8) + taken), "last_avail counts what was taken");
 		check_elem(&vq, e);
+		check_taken(&vq, e);
 		if (answer & 1) {
 			uint32_t written = 0;
 			for (unsigned i = e->nout; i < e->nout + e->nin; i++)
@@ -218,6 +245,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			check(vq.used->ring[used_before & (num - 1)].id == e->head &&
 			      vq.used->ring[used_before & (num - 1)].len == written &&
 			      vq.used->idx == vq.used_idx, "the used slot and index as pushed");
+			check_released(&vq, e->head);
+		} else if (taken & 1) {
+			vq_drop(&vq, e->head);
+			check(vq.used_idx == used_before, "a drop leaves the used ring alone");
+			check_released(&vq, e->head);
 		}
 		if (answer & 2) {
 			uint16_t old = vq.signalled_used;

@@ -149,6 +149,23 @@ def seeds():
     g = Guest(4, ALL, desc=0x0, avail=0x100, used=0x100)  # used over avail
     blk_requests(g)
     out["rings-overlap"] = g.image()
+
+    # One head made available over and over: while it is in flight that
+    # breaks the queue; answered (PUSH) or dropped in between, it may.
+    for name, mode in (("head-again-in-flight", NOTIFY), ("head-again-pushed", PUSH | NOTIFY)):
+        g = Guest(3, mode)
+        g.desc(0, 0x400, 16, NEXT, 1)
+        g.desc(1, 0x410, 1, WRITE)
+        for _ in range(6):
+            g.make_available(0)
+        out[name] = g.image()
+
+    # Every head in flight, then one more (heads cycle through the ring).
+    g = Guest(2, NOTIFY, base=0xfffc)
+    for i in range(4):
+        g.desc(i, 0x400 + 0x10 * i, 16)
+        g.make_available(i)
+    out["all-heads-in-flight"] = g.image(avail_idx=4)
     return out
 
 

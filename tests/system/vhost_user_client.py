@@ -18,6 +18,7 @@ Layout of guest memory (offsets from the start of the memfd):
                       that writes where it must not is seen.
 All numbers are little-endian (x86; vhost-user is native order and virtio 1
 is little-endian)."""
+import fcntl
 import mmap
 import os
 import select
@@ -193,12 +194,17 @@ def need_event(event, new, old):
 class GuestMemory:
     """A memfd mapped here: the guest's RAM as the back end sees it. The part
     from heap_off on is handed out in CHUNK-sized pieces; free pieces hold
-    CANARY."""
+    CANARY. sealed: grown, then sealed against growing and shrinking, as
+    QEMU's memory-backend-memfd does by default; otherwise (as a plain
+    memory-backend-file) the file can be shrunk under the back end."""
 
-    def __init__(self, size=16 * MiB, gpa=GPA_BASE, uaddr=UADDR_BASE):
+    def __init__(self, size=16 * MiB, gpa=GPA_BASE, uaddr=UADDR_BASE, sealed=False):
         self.size, self.gpa, self.uaddr = size, gpa, uaddr
-        self.fd = os.memfd_create("isolde-vu-guest", os.MFD_CLOEXEC)
+        flags = os.MFD_CLOEXEC | (os.MFD_ALLOW_SEALING if sealed else 0)
+        self.fd = os.memfd_create("isolde-vu-guest", flags)
         os.ftruncate(self.fd, size)
+        if sealed:
+            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
         self.mm = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         # Ring indices are shared with a back end polling them: each must be
         # one 16-bit load or store. struct.pack_into zero-fills its target
@@ -214,6 +220,12 @@ class GuestMemory:
         self.heap_off = heap_off
         self.free = [(heap_off, self.size - heap_off)]
         self.mm[heap_off:self.size] = bytes([CANARY]) * (self.size - heap_off)
+
+    def shrink(self, size):
+        """Cut the memory file to `size` bytes (what a hostile front end
+        can do to an unsealed one). From now on nothing in this process may
+        touch the mapping at or past `size`: that would be SIGBUS here."""
+        os.ftruncate(self.fd, size)
 
     def close(self):
         self.u16s.release()
@@ -374,11 +386,11 @@ class VhostUserBlk:
     """
 
     def __init__(self, path, timeout=10, mem_size=16 * MiB, gpa=GPA_BASE, uaddr=UADDR_BASE,
-                 connect_timeout=10):
+                 connect_timeout=10, sealed=False):
         self.path = str(path)
         self.timeout = timeout
         self.sock = self._connect(self.path, connect_timeout)
-        self.mem = GuestMemory(mem_size, gpa, uaddr)
+        self.mem = GuestMemory(mem_size, gpa, uaddr, sealed=sealed)
         self.kick_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.call_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.features = self.offered = None

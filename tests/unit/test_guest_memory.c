@@ -5,9 +5,12 @@
  * hands them over. The checks of guest_memory_map (count, empty, wrapping,
  * overlap, past the file's end) and the translations' bounds (whole range in
  * one region, or NULL) are what keep the guest and the front end inside the
- * memory they shared.
+ * memory they shared. A front end that shrinks a file after the mapping
+ * must not be able to kill the process with SIGBUS: the region turns to
+ * zeros and says it is poisoned, and every other SIGBUS still kills.
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -17,7 +20,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -511,6 +516,176 @@ static void test_refcount(void **state)
 	 * free would show under ASan). */
 }
 
+/* ---- a front end that shrinks its memory file ---- */
+
+/* One region of size bytes over fd at gpa (and a made-up uva). */
+static struct guest_memory *map_one(int fd, uint64_t gpa, uint64_t size)
+{
+	struct guest_region_desc r = region(gpa, size, 0x7f0000000000ull + gpa, 0);
+	return expect_mapped(&r, 1, &fd);
+}
+
+/* Read through a volatile pointer, so that the access really happens. */
+static unsigned char peek(const unsigned char *p)
+{
+	return *(const volatile unsigned char *)p;
+}
+
+static void test_shrunk_file_reads_zeros(void **state)
+{
+	(void)state;
+	int fd = make_memfd(64 * KIB);
+	struct guest_memory *m = map_one(fd, 0x100000, 64 * KIB);
+	unsigned char *p = guest_memory_gpa(m, 0x100000, 64 * KIB);
+
+	memset(p, 0x5a, 64 * KIB);
+	assert_false(guest_memory_poisoned(m));
+	assert_int_equal(ftruncate(fd, 4 * KIB), 0);
+	/* Inside the file still: the data is there, nothing is poisoned. */
+	assert_int_equal(peek(p), 0x5a);
+	assert_false(guest_memory_poisoned(m));
+	/* Past its new end: the access that would be SIGBUS finds zeros, and
+	 * the whole region is zeros from now on. */
+	assert_int_equal(peek(p + 32 * KIB), 0);
+	assert_true(guest_memory_poisoned(m));
+	assert_int_equal(peek(p), 0);
+	p[40 * KIB] = 1;  /* writes land harmlessly too */
+	assert_int_equal(peek(p + 40 * KIB), 1);
+	/* The file is untouched by all that. */
+	unsigned char b = 0;
+	assert_int_equal(pread(fd, &b, 1, 0), 1);
+	assert_int_equal(b, 0x5a);
+	guest_memory_unref(m);
+	close(fd);
+}
+
+/* Only the table whose file shrank is poisoned; its other regions go with
+ * it only if they are the same mapping. */
+static void test_shrink_poisons_only_its_region(void **state)
+{
+	(void)state;
+	int fa = make_memfd(64 * KIB), fb = make_memfd(64 * KIB);
+	struct guest_region_desc r[2] = { region(0, 64 * KIB, 0x7f0000000000, 0),
+					  region(64 * KIB, 64 * KIB, 0x7f0000010000, 0) };
+	int fds[2] = { fa, fb };
+	struct guest_memory *m = expect_mapped(r, 2, fds);
+	struct guest_memory *other = map_one(fb, 0x200000, 64 * KIB);
+	unsigned char *a = guest_memory_gpa(m, 0, 1), *bm = guest_memory_gpa(m, 64 * KIB, 1);
+
+	memset(bm, 0x77, 64 * KIB);
+	assert_int_equal(ftruncate(fa, 0), 0);
+	assert_int_equal(peek(a + 100), 0);
+	assert_true(guest_memory_poisoned(m));
+	assert_false(guest_memory_poisoned(other));
+	/* Region 1 of the same table is another file: still the guest's. */
+	assert_int_equal(peek(bm + 100), 0x77);
+	assert_int_equal(peek(guest_memory_gpa(other, 0x200000 + 100, 1)), 0x77);
+	guest_memory_unref(m);
+	guest_memory_unref(other);
+	close(fa);
+	close(fb);
+}
+
+/* A sealed memfd (QEMU's memory-backend-memfd seals by default) cannot
+ * shrink at all, and is mapped as any other. */
+static void test_sealed_memfd_cannot_shrink(void **state)
+{
+	(void)state;
+	int fd = memfd_create("test-guest-memory-sealed", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	struct guest_memory *m;
+	unsigned char *p;
+
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, 64 * KIB), 0);
+	assert_int_equal(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL), 0);
+	m = map_one(fd, 0x100000, 64 * KIB);
+	p = guest_memory_gpa(m, 0x100000, 64 * KIB);
+	memset(p, 0x33, 64 * KIB);
+	assert_int_equal(ftruncate(fd, 0), -1);
+	assert_int_equal(errno, EPERM);
+	assert_int_equal(peek(p + 60 * KIB), 0x33);
+	assert_false(guest_memory_poisoned(m));
+	guest_memory_unref(m);
+	close(fd);
+}
+
+/* Run body in a child with SIGBUS at its default; return how it ended. */
+static int in_child(void (*body)(void))
+{
+	int status = 0;
+	pid_t pid = fork();
+
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		signal(SIGBUS, SIG_DFL);
+		body();
+		_exit(0);
+	}
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	return status;
+}
+
+static void fault_outside_guest_memory(void)
+{
+	int gfd = memfd_create("guest", MFD_CLOEXEC), ofd = memfd_create("other", MFD_CLOEXEC);
+	struct guest_region_desc r = region(0, 64 * KIB, 0x7f0000000000, 0);
+	char err[256];
+	unsigned char *p;
+
+	if (gfd < 0 || ofd < 0 || ftruncate(gfd, 64 * KIB) || ftruncate(ofd, 64 * KIB))
+		_exit(2);
+	if (!guest_memory_map(&r, 1, &gfd, err, sizeof err))
+		_exit(3);
+	p = mmap(NULL, 64 * KIB, PROT_READ, MAP_SHARED, ofd, 0);
+	if (p == MAP_FAILED || ftruncate(ofd, 0))
+		_exit(4);
+	(void)peek(p + 8 * KIB);  /* not guest memory: SIGBUS as ever */
+}
+
+static void sigbus_sent(void)
+{
+	int gfd = memfd_create("guest", MFD_CLOEXEC);
+	struct guest_region_desc r = region(0, 64 * KIB, 0x7f0000000000, 0);
+	char err[256];
+
+	if (gfd < 0 || ftruncate(gfd, 64 * KIB) || !guest_memory_map(&r, 1, &gfd, err, sizeof err))
+		_exit(3);
+	kill(getpid(), SIGBUS);   /* a sent signal is not a fault: delivered as ever */
+}
+
+static void test_sigbus_elsewhere_still_kills(void **state)
+{
+	(void)state;
+	int status = in_child(fault_outside_guest_memory);
+
+	if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGBUS)
+		fail_msg("a SIGBUS outside guest memory did not kill the child (status 0x%x)", status);
+	status = in_child(sigbus_sent);
+	if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGBUS)
+		fail_msg("a SIGBUS sent by kill did not kill the child (status 0x%x)", status);
+}
+
+/* The registry has GUEST_MEMORY_MAX_MAPPED slots: a table past that is
+ * refused with a reason, and slots come back when tables are unmapped. */
+static void test_registry_full_and_reused(void **state)
+{
+	(void)state;
+	static struct guest_memory *tables[GUEST_MEMORY_MAX_MAPPED];
+	struct guest_region_desc r = region(0, 4 * KIB, 0x7f0000000000, 0);
+	int fd = make_memfd(4 * KIB);
+
+	for (unsigned round = 0; round < 2; round++) {
+		for (unsigned i = 0; i < GUEST_MEMORY_MAX_MAPPED; i++)
+			tables[i] = expect_mapped(&r, 1, &fd);
+		expect_refused(&r, 1, &fd, "regions are mapped already");
+		guest_memory_unref(tables[7]);
+		tables[7] = expect_mapped(&r, 1, &fd);
+		for (unsigned i = 0; i < GUEST_MEMORY_MAX_MAPPED; i++)
+			guest_memory_unref(tables[i]);
+	}
+	close(fd);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -532,6 +707,11 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_translate_len0, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_translate_overflow, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_refcount, setup, teardown),
+		cmocka_unit_test(test_shrunk_file_reads_zeros),
+		cmocka_unit_test(test_shrink_poisons_only_its_region),
+		cmocka_unit_test(test_sealed_memfd_cannot_shrink),
+		cmocka_unit_test(test_sigbus_elsewhere_still_kills),
+		cmocka_unit_test(test_registry_full_and_reused),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

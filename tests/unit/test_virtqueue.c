@@ -997,6 +997,147 @@ static void test_pop_push(void **state)
 	}
 }
 
+/* ---- heads in flight ---- */
+
+/* A one-descriptor request at head i (its own 16 bytes of data). */
+static void lone_desc(struct fx *f, uint16_t i)
+{
+	desc(f, i, GPA + DATA_OFF + i * 16u, 16, VRING_DESC_F_WRITE, 0);
+}
+
+/* The guest makes a head available again while the device still holds
+ * it: one request answered twice, and the way to have any number in
+ * flight on a small queue. */
+static void test_pop_head_in_flight_twice(void **state)
+{
+	struct fx *f = *state;
+	struct vq_elem *e;
+
+	lone_desc(f, 5);
+	make_available(f, 5);
+	make_available(f, 5);
+	e = expect_elem(f);
+	assert_int_equal(e->head, 5);
+	assert_true(vq_head_in_flight(&f->vq, 5));
+	assert_int_equal(f->vq.inflight, 1);
+	expect_broken(f, "names descriptor 5, which is already in flight");
+	assert_int_equal(f->vq.last_avail, 1);
+	free(e);
+}
+
+/* Once pushed, or dropped, a head may come again. */
+static void test_pop_head_again_after_push_or_drop(void **state)
+{
+	struct fx *f = *state;
+	struct vq_elem *e;
+
+	lone_desc(f, 3);
+	for (unsigned round = 0; round < 6; round++) {
+		make_available(f, 3);
+		e = expect_elem(f);
+		assert_int_equal(e->head, 3);
+		assert_int_equal(f->vq.inflight, 1);
+		if (round % 2)
+			vq_drop(&f->vq, e->head);
+		else
+			vq_push(&f->vq, e->head, 16);
+		assert_false(vq_head_in_flight(&f->vq, 3));
+		assert_int_equal(f->vq.inflight, 0);
+		free(e);
+	}
+	assert_false(f->vq.broken);
+	assert_int_equal(gused(f)->idx, 3);  /* drops left the used ring alone */
+}
+
+/* Every head of the queue in flight: whatever the guest makes available
+ * next names one of them. Heads that were answered cycle freely, and in
+ * flight never exceeds the queue's size. */
+static void test_inflight_at_most_queue_size(void **state)
+{
+	struct fx *f = *state;
+	struct vq_elem *held[16];
+
+	for (uint16_t i = 0; i < 16; i++) {
+		lone_desc(f, i);
+		make_available(f, i);
+	}
+	for (unsigned i = 0; i < 16; i++)
+		held[i] = expect_elem(f);
+	assert_int_equal(f->vq.inflight, 16);
+	/* Answer four, and they come back, many times over. */
+	for (unsigned round = 0; round < 40; round++) {
+		for (unsigned k = 0; k < 4; k++) {
+			vq_push(&f->vq, held[k]->head, 0);
+			make_available(f, held[k]->head);
+			free(held[k]);
+		}
+		for (unsigned k = 0; k < 4; k++)
+			held[k] = expect_elem(f);
+		assert_int_equal(f->vq.inflight, 16);
+	}
+	/* The one more: head 9 is still in flight. */
+	make_available(f, 9);
+	expect_broken(f, "which is already in flight (16 of the queue's 16 requests in flight)");
+	assert_int_equal(f->vq.inflight, 16);
+	for (unsigned i = 0; i < 16; i++)
+		free(held[i]);
+}
+
+/* The device answering a head it does not hold is its own bug: the count
+ * does not go below zero and no other head is released. */
+static void test_push_head_not_in_flight(void **state)
+{
+	struct fx *f = *state;
+	struct vq_elem *e;
+
+	lone_desc(f, 2);
+	make_available(f, 2);
+	e = expect_elem(f);
+	vq_push(&f->vq, 7, 0);
+	vq_drop(&f->vq, 8);
+	assert_int_equal(f->vq.inflight, 1);
+	assert_true(vq_head_in_flight(&f->vq, 2));
+	vq_push(&f->vq, 2, 0);
+	vq_push(&f->vq, 2, 0);
+	assert_int_equal(f->vq.inflight, 0);
+	free(e);
+}
+
+/* A broken chain takes no head: nothing stays in flight for it. */
+static void test_broken_chain_holds_no_head(void **state)
+{
+	struct fx *f = *state;
+
+	desc(f, 1, GPA + DATA_OFF, 16, VRING_DESC_F_NEXT, 1); /* a loop */
+	make_available(f, 1);
+	expect_broken(f, "loop");
+	assert_false(vq_head_in_flight(&f->vq, 1));
+	assert_int_equal(f->vq.inflight, 0);
+}
+
+/* In flight is tracked per head up to the largest queue. */
+static void test_inflight_big_queue(void **state)
+{
+	struct fx *f = *state;
+	struct vq_elem *a, *b;
+
+	start_queue(f, 2048, false, false);
+	lone_desc(f, 2047);
+	lone_desc(f, 64);
+	make_available(f, 2047);
+	make_available(f, 64);
+	a = expect_elem(f);
+	b = expect_elem(f);
+	assert_true(vq_head_in_flight(&f->vq, 2047));
+	assert_true(vq_head_in_flight(&f->vq, 64));
+	assert_false(vq_head_in_flight(&f->vq, 63));
+	assert_false(vq_head_in_flight(&f->vq, 65));
+	make_available(f, 2047);
+	expect_broken(f, "names descriptor 2047, which is already in flight");
+	free(a);
+	free(b);
+}
+
 /* ---- vq_should_notify ---- */
 
 static void test_notify_flags(void **state)
@@ -1187,6 +1328,12 @@ int main(void)
 		T(test_push),
 		T(test_push_wraps),
 		T(test_pop_push),
+		T(test_pop_head_in_flight_twice),
+		T(test_pop_head_again_after_push_or_drop),
+		T(test_inflight_at_most_queue_size),
+		T(test_push_head_not_in_flight),
+		T(test_broken_chain_holds_no_head),
+		T(test_inflight_big_queue),
 		T(test_notify_flags),
 		T(test_notify_event_idx),
 		T(test_notify_event_idx_table),
