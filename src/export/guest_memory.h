@@ -23,7 +23,7 @@
  * what it read (before submitting, before answering) and drops the front
  * end. A SIGBUS anywhere else gets the disposition that was there before.
  * The registry is lock-free (fixed slots, atomics) and safe with any
- * number of threads; see docs/VHOST-LIMITS.md.
+ * number of threads; see docs/ARCHITECTURE.md §14.1.
  */
 #ifndef ISOLDE_EXPORT_GUEST_MEMORY_H
 #define ISOLDE_EXPORT_GUEST_MEMORY_H

@@ -11,7 +11,7 @@
  *   send-timeout=S          close a connection whose replies do not move this long (30)
  *   max-buffer=SIZE         request and reply data of all connections (default 256M)
  *
- * docs/NBD-LIMITS.md explains the limits and derives the memory bound.
+ * docs/ARCHITECTURE.md §15 explains the limits and derives the memory bound.
  *
  * Sockets, buffers and the device around the protocol state machine of
  * nbd_proto.c. Everything runs in the server's loop thread: a connection

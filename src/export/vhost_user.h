@@ -15,7 +15,7 @@
  * guest's kick), spin (poll the available rings, kicks suppressed) or
  * hybrid (poll for a while after the last request, then wait for a kick).
  *
- * Limits (docs/VHOST-LIMITS.md): each head is in flight at most once, so a
+ * Limits (docs/ARCHITECTURE.md §14.1): each head is in flight at most once, so a
  * queue has at most its size in flight; a pass of the loop takes at most
  * 64 requests from a queue; the requests in flight of all connections hold
  * at most 64 MiB, past which the export waits for completions; a front end

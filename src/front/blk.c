@@ -250,15 +250,22 @@ struct isolde_blk *isolde_blk_open(const struct isolde_blk_config *cfg, char *er
 		set_err(err, errlen, "out of memory");
 		goto fail;
 	}
-	if (isolde_domain_create(&dev->domain, &params, err, errlen))
-		goto fail;
-	if (isolde_domain_start(&dev->domain, err, errlen))
-		goto fail;
+	/* The shield first: a side file it refuses costs no driver start. */
 	if (cfg->shield) {
+		dev->shield_sums_per_io = cfg->max_io / ISOLDE_SHIELD_BLOCK + 1;
+		if (!(dev->shield_sums = calloc((size_t)cfg->queue_depth * dev->shield_sums_per_io,
+						sizeof *dev->shield_sums))) {
+			set_err(err, errlen, "out of memory");
+			goto fail;
+		}
 		if (isolde_shield_open(&dev->shield, cfg->image, dev->device_fd, dev->size, err, errlen))
 			goto fail;
 		dev->shield_on = true;
 	}
+	if (isolde_domain_create(&dev->domain, &params, err, errlen))
+		goto fail;
+	if (isolde_domain_start(&dev->domain, err, errlen))
+		goto fail;
 	isolde_front_ring_attach(&dev->ring, dev->domain.sring, params.ring_slots, ISOLDE_BLK_SLOT_SIZE);
 	dev->ring.peer_sleeps = cfg->notify != ISOLDE_NOTIFY_SPIN;
 	isolde_waiter_init(&dev->waiter, cfg->notify, dev->domain.call_fd, dev->domain.kick_fd,
@@ -277,6 +284,7 @@ void isolde_blk_close(struct isolde_blk *dev)
 	isolde_domain_destroy(&dev->domain);
 	if (dev->shield_on)
 		isolde_shield_close(&dev->shield);
+	free(dev->shield_sums);
 	if (dev->device_fd >= 0)
 		close(dev->device_fd);
 	isolde_shadow_fini(&dev->shadow);
@@ -489,6 +497,12 @@ static void protocol_violation(struct isolde_blk *dev, const char *fmt, ...)
 
 /* ---- submission ---- */
 
+/* The shield's sums of shadow entry idx's zero-copy write. */
+static uint64_t *shield_sums_of(struct isolde_blk *dev, uint32_t idx)
+{
+	return dev->shield_sums + (size_t)idx * dev->shield_sums_per_io;
+}
+
 static bool in_data_area(const struct isolde_blk *dev, const void *buf, size_t len, uint64_t *off)
 {
 	const unsigned char *p = buf, *base = dev->domain.data + dev->pool_offset;
@@ -579,6 +593,10 @@ int isolde_blk_submit(struct isolde_blk *dev, struct isolde_blk_io *io)
 			e->shield_epoch = isolde_shield_read_begin(&dev->shield);
 		else if (io->op != ISOLDE_BLK_OP_FLUSH)
 			isolde_shield_write_begin(&dev->shield, io->offset, io->len);
+		/* A zero-copy buffer is the driver's to change while the write
+		 * is in flight: what the caller wrote is summed now. */
+		if (io->op == ISOLDE_BLK_OP_WRITE && !e->copy)
+			isolde_shield_sums(io->buf, io->offset, io->len, shield_sums_of(dev, (uint32_t)idx));
 	}
 	post_request(dev, (uint32_t)idx);
 	return 0;
@@ -617,11 +635,16 @@ static const void *read_data(struct isolde_blk *dev, const struct isolde_shadow_
 }
 
 /* The shield learns what writes, discards and zeroes did. */
-static void shield_completed(struct isolde_blk *dev, const struct isolde_shadow_entry *e, int result)
+static void shield_completed(struct isolde_blk *dev, uint32_t idx, const struct isolde_shadow_entry *e,
+			     int result)
 {
 	switch (e->op) {
 	case ISOLDE_BLK_OP_WRITE:
-		isolde_shield_write_end(&dev->shield, e->io->buf, e->offset, e->length, result == 0);
+		if (e->copy)
+			isolde_shield_write_end(&dev->shield, e->io->buf, e->offset, e->length, result == 0);
+		else
+			isolde_shield_write_end_sums(&dev->shield, shield_sums_of(dev, idx), e->offset,
+						     e->length, result == 0);
 		break;
 	case ISOLDE_BLK_OP_DISCARD:
 		isolde_shield_write_end(&dev->shield, NULL, e->offset, e->length, false);
@@ -651,7 +674,7 @@ static int confirm_writeback(struct isolde_blk *dev)
 }
 
 /*
- * The durability rule (PROTOCOL.md §4.4). An error on a FLUSH or FUA write
+ * The durability rule (PROTOCOL.md §7). An error on a FLUSH or FUA write
  * is final: it is never doubted, never replayed into success. Linux reports
  * a write-back error once per open file description, so a flush that
  * followed the one that saw it would succeed although the data is lost; the
@@ -687,7 +710,7 @@ static struct isolde_blk_io *complete(struct isolde_blk *dev, uint32_t idx, int 
 		isolde_grant_revoke(dev->domain.grants, idx * ISOLDE_BLK_MAX_SEGS);
 	result = durable_result(dev, e, result);
 	if (dev->shield_on)
-		shield_completed(dev, e, result);
+		shield_completed(dev, idx, e, result);
 	io->result = result;
 	dev->completed_gen++;
 	if (dev->recovery_started_ns && !dev->failed) {

@@ -48,6 +48,8 @@ struct isolde_blk {
 
 	bool shield_on;
 	struct isolde_shield shield;
+	uint64_t *shield_sums;     /* per shadow entry: a zero-copy write's sums at submit */
+	size_t shield_sums_per_io;
 
 	int flush_error;           /* sticky: the write-back error every flush reports */
 	bool failed;               /* past the restart budget: every request fails */

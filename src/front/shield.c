@@ -820,11 +820,30 @@ void isolde_shield_write_begin(struct isolde_shield *sh, uint64_t off, uint64_t 
 	}
 }
 
-void isolde_shield_write_end(struct isolde_shield *sh, const void *buf, uint64_t off, uint64_t len,
-			     bool ok)
+unsigned isolde_shield_sums(const void *buf, uint64_t off, uint64_t len, uint64_t *sums)
 {
 	uint64_t fw, ew, fa, ea;
 	const unsigned char *p = buf;
+	unsigned n = 0;
+
+	span(off, len, &fw, &ew, &fa, &ea);
+	for (uint64_t b = fw; b < ew; b++)
+		sums[n++] = XXH3_64bits(p + (b * ISOLDE_SHIELD_BLOCK - off), ISOLDE_SHIELD_BLOCK);
+	return n;
+}
+
+/* The sum of whole block b of a write: taken before the driver could touch
+ * the data (sums), or from the caller's private buffer now (p). */
+static uint64_t written_sum(const unsigned char *p, const uint64_t *sums, uint64_t b, uint64_t fw,
+			    uint64_t off)
+{
+	return sums ? sums[b - fw] : XXH3_64bits(p + (b * ISOLDE_SHIELD_BLOCK - off), ISOLDE_SHIELD_BLOCK);
+}
+
+static void write_end(struct isolde_shield *sh, const unsigned char *p, const uint64_t *sums, uint64_t off,
+		      uint64_t len, bool ok)
+{
+	uint64_t fw, ew, fa, ea;
 
 	span(off, len, &fw, &ew, &fa, &ea);
 	ea = clamp(sh, ea);
@@ -836,13 +855,25 @@ void isolde_shield_write_end(struct isolde_shield *sh, const void *buf, uint64_t
 		sh->activity[b] = sh->epoch;
 		/* Partly written, failed, or raced by another write: undefined. */
 		bool whole = b >= fw && b < ew;
-		if (ok && whole && sh->writes_inflight[b] == 0) {
-			sh->sums[b] = XXH3_64bits(p + (b * ISOLDE_SHIELD_BLOCK - off), ISOLDE_SHIELD_BLOCK);
+		if (ok && whole && sh->writes_inflight[b] == 0 && (p || sums)) {
+			sh->sums[b] = written_sum(p, sums, b, fw, off);
 			set_known(sh, b, true);
 		} else {
 			set_known(sh, b, false);
 		}
 	}
+}
+
+void isolde_shield_write_end(struct isolde_shield *sh, const void *buf, uint64_t off, uint64_t len,
+			     bool ok)
+{
+	write_end(sh, buf, NULL, off, len, ok);
+}
+
+void isolde_shield_write_end_sums(struct isolde_shield *sh, const uint64_t *sums, uint64_t off,
+				  uint64_t len, bool ok)
+{
+	write_end(sh, NULL, sums, off, len, ok);
 }
 
 void isolde_shield_zeroes_end(struct isolde_shield *sh, uint64_t off, uint64_t len, bool ok)

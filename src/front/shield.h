@@ -104,6 +104,16 @@ void isolde_shield_write_begin(struct isolde_shield *sh, uint64_t off, uint64_t 
 /* ok: the write succeeded and buf holds what was written. */
 void isolde_shield_write_end(struct isolde_shield *sh, const void *buf, uint64_t off, uint64_t len,
 			     bool ok);
+/*
+ * The same, with the sums of the write's whole blocks taken earlier by
+ * isolde_shield_sums: for data the driver can reach while the write is in
+ * flight (a zero-copy buffer), whose sums must be what the caller wrote,
+ * not what the driver left there. isolde_shield_sums returns how many it
+ * wrote into sums (at most len / ISOLDE_SHIELD_BLOCK + 1).
+ */
+unsigned isolde_shield_sums(const void *buf, uint64_t off, uint64_t len, uint64_t *sums);
+void isolde_shield_write_end_sums(struct isolde_shield *sh, const uint64_t *sums, uint64_t off,
+				  uint64_t len, bool ok);
 /* Completion of a WRITE_ZEROES (ok: the range now reads as zeroes). A
  * DISCARD completes with isolde_shield_write_end(sh, NULL, off, len, false):
  * its blocks are undefined. Both began with isolde_shield_write_begin. */

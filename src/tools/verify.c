@@ -76,11 +76,31 @@ static void write_done(struct workload *w, struct slot *s)
 	}
 }
 
+/* With the shield, a read's buffer is filled with this before it is
+ * submitted: after an error it must hold this or zeroes, never data. */
+#define UNREAD_BYTE 0xee
+
+static bool holds_only(const unsigned char *p, size_t len, unsigned char byte)
+{
+	for (size_t i = 0; i < len; i++)
+		if (p[i] != byte)
+			return false;
+	return true;
+}
+
+static bool checks_error_buffers(const struct workload *w)
+{
+	return w->o->cfg.shield && !w->o->zero_copy;
+}
+
 static void read_done(struct workload *w, struct slot *s)
 {
 	w->r->reads++;
 	if (s->io.result != 0) {
 		w->r->errors++;
+		if (checks_error_buffers(w) && !holds_only(s->buf, w->o->bs, UNREAD_BYTE) &&
+		    !holds_only(s->buf, w->o->bs, 0))
+			w->r->error_reads_with_data++;
 		return;
 	}
 	enum pattern_verdict v = pattern_check(s->buf, w->o->bs, w->o->seed, s->block, s->seq);
@@ -176,6 +196,8 @@ static int read_phase(struct workload *w)
 			s->block = b;
 			s->seq = w->expected[b];
 			b++;
+			if (checks_error_buffers(w))
+				memset(s->buf, UNREAD_BYTE, w->o->bs);
 			if (!submit(w, s, ISOLDE_BLK_OP_READ, &inflight)) {
 				w->r->reads++;
 				refused = true;
@@ -363,8 +385,9 @@ static void print_json(const struct verify_options *o, const struct verify_resul
 	       o->cfg.shield ? "true" : "false", (unsigned long long)r->stats.shield_verified,
 	       (unsigned long long)r->stats.shield_learned, (unsigned long long)r->stats.shield_mismatches);
 	const struct isolde_enforcement *e = &r->enforcement;
-	printf("\"flushes\": %llu, \"flush_failures\": %llu, ", (unsigned long long)r->flushes,
-	       (unsigned long long)r->flush_failures);
+	printf("\"flushes\": %llu, \"flush_failures\": %llu, \"error_reads_with_data\": %llu, ",
+	       (unsigned long long)r->flushes, (unsigned long long)r->flush_failures,
+	       (unsigned long long)r->error_reads_with_data);
 	printf("\"flush_error\": %d, \"log_lines\": %llu, \"log_suppressed\": %llu, \"sandbox\": "
 	       "{\"namespaces\": %s, \"user_namespace\": %s, \"own_uid\": %s, \"cgroups\": %s, "
 	       "\"landlock_abi\": %d, \"restricted_uring\": %s}, \"error\": ",

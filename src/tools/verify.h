@@ -33,6 +33,7 @@ struct verify_result {
 	uint64_t errors;      /* requests that completed with an error or could not be queued */
 	uint64_t flushes;
 	uint64_t flush_failures;
+	uint64_t error_reads_with_data; /* failed reads (shield, copy mode) that left data in the buffer */
 	uint64_t mismatches;  /* blocks that read back different from what was written */
 	pid_t driver_pid;
 	double seconds;

@@ -39,6 +39,10 @@
  *                   the device (taking whatever write-back error it reports)
  *                   and die without answering, so that the FLUSH is replayed
  *                   to a driver whose file description never saw the error
+ *   corrupt-write   flip one byte of a WRITE's data before writing it and
+ *                   answer it correctly (a non-WRITE request at --after is
+ *                   served as is): with zero copy, the flipped byte is in the
+ *                   caller's own buffer
  *   corrupt-read    answer a READ correctly but flip one byte of its data:
  *                   a perfectly well-formed lie only the integrity shield
  *                   can catch (a non-READ request at --after is served as is)
@@ -68,7 +72,7 @@ static const char *const known_faults[] = {
 	"none", "unknown-id", "dup-id", "stale-id", "oversize-length", "short-length",
 	"bad-status", "wrong-op", "prod-overflow", "exit", "segfault", "grant-write", "sigill",
 	"sigfpe", "abort", "hang", "spin-hang", "slow", "syscall", "syscall-kill", "wild-write", "leak",
-	"corrupt-read", "lie-ioerr", "lie-invalid", "grow-image", "flush-and-die",
+	"corrupt-read", "lie-ioerr", "lie-invalid", "grow-image", "flush-and-die", "corrupt-write",
 };
 
 static int parse_arg(struct isolde_driver *drv, const char *key, const char *value)
@@ -175,6 +179,12 @@ static void misbehave(struct isolde_driver *drv, const struct isolde_blk_request
 			      (off_t)(drv->params.device_size + (1u << 20)));
 	}
 
+	if (is("corrupt-write") && req->op == ISOLDE_BLK_OP_WRITE) {
+		unsigned char *p = isolde_grant_access(&drv->grants, req->seg[0].gref, req->seg[0].offset,
+						       req->seg[0].length, ISOLDE_GRANT_DRIVER_READS);
+		if (p)
+			p[req->seg[0].length / 2] ^= 0x40;
+	}
 	isolde_driver_serve(drv, req, &rsp);
 	if (is("corrupt-read") && req->op == ISOLDE_BLK_OP_READ && rsp.status == ISOLDE_BLK_S_OK) {
 		unsigned char *p = isolde_grant_access(&drv->grants, req->seg[0].gref, req->seg[0].offset,

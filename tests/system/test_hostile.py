@@ -102,11 +102,14 @@ ATTACKS = {
 }
 
 
+ELSEWHERE = {"late-dma": "test_late_dma.py, on a throttled disk"}
+
+
 def test_the_catalogue_is_complete():
     """Every attack the driver knows is tested, and there are at least 25."""
     known = subprocess.run([str(HOSTILE), "--list"], capture_output=True, text=True, check=True).stdout.split()
-    assert sorted(known) == sorted(ATTACKS)
-    assert len(ATTACKS) >= 25
+    assert sorted(known) == sorted(list(ATTACKS) + list(ELSEWHERE))
+    assert len(known) >= 25
 
 
 # ---- the witnesses: an unrelated process and another device ----

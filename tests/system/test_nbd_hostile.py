@@ -2,7 +2,7 @@
 never speak, clients beyond the connection limit, slow readers that never
 read their replies, idle connections, a flood of log-worthy mistakes, and
 bad values for the export's options. The limits are described in
-docs/NBD-LIMITS.md; these tests check each against real processes, with a
+docs/ARCHITECTURE.md §15; these tests check each against real processes, with a
 raw client for what real clients never do and nbdinfo / qemu-img for what
 a user sees. Every server, socket and temporary file is removed whether a
 test passes or not."""
@@ -193,13 +193,13 @@ SLOW_READERS = 6
 # may hold two (34 MiB); the export's budget is what keeps all six near one.
 SLOW_READ = 17 * MiB
 MAX_BUFFER = 32 * MiB
-PER_CONNECTION_OVERHEAD = 400 << 10   # input buffer, small output, bookkeeping (docs/NBD-LIMITS.md)
+PER_CONNECTION_OVERHEAD = 400 << 10   # input buffer, small output, bookkeeping (docs/ARCHITECTURE.md §15)
 
 
 def test_slow_readers_are_bounded_and_closed(serve, any_isolde, image):
     """Slow readers send many large READs and never read a reply: the
     export's buffers stay within max-buffer + one request per connection
-    (docs/NBD-LIMITS.md), another client still reads correct data, and the
+    (docs/ARCHITECTURE.md §15), another client still reads correct data, and the
     stalled connections are closed after send-timeout, freeing it all."""
     data = random.Random(11).randbytes(MiB)
     with open(image, "r+b") as f:

@@ -248,3 +248,32 @@ def test_lying_error_status_is_not_believed(isolde, image):
     assert p.returncode == 0, p.stderr
     assert r["errors"] == 0 and r["restarts_by_reason"]["error-status"] >= 1
     assert "asking a fresh driver to confirm" in p.stderr
+
+
+def corrupt_write(isolde, image, *extra):
+    """fault-driver flips one byte of the 20th WRITE of its first generation
+    before writing it, and says it wrote it."""
+    return isolde.fault_verify(image, "corrupt-write", 20, "--ops", 400, "--qd", 4, "--shield", *extra)
+
+
+@pytest.mark.parametrize("copy", ["copy", "zero-copy"])
+def test_a_write_the_driver_falsified_never_reads_back(any_isolde, image, copy):
+    """The shield knows what the caller wrote - for a zero-copy buffer, which
+    the driver can change while the write is in flight, from the moment it
+    was submitted - so the falsified block is refused when read (EIO after
+    two restarts), never returned."""
+    p, r = corrupt_write(any_isolde, image, *(["--zero-copy"] if copy == "zero-copy" else []))
+    assert "injecting fault corrupt-write" in p.stderr
+    assert r["mismatches"] == 0, "the falsified data reached the application"
+    assert r["errors"] == 1 and r["shield"]["mismatches"] >= 1
+    assert r["restarts_by_reason"]["silent-corruption"] == 2
+    assert "still differs from what was written after 2 driver restarts" in p.stderr
+
+
+def test_a_read_the_shield_refuses_leaves_no_data_behind(any_isolde, image):
+    """A read that fails because its data contradicts the shield leaves the
+    caller's buffer cleared: verify fills each read buffer before it submits
+    it and checks that a failed read left that or zeroes."""
+    p, r = corrupt_write(any_isolde, image)
+    assert r["errors"] == 1
+    assert r["error_reads_with_data"] == 0, "the refused data stayed in the caller's buffer"
