@@ -53,9 +53,8 @@
 #include <sys/types.h>
 
 #include "isolde/blkif.h"
+#include "isolde/failure.h"
 #include "isolde/notify.h"
-#include "isolde/policy.h"
-#include "isolde/supervisor.h"
 
 #define ISOLDE_BLK_DEFAULT_QUEUE_DEPTH 32u
 #define ISOLDE_BLK_MAX_QUEUE_DEPTH 1024u
@@ -220,6 +219,17 @@ struct isolde_blk_stats {
 };
 
 void isolde_blk_get_stats(const struct isolde_blk *dev, struct isolde_blk_stats *st);
+
+/* What of a policy a driver's start enforced (the plan, after the host had
+ * its say): a missing mechanism is also a warning on stderr. */
+struct isolde_enforcement {
+	bool namespaces;       /* mnt, net, ipc, uts and the empty root */
+	bool user_namespace;   /* ... inside a user namespace of its own (not root) */
+	bool own_uid;          /* a uid no other process has (root) */
+	bool cgroups;          /* CPU and task limits */
+	int landlock_abi;      /* 0: no Landlock */
+	bool restricted_uring; /* the launcher's io_uring (policy 'uring') */
+};
 
 /* How the running driver is confined. */
 const struct isolde_enforcement *isolde_blk_enforcement(const struct isolde_blk *dev);

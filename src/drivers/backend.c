@@ -12,7 +12,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "isolde/domain.h"
+#include "isolde/driver.h"
 
 void isolde_driver_log(const struct isolde_driver *drv, const char *fmt, ...)
 {

@@ -28,7 +28,7 @@
 #include <unistd.h>
 
 #include "blk_file.h"
-#include "isolde/domain.h"
+#include "isolde/driver.h"
 #include "uring_attach.h"
 
 #ifndef F_OFD_SETLK

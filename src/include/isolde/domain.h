@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * isolde/domain.h - the launcher: creates a driver domain's shared memory and
+ * isolde/domain.h (internal) - the launcher: creates a driver domain's shared memory and
  * event channels, and runs the driver as a separate process that holds exactly
  * these file descriptors:
  *
@@ -40,15 +40,12 @@
 
 #include "isolde/grant.h"
 #include "isolde/notify.h"
+#include "isolde/blk.h"
 #include "isolde/policy.h"
 #include "isolde/ring.h"
 #include "isolde/shm.h"
 
-#define ISOLDE_DRIVER_FD_SHM 3
-#define ISOLDE_DRIVER_FD_KICK 4
-#define ISOLDE_DRIVER_FD_CALL 5
-#define ISOLDE_DRIVER_FD_DEVICE 6
-#define ISOLDE_DRIVER_FD_URING 7
+#include "isolde/driver.h"
 
 #define ISOLDE_DRIVER_START_TIMEOUT_MS 10000
 

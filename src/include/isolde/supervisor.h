@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * isolde/supervisor.h - self-repair: how a driver failure is classified, and
+ * isolde/supervisor.h (internal) - self-repair: how a driver failure is classified, and
  * when a failed driver may be started again (the MINIX 3 reincarnation
  * server's job).
  *
@@ -16,37 +16,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum isolde_failure {
-	ISOLDE_FAIL_CPU = 0,      /* CPU exception: SIGILL, SIGFPE, SIGTRAP */
-	ISOLDE_FAIL_MMU = 1,      /* MMU exception: SIGSEGV, SIGBUS */
-	ISOLDE_FAIL_PANIC = 2,    /* abort(), or any exit: a driver never exits on its own */
-	ISOLDE_FAIL_POLICY = 3,   /* killed by its policy: SIGSYS (seccomp), SIGXFSZ (grew the image) */
-	ISOLDE_FAIL_HANG = 4,     /* no heartbeat while I/O was pending */
-	ISOLDE_FAIL_PROTOCOL = 5, /* a response the front end rejected */
-	ISOLDE_FAIL_KILLED = 6,   /* killed from outside (SIGKILL, SIGTERM, ...) */
-	ISOLDE_FAIL_START = 7,    /* a restarted driver did not come up */
-	ISOLDE_FAIL_CORRUPTION = 8, /* a read the integrity shield caught lying */
-	ISOLDE_FAIL_ERROR_STATUS = 9, /* an I/O error a fresh driver is asked to confirm */
-	ISOLDE_FAIL_COUNT
-};
-
-const char *isolde_failure_name(enum isolde_failure f);
+#include "isolde/failure.h"
 
 /* Classify how a driver process ended. */
 enum isolde_failure isolde_classify_exit(bool signaled, int code);
-
-#define ISOLDE_RECOVERY_SAMPLES 4096
-
-struct isolde_supervisor_stats {
-	uint64_t restarts;
-	uint64_t by_failure[ISOLDE_FAIL_COUNT];
-	uint64_t replayed;          /* requests re-posted to a restarted driver */
-	/* Recovery time in microseconds: failure detected to the first
-	 * replayed request completed (or to the driver ready, if nothing was
-	 * pending). The most recent ISOLDE_RECOVERY_SAMPLES are kept. */
-	uint32_t recovery_us[ISOLDE_RECOVERY_SAMPLES];
-	uint32_t recovery_count;    /* samples kept (<= ISOLDE_RECOVERY_SAMPLES) */
-};
 
 struct isolde_supervisor {
 	uint32_t restart_max;
@@ -92,9 +65,5 @@ uint64_t isolde_supervisor_record_restart(struct isolde_supervisor *s, enum isol
 #define ISOLDE_BACKOFF_MAX_MS 500u
 
 void isolde_supervisor_record_recovery(struct isolde_supervisor *s, uint64_t micros);
-
-/* Median / p99 / max of the kept recovery samples; 0 if none. */
-void isolde_supervisor_recovery_summary(const struct isolde_supervisor_stats *st,
-					uint32_t *p50, uint32_t *p99, uint32_t *max);
 
 #endif

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * isolde/policy.h - what a driver is allowed: the MINIX 3 isolation policy,
+ * isolde/policy.h (internal) - what a driver is allowed: the MINIX 3 isolation policy,
  * enforced with Linux mechanisms by the launcher.
  *
  * A policy file is lines of "key value...", '#' starts a comment. The first
@@ -85,15 +85,5 @@ void isolde_policy_format(const struct isolde_policy *p, char *buf, size_t len);
 
 const char *isolde_syscall_group_name(uint32_t group);
 
-/* What of a policy a driver's start enforced (the plan, after the host had
- * its say): a missing mechanism is also a warning on stderr. */
-struct isolde_enforcement {
-	bool namespaces;       /* mnt, net, ipc, uts and the empty root */
-	bool user_namespace;   /* ... inside a user namespace of its own (not root) */
-	bool own_uid;          /* a uid no other process has (root) */
-	bool cgroups;          /* CPU and task limits */
-	int landlock_abi;      /* 0: no Landlock */
-	bool restricted_uring; /* the launcher's io_uring (policy 'uring') */
-};
 
 #endif
