@@ -38,9 +38,10 @@
  * completing anything); past the budget the device fails for good and every
  * pending and later request gets -EIO, and isolde_blk_error() says why.
  *
- * This work happens inside the calls that wait (isolde_blk_reap and the
- * synchronous calls): a driver that dies while nobody waits is restarted on
- * the next wait. A driver is killed if the thread that started it exits
+ * This work happens inside the calls that wait or poll (isolde_blk_reap,
+ * isolde_blk_poll and the synchronous calls), as a state machine that
+ * never blocks: a driver that dies while nobody waits or polls is restarted
+ * on the next call. A driver is killed if the thread that started it exits
  * (PR_SET_PDEATHSIG): the one that opened the device, or after a restart
  * the one whose wait restarted it.
  */
@@ -180,8 +181,9 @@ void isolde_blk_event_fds(const struct isolde_blk *dev, int *call_fd, int *watch
 
 /*
  * Without blocking: publish queued requests, answer the watch fd, detect a
- * hang, recover a failed driver (restart + replay), and collect up to max
- * completed requests. Returns how many, or a negative errno.
+ * hang, advance the recovery of a failed driver (each step that needs no
+ * waiting: reap, backoff, start, replay), and collect up to max completed
+ * requests. Returns how many, or a negative errno.
  */
 int isolde_blk_poll(struct isolde_blk *dev, struct isolde_blk_io **done, unsigned max);
 
@@ -193,6 +195,18 @@ int isolde_blk_poll(struct isolde_blk *dev, struct isolde_blk_io **done, unsigne
  * front end does not sleep.
  */
 bool isolde_blk_prepare_sleep(struct isolde_blk *dev);
+
+/*
+ * How long an event loop may sleep on the two fds before it must call
+ * isolde_blk_poll again: -1 (as long as it likes) while a driver runs,
+ * else the milliseconds until the recovery's next deadline (a backoff that
+ * ends, a start or a drain that times out). isolde_blk_poll never blocks:
+ * a device whose driver is restarting holds up nothing else.
+ */
+int isolde_blk_timeout_ms(const struct isolde_blk *dev);
+
+/* "running", "down", "backoff", "starting" or "failed". */
+const char *isolde_blk_state(const struct isolde_blk *dev);
 
 enum isolde_notify_mode isolde_blk_notify_mode(const struct isolde_blk *dev);
 /* READ/WRITE offsets and lengths must be multiples of this: 1, or with

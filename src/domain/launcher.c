@@ -167,6 +167,15 @@ static char **build_argv(const char *path, char **extra, const char *uring_param
 	return argv;
 }
 
+/* Where a start is (isolde_domain_start_step): each phase waits for an fd. */
+enum start_phase {
+	START_NONE,      /* no start in progress */
+	START_LISTENER,  /* the child's report of its seccomp listener (status pipe) */
+	START_EXEC,      /* the child's execveat, as a notification (listener) */
+	START_EXECED,    /* end-of-file on the status pipe: the exec happened */
+	START_READY,     /* the driver says READY in the header (call eventfd) */
+};
+
 /* What a domain holds for its generations besides the process. The log's
  * rate limit lives as long as the domain, so restarts grant no new lines. */
 struct isolde_generation {
@@ -182,6 +191,17 @@ struct isolde_generation {
 	uint32_t denials;             /* by this generation */
 	bool killed_for_denials;
 	uint64_t lines_before;        /* logged by earlier generations */
+	/* The start, step by step (isolde_domain_start_step). */
+	enum start_phase phase;
+	int status_fd;                /* child -> launcher, until the exec */
+	int control_fd;               /* launcher -> child, until the listener is ours */
+	uint64_t deadline_ns;         /* of the start, or of the drain */
+	/* The end: killed, reaped, then the generation's resources released. */
+	bool kill_sent;
+	bool ending;                  /* reaped; the generation is not over yet */
+	bool draining;                /* its io_uring is being waited for */
+	uint64_t drain_started_ns;
+	unsigned drain_first_inflight;
 };
 
 static void close_fd(int *fd)
@@ -219,6 +239,7 @@ int isolde_domain_create(struct isolde_domain *d, const struct isolde_domain_par
 	if (!d->extra_args || !d->gen)
 		goto fail_errno;
 	d->gen->device_fd = d->gen->log_write_fd = d->gen->landlock_fd = -1;
+	d->gen->status_fd = d->gen->control_fd = -1;
 	d->gen->log.fd = -1;
 	isolde_ratelimit_init(&d->gen->log_limit, d->policy.log_lines, d->policy.log_window_s);
 	/* Executed by fd: the driver's root is empty, and a binary replaced on
@@ -410,6 +431,72 @@ static void exec_driver(struct isolde_domain *d, pid_t parent, int status_fd, in
 	child_fail(status_fd, "execute the driver");
 }
 
+static bool namespaces_refused(int e)
+{
+	return e == EPERM || e == EINVAL || e == ENOSPC || e == EUSERS;
+}
+
+/* clone3 into new namespaces where allowed; without them where not (the
+ * plan records it), unless the policy needs them. Returns the child's pid
+ * in both processes' sense of fork(). */
+static pid_t clone_driver(struct isolde_domain *d, struct isolde_sandbox *sb, int *pidfd,
+			  char *err, size_t errlen)
+{
+	struct clone_args args;
+
+	for (;;) {
+		memset(&args, 0, sizeof args);
+		args.flags = CLONE_PIDFD;
+		if (sb->namespaces)
+			args.flags |= CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS;
+		if (sb->user_namespace)
+			args.flags |= CLONE_NEWUSER;
+		args.pidfd = (uint64_t)(uintptr_t)pidfd;
+		args.exit_signal = SIGCHLD;
+		pid_t pid = (pid_t)syscall(SYS_clone3, &args, sizeof args);
+		if (pid >= 0)
+			return pid;
+		int e = errno;
+		if (!sb->namespaces || !namespaces_refused(e)) {
+			set_err(err, errlen, "cannot start driver %s: clone3: %s", d->driver_name, strerror(e));
+			return -1;
+		}
+		if (sb->uring && !d->uring_without_namespaces) {
+			set_err(err, errlen, "driver %s needs io_uring (policy %s), and this host gives it no "
+				"namespaces (clone3: %s; not root and no user namespace): refusing to run "
+				"it uncontained; run as root, allow unprivileged user namespaces, or accept "
+				"seccomp, Landlock and the restricted ring alone with "
+				"--allow-uring-without-namespaces", d->driver_name, d->policy.source,
+				strerror(e));
+			return -1;
+		}
+		isolde_sandbox_drop_namespaces(sb, e);
+	}
+}
+
+static void watch(struct isolde_domain *d, int fd)
+{
+	struct epoll_event ev = { .events = EPOLLIN };
+
+	if (fd >= 0)
+		epoll_ctl(d->watch_fd, EPOLL_CTL_ADD, fd, &ev);
+}
+
+static void unwatch(struct isolde_domain *d, int fd)
+{
+	if (fd >= 0)
+		epoll_ctl(d->watch_fd, EPOLL_CTL_DEL, fd, NULL);
+}
+
+/* The start's own channels, closed once the exec happened or it failed. */
+static void close_start_channels(struct isolde_generation *g, struct isolde_domain *d)
+{
+	unwatch(d, g->status_fd);
+	close_fd(&g->status_fd);
+	close_fd(&g->control_fd);
+	g->phase = START_NONE;
+}
+
 /* Kill the driver for a policy reason the kernel cannot see. */
 static void kill_for_policy(struct isolde_domain *d, const char *why)
 {
@@ -463,156 +550,13 @@ void isolde_domain_log_counts(const struct isolde_domain *d, uint64_t *lines, ui
 
 unsigned isolde_domain_service(struct isolde_domain *d)
 {
-	unsigned answered = answer_syscalls(d);
+	unsigned answered = d->gen->phase == START_NONE || d->gen->phase == START_READY ? answer_syscalls(d) : 0;
 
 	isolde_driver_log_drain(&d->gen->log);
 	return answered;
 }
 
-static int wait_ready(struct isolde_domain *d, char *err, size_t errlen)
-{
-	uint64_t deadline = isolde_now_ns() + (uint64_t)ISOLDE_DRIVER_START_TIMEOUT_MS * 1000000;
-
-	for (;;) {
-		uint32_t state = __atomic_load_n(&d->header->driver_state, __ATOMIC_ACQUIRE);
-		if (state == ISOLDE_DRIVER_READY)
-			return 0;
-		uint64_t now = isolde_now_ns();
-		if (now >= deadline) {
-			set_err(err, errlen, "driver %s (pid %d) did not become ready within %d ms",
-				d->driver_name, (int)d->pid, ISOLDE_DRIVER_START_TIMEOUT_MS);
-			return -1;
-		}
-		struct pollfd p[4] = { { .fd = d->call_fd, .events = POLLIN },
-				       { .fd = d->pidfd, .events = POLLIN },
-				       { .fd = d->listener_fd, .events = POLLIN },
-				       { .fd = d->gen->log.fd, .events = POLLIN } };
-		int r = poll(p, 4, (int)((deadline - now) / 1000000) + 1);
-		if (r < 0 && errno != EINTR) {
-			set_err(err, errlen, "waiting for driver %s: %s", d->driver_name, strerror(errno));
-			return -1;
-		}
-		if (p[0].revents & POLLIN) {
-			uint64_t v;
-			(void)!read(d->call_fd, &v, sizeof v);
-		}
-		if ((p[2].revents | p[3].revents) & POLLIN)
-			isolde_domain_service(d);
-		if (p[1].revents) {
-			if (__atomic_load_n(&d->header->driver_state, __ATOMIC_ACQUIRE) == ISOLDE_DRIVER_READY)
-				continue;
-			isolde_domain_reap(d);
-			set_err(err, errlen, "driver %s %s before it was ready", d->driver_name,
-				d->last_exit.text);
-			return -1;
-		}
-	}
-}
-
-static bool namespaces_refused(int e)
-{
-	return e == EPERM || e == EINVAL || e == ENOSPC || e == EUSERS;
-}
-
-/* clone3 into new namespaces where allowed; without them where not (the
- * plan records it), unless the policy needs them. Returns the child's pid
- * in both processes' sense of fork(). */
-static pid_t clone_driver(struct isolde_domain *d, struct isolde_sandbox *sb, int *pidfd,
-			  char *err, size_t errlen)
-{
-	struct clone_args args;
-
-	for (;;) {
-		memset(&args, 0, sizeof args);
-		args.flags = CLONE_PIDFD;
-		if (sb->namespaces)
-			args.flags |= CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS;
-		if (sb->user_namespace)
-			args.flags |= CLONE_NEWUSER;
-		args.pidfd = (uint64_t)(uintptr_t)pidfd;
-		args.exit_signal = SIGCHLD;
-		pid_t pid = (pid_t)syscall(SYS_clone3, &args, sizeof args);
-		if (pid >= 0)
-			return pid;
-		int e = errno;
-		if (!sb->namespaces || !namespaces_refused(e)) {
-			set_err(err, errlen, "cannot start driver %s: clone3: %s", d->driver_name, strerror(e));
-			return -1;
-		}
-		if (sb->uring && !d->uring_without_namespaces) {
-			set_err(err, errlen, "driver %s needs io_uring (policy %s), and this host gives it no "
-				"namespaces (clone3: %s; not root and no user namespace): refusing to run "
-				"it uncontained; run as root, allow unprivileged user namespaces, or accept "
-				"seccomp, Landlock and the restricted ring alone with "
-				"--allow-uring-without-namespaces", d->driver_name, d->policy.source,
-				strerror(e));
-			return -1;
-		}
-		isolde_sandbox_drop_namespaces(sb, e);
-	}
-}
-
-/* Everything a generation holds besides its process, once it has ended. */
-static void end_generation(struct isolde_domain *d)
-{
-	struct isolde_generation *g = d->gen;
-	char err[200];
-
-	if (!g)
-		return;
-	isolde_driver_log_close(&g->log);
-	g->lines_before += g->log.lines;
-	g->log.lines = 0;
-	if (g->uring.active) {
-		int timeout = d->policy.heartbeat_ms * 10 < 5000 ? 5000 : (int)d->policy.heartbeat_ms * 10;
-		uint64_t started = isolde_now_ns();
-		int r = isolde_domain_uring_drain(&g->uring, 0, err, sizeof err);
-		unsigned left = isolde_domain_uring_inflight(&g->uring);
-		if (r == 0) {
-			r = isolde_domain_uring_drain(&g->uring, timeout, err, sizeof err);
-			if (r > 0)
-				fprintf(stderr, "isolde: driver %s: waited %llu ms for %u requests it left in "
-					"flight on its io_uring before reusing their memory\n", d->driver_name,
-					(unsigned long long)((isolde_now_ns() - started) / 1000000), left);
-		}
-		if (r <= 0) {
-			snprintf(d->unsafe, sizeof d->unsafe, "driver %s's io_uring still had %u requests in "
-				 "flight %d ms after it ended (%.100s): its memory may still be written, so "
-				 "the device stops", d->driver_name, isolde_domain_uring_inflight(&g->uring),
-				 timeout, r < 0 ? err : "timed out");
-			fprintf(stderr, "isolde: %s\n", d->unsafe);
-			/* The ring stays referenced: freeing it would not stop
-			 * the device from writing. */
-		}
-	}
-	if (g->cgroup.ndirs)
-		isolde_cgroup_remove(&g->cgroup);
-	close_fd(&g->device_fd);
-	close_fd(&g->log_write_fd);
-	close_fd(&g->landlock_fd);
-	free_argv(g->argv);
-	g->argv = NULL;
-}
-
-static int start_failed(struct isolde_domain *d, int status_pipe, int control_pipe)
-{
-	if (status_pipe >= 0)
-		close(status_pipe);
-	if (control_pipe >= 0)
-		close(control_pipe);
-	/* A start that failed because the child died (killed from outside,
-	 * say) must be recorded as that death, not as our own kill: give a
-	 * dying child a moment to become reapable first. */
-	if (d->pidfd >= 0) {
-		struct pollfd p = { .fd = d->pidfd, .events = POLLIN };
-		poll(&p, 1, 50);
-	}
-	if (d->pid > 0)
-		isolde_domain_kill(d);
-	else
-		end_generation(d);
-	return -1;
-}
+/* ---- the start ---- */
 
 /* The generation's resources, before the clone: device, ring, log, argv. */
 static int prepare_generation(struct isolde_domain *d, int log_pipe[2], char *err, size_t errlen)
@@ -623,6 +567,7 @@ static int prepare_generation(struct isolde_domain *d, int log_pipe[2], char *er
 
 	g->denials = 0;
 	g->killed_for_denials = false;
+	g->kill_sent = false;
 	isolde_sandbox_plan(&g->sb, &d->policy, d->layout.total_size, d->header_template.device_size,
 			    blockdev);
 	if ((g->device_fd = d->open_device(d->open_device_ctx, err, errlen)) < 0)
@@ -652,7 +597,7 @@ static int prepare_generation(struct isolde_domain *d, int log_pipe[2], char *er
 }
 
 /* Parent, right after clone: what must be in place before the child goes on. */
-static int admit_child(struct isolde_domain *d, pid_t pid, int control_pipe, char *err, size_t errlen)
+static int admit_child(struct isolde_domain *d, pid_t pid, char *err, size_t errlen)
 {
 	struct isolde_generation *g = d->gen;
 
@@ -660,7 +605,7 @@ static int admit_child(struct isolde_domain *d, pid_t pid, int control_pipe, cha
 		return -1;
 	if (g->sb.cgroups && isolde_cgroup_enter(&g->cgroup, d->driver_name, pid, &g->sb.cgroup, err, errlen))
 		return -1;
-	if (send(control_pipe, "g", 1, MSG_NOSIGNAL) != 1) {
+	if (send(g->control_fd, "g", 1, MSG_NOSIGNAL) != 1) {
 		set_err(err, errlen, "driver %s died while entering its sandbox", d->driver_name);
 		return -1;
 	}
@@ -672,37 +617,24 @@ static int admit_child(struct isolde_domain *d, pid_t pid, int control_pipe, cha
 	return 0;
 }
 
-/* The child's execveat is the one notification we let through. */
-static void let_exec_through(struct isolde_domain *d, pid_t pid)
+/* A start that failed: the channels go. A child that is still there, most
+ * likely exiting on its own now that they are gone, is the caller's to
+ * kill (isolde_domain_kill_async), reap and end. */
+static int start_failed(struct isolde_domain *d)
 {
-	struct pollfd pl[2] = { { .fd = d->listener_fd, .events = POLLIN }, { .fd = d->pidfd, .events = POLLIN } };
-
-	if (poll(pl, 2, ISOLDE_DRIVER_START_TIMEOUT_MS) > 0 && (pl[0].revents & POLLIN)) {
-		struct seccomp_notif req;
-		struct seccomp_notif_resp resp;
-		memset(&req, 0, sizeof req);
-		if (ioctl(d->listener_fd, SECCOMP_IOCTL_NOTIF_RECV, &req) == 0) {
-			memset(&resp, 0, sizeof resp);
-			resp.id = req.id;
-			if (req.pid == (uint32_t)pid && req.data.nr == SYS_execveat)
-				resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
-			else
-				resp.error = -EPERM;
-			ioctl(d->listener_fd, SECCOMP_IOCTL_NOTIF_SEND, &resp);
-		}
-	}
+	close_start_channels(d->gen, d);
+	return -1;
 }
 
-int isolde_domain_start(struct isolde_domain *d, char *err, size_t errlen)
+int isolde_domain_start_begin(struct isolde_domain *d, char *err, size_t errlen)
 {
 	struct isolde_generation *g = d->gen;
 	int status_pipe[2] = { -1, -1 }, control_pipe[2] = { -1, -1 }, log_pipe[2] = { -1, -1 };
 	pid_t parent = getpid();
-	struct child_report report = { 0 };
 	int pidfd = -1;
 
-	if (d->pid > 0) {
-		set_err(err, errlen, "driver %s is already running (pid %d)", d->driver_name, (int)d->pid);
+	if (d->pid > 0 || g->ending) {
+		set_err(err, errlen, "driver %s is still running or ending (pid %d)", d->driver_name, (int)d->pid);
 		return -1;
 	}
 	if (d->unsafe[0]) {
@@ -720,21 +652,25 @@ int isolde_domain_start(struct isolde_domain *d, char *err, size_t errlen)
 	(void)!read(d->kick_fd, &v, sizeof v);
 	(void)!read(d->call_fd, &v, sizeof v);
 
-	if (prepare_generation(d, log_pipe, err, errlen))
-		return start_failed(d, -1, -1);
+	if (prepare_generation(d, log_pipe, err, errlen)) {
+		g->ending = true;
+		return -1;
+	}
 	/* The control channel is a socket so that writing to a driver killed
 	 * mid-start fails with EPIPE instead of raising SIGPIPE in the caller. */
 	if (pipe2(status_pipe, O_CLOEXEC) != 0 ||
 	    socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, control_pipe) != 0) {
 		set_err(err, errlen, "cannot start driver %s: pipe: %s", d->driver_name, strerror(errno));
 		close_fd(&status_pipe[0]), close_fd(&status_pipe[1]), close(log_pipe[0]);
-		return start_failed(d, -1, -1);
+		g->ending = true;
+		return -1;
 	}
 	pid_t pid = clone_driver(d, &g->sb, &pidfd, err, errlen);
 	if (pid < 0) {
 		close(status_pipe[0]), close(status_pipe[1]), close(control_pipe[0]), close(control_pipe[1]);
 		close(log_pipe[0]);
-		return start_failed(d, -1, -1);
+		g->ending = true;
+		return -1;
 	}
 	if (pid == 0) {
 		close(status_pipe[0]);
@@ -745,97 +681,235 @@ int isolde_domain_start(struct isolde_domain *d, char *err, size_t errlen)
 	close(control_pipe[0]);
 	d->pid = pid;
 	d->pidfd = pidfd;
+	g->status_fd = status_pipe[0];
+	g->control_fd = control_pipe[1];
+	g->ending = true; /* from here on it ends like any driver: reap, then end */
+	g->deadline_ns = isolde_now_ns() + (uint64_t)ISOLDE_DRIVER_START_TIMEOUT_MS * 1000000;
 	isolde_driver_log_attach(&g->log, log_pipe[0], d->driver_name, pid, &g->log_limit);
-	if (admit_child(d, pid, control_pipe[1], err, errlen))
-		return start_failed(d, status_pipe[0], control_pipe[1]);
+	watch(d, d->pidfd);
+	watch(d, g->log.fd);
+	watch(d, g->status_fd);
+	if (admit_child(d, pid, err, errlen))
+		return start_failed(d);
 
 	/* The filter names the driver's pid, so it is built now. */
 	ssize_t len = isolde_sandbox_build_filter(&g->sb, pid, filter_buf, sizeof filter_buf, err, errlen);
 	if (len < 0)
-		return start_failed(d, status_pipe[0], control_pipe[1]);
+		return start_failed(d);
 	uint32_t len32 = (uint32_t)len;
-	if (send(control_pipe[1], &len32, sizeof len32, MSG_NOSIGNAL) != sizeof len32 ||
-	    send(control_pipe[1], filter_buf, (size_t)len, MSG_NOSIGNAL) != len) {
+	if (send(g->control_fd, &len32, sizeof len32, MSG_NOSIGNAL) != sizeof len32 ||
+	    send(g->control_fd, filter_buf, (size_t)len, MSG_NOSIGNAL) != len) {
 		set_err(err, errlen, "cannot pass the seccomp filter to driver %s", d->driver_name);
-		return start_failed(d, status_pipe[0], control_pipe[1]);
+		return start_failed(d);
 	}
-	if (!read_full(status_pipe[0], &report, sizeof report) || report.kind != CHILD_LISTENER) {
-		if (report.kind == CHILD_FAILED)
+	g->phase = START_LISTENER;
+	return 0;
+}
+
+static bool readable(int fd)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	return fd >= 0 && poll(&p, 1, 0) > 0 && (p.revents & (POLLIN | POLLHUP));
+}
+
+/* A report on the status pipe, or end-of-file (0). -1: nothing yet. */
+static int read_report(struct isolde_generation *g, struct child_report *r)
+{
+	if (!readable(g->status_fd))
+		return -1;
+	ssize_t n = read(g->status_fd, r, sizeof *r);
+	return n == (ssize_t)sizeof *r ? 1 : 0;
+}
+
+static int phase_listener(struct isolde_domain *d, char *err, size_t errlen)
+{
+	struct isolde_generation *g = d->gen;
+	struct child_report report = { 0 };
+	int r = read_report(g, &report);
+
+	if (r < 0)
+		return 0;
+	if (r == 0 || report.kind != CHILD_LISTENER) {
+		if (r == 1 && report.kind == CHILD_FAILED)
 			set_err(err, errlen, "cannot sandbox driver %s: %s: %s", d->driver_name, report.stage,
 				strerror(report.value));
 		else
 			set_err(err, errlen, "driver %s died while entering its sandbox", d->driver_name);
-		return start_failed(d, status_pipe[0], control_pipe[1]);
+		return -1;
 	}
-	d->listener_fd = (int)syscall(SYS_pidfd_getfd, pidfd, report.value, 0);
+	d->listener_fd = (int)syscall(SYS_pidfd_getfd, d->pidfd, report.value, 0);
 	if (d->listener_fd < 0) {
 		set_err(err, errlen, "cannot take the seccomp listener of driver %s: %s", d->driver_name,
 			strerror(errno));
-		return start_failed(d, status_pipe[0], control_pipe[1]);
+		return -1;
 	}
 	fcntl(d->listener_fd, F_SETFD, FD_CLOEXEC);
-	if (send(control_pipe[1], "k", 1, MSG_NOSIGNAL) != 1) {
+	if (send(g->control_fd, "k", 1, MSG_NOSIGNAL) != 1) {
 		set_err(err, errlen, "driver %s died while entering its sandbox", d->driver_name);
-		return start_failed(d, status_pipe[0], control_pipe[1]);
+		return -1;
 	}
-	close(control_pipe[1]);
-	let_exec_through(d, pid);
-	/* EOF on the close-on-exec status pipe: the exec happened. */
-	ssize_t n = read(status_pipe[0], &report, sizeof report);
-	close(status_pipe[0]);
-	if (n == sizeof report && report.kind == CHILD_FAILED) {
+	close_fd(&g->control_fd);
+	watch(d, d->listener_fd);
+	g->phase = START_EXEC;
+	return 0;
+}
+
+/* The child's execveat is the one notification we let through. */
+static int phase_exec(struct isolde_domain *d, char *err, size_t errlen)
+{
+	struct isolde_generation *g = d->gen;
+	struct seccomp_notif req;
+	struct seccomp_notif_resp resp;
+
+	if (!readable(d->listener_fd)) {
+		if (!readable(g->status_fd))
+			return 0;
+		/* The child reports a failure, or died, before its exec. */
+		g->phase = START_EXECED;
+		return 0;
+	}
+	memset(&req, 0, sizeof req);
+	if (ioctl(d->listener_fd, SECCOMP_IOCTL_NOTIF_RECV, &req) == 0) {
+		memset(&resp, 0, sizeof resp);
+		resp.id = req.id;
+		if (req.pid == (uint32_t)d->pid && req.data.nr == SYS_execveat)
+			resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
+		else
+			resp.error = -EPERM;
+		ioctl(d->listener_fd, SECCOMP_IOCTL_NOTIF_SEND, &resp);
+	}
+	(void)err, (void)errlen;
+	g->phase = START_EXECED;
+	return 0;
+}
+
+/* End-of-file on the close-on-exec status pipe: the exec happened. */
+static int phase_execed(struct isolde_domain *d, char *err, size_t errlen)
+{
+	struct isolde_generation *g = d->gen;
+	struct child_report report = { 0 };
+	int r = read_report(g, &report);
+
+	if (r < 0)
+		return 0;
+	if (r == 1 && report.kind == CHILD_FAILED) {
 		set_err(err, errlen, "cannot start driver %s (%s): %s: %s", d->driver_name, d->driver_path,
 			report.stage, strerror(report.value));
-		return start_failed(d, -1, -1);
+		return -1;
 	}
+	close_start_channels(g, d);
+	g->phase = START_READY;
 	/* The driver holds its device, log and ring now; our copies go (the
 	 * ring's stays referenced by g->uring, for the drain). */
 	close_fd(&g->device_fd);
 	close_fd(&g->log_write_fd);
 	close_fd(&g->landlock_fd);
-
-	struct epoll_event ev = { .events = EPOLLIN };
-	epoll_ctl(d->watch_fd, EPOLL_CTL_ADD, d->pidfd, &ev);
-	epoll_ctl(d->watch_fd, EPOLL_CTL_ADD, d->listener_fd, &ev);
-	epoll_ctl(d->watch_fd, EPOLL_CTL_ADD, g->log.fd, &ev);
 	d->applied = (struct isolde_enforcement){
 		.namespaces = g->sb.namespaces, .user_namespace = g->sb.user_namespace,
 		.own_uid = g->sb.own_uid, .cgroups = g->cgroup.ndirs > 0,
 		.landlock_abi = g->sb.landlock_abi, .restricted_uring = g->uring.active,
 	};
-	if (wait_ready(d, err, errlen) != 0) {
-		isolde_domain_kill(d);
+	return 0;
+}
+
+static int phase_ready(struct isolde_domain *d, char *err, size_t errlen)
+{
+	uint64_t v;
+
+	(void)!read(d->call_fd, &v, sizeof v);
+	isolde_domain_service(d);
+	if (__atomic_load_n(&d->header->driver_state, __ATOMIC_ACQUIRE) == ISOLDE_DRIVER_READY) {
+		d->gen->phase = START_NONE;
+		return 1;
+	}
+	if (readable(d->pidfd)) {
+		isolde_domain_reap(d);
+		set_err(err, errlen, "driver %s %s before it was ready", d->driver_name, d->last_exit.text);
 		return -1;
 	}
 	return 0;
 }
 
-static void release_process(struct isolde_domain *d)
+int isolde_domain_start_step(struct isolde_domain *d, char *err, size_t errlen)
 {
-	if (d->pidfd >= 0) {
-		epoll_ctl(d->watch_fd, EPOLL_CTL_DEL, d->pidfd, NULL);
-		close(d->pidfd);
+	struct isolde_generation *g = d->gen;
+	enum start_phase before;
+	int r = 0;
+
+	if (g->phase == START_NONE)
+		return d->pid > 0 && !g->kill_sent ? 1 : -1;
+	do {
+		before = g->phase;
+		switch (g->phase) {
+		case START_LISTENER: r = phase_listener(d, err, errlen); break;
+		case START_EXEC: r = phase_exec(d, err, errlen); break;
+		case START_EXECED: r = phase_execed(d, err, errlen); break;
+		case START_READY: r = phase_ready(d, err, errlen); break;
+		case START_NONE: r = 1; break;
+		}
+	} while (r == 0 && g->phase != before);
+	if (r == 0 && isolde_now_ns() >= g->deadline_ns) {
+		set_err(err, errlen, "driver %s (pid %d) did not become ready within %d ms", d->driver_name,
+			(int)d->pid, ISOLDE_DRIVER_START_TIMEOUT_MS);
+		r = -1;
 	}
-	if (d->listener_fd >= 0) {
-		epoll_ctl(d->watch_fd, EPOLL_CTL_DEL, d->listener_fd, NULL);
-		close(d->listener_fd);
-	}
-	if (d->gen && d->gen->log.fd >= 0)
-		epoll_ctl(d->watch_fd, EPOLL_CTL_DEL, d->gen->log.fd, NULL);
-	d->pidfd = d->listener_fd = -1;
-	d->pid = 0;
-	end_generation(d);
+	return r < 0 ? start_failed(d) : r;
 }
 
-static void note_policy_kill(struct isolde_domain *d)
+int isolde_domain_start_timeout_ms(const struct isolde_domain *d)
+{
+	uint64_t now = isolde_now_ns(), deadline = d->gen->deadline_ns;
+
+	if (d->gen->phase == START_NONE && !d->gen->draining)
+		return -1;
+	return now >= deadline ? 0 : (int)((deadline - now + 999999) / 1000000);
+}
+
+int isolde_domain_start(struct isolde_domain *d, char *err, size_t errlen)
+{
+	if (isolde_domain_start_begin(d, err, errlen)) {
+		isolde_domain_kill(d);
+		return -1;
+	}
+	for (;;) {
+		int r = isolde_domain_start_step(d, err, errlen);
+		if (r > 0)
+			return 0;
+		if (r < 0) {
+			isolde_domain_kill(d);
+			return -1;
+		}
+		struct pollfd p[2] = { { .fd = d->watch_fd, .events = POLLIN }, { .fd = d->call_fd, .events = POLLIN } };
+		poll(p, 2, isolde_domain_start_timeout_ms(d));
+	}
+}
+
+/* ---- the end ---- */
+
+static void release_process(struct isolde_domain *d)
+{
+	unwatch(d, d->pidfd);
+	unwatch(d, d->listener_fd);
+	if (d->pidfd >= 0)
+		close(d->pidfd);
+	if (d->listener_fd >= 0)
+		close(d->listener_fd);
+	d->pidfd = d->listener_fd = -1;
+	d->pid = 0;
+}
+
+static void note_launcher_kill(struct isolde_domain *d)
 {
 	struct isolde_exit *x = &d->last_exit;
 
-	if (!d->gen->killed_for_denials)
-		return;
-	x->by_policy = true;
-	snprintf(x->text, sizeof x->text, "(pid %d) was killed after %u system calls its policy refuses",
-		 (int)d->pid, d->gen->denials);
+	if (d->gen->killed_for_denials) {
+		x->by_policy = true;
+		snprintf(x->text, sizeof x->text, "(pid %d) was killed after %u system calls its policy refuses",
+			 (int)d->pid, d->gen->denials);
+	} else if (d->gen->kill_sent && x->signaled && x->code == SIGKILL) {
+		x->by_launcher = true;
+		snprintf(x->text, sizeof x->text, "(pid %d) was stopped by the launcher", (int)d->pid);
+	}
 }
 
 bool isolde_domain_reap(struct isolde_domain *d)
@@ -872,9 +946,80 @@ bool isolde_domain_reap(struct isolde_domain *d)
 			info.si_status, sigabbrev_np(info.si_status) ? sigabbrev_np(info.si_status) : "?",
 			info.si_code == CLD_DUMPED ? ", core dumped" : "");
 	}
-	note_policy_kill(d);
+	note_launcher_kill(d);
+	close_start_channels(d->gen, d);
 	release_process(d);
 	return true;
+}
+
+/* Wait (up to wait_ms) for the dead driver's io_uring to drain: 1 drained,
+ * 0 not yet, -1 unsafe. */
+static int drain_uring(struct isolde_domain *d, int wait_ms)
+{
+	struct isolde_generation *g = d->gen;
+	char err[200];
+
+	if (!g->uring.active)
+		return 1;
+	if (!g->draining) {
+		int timeout = d->policy.heartbeat_ms * 10 < 5000 ? 5000 : (int)d->policy.heartbeat_ms * 10;
+		g->draining = true;
+		g->drain_started_ns = isolde_now_ns();
+		g->deadline_ns = g->drain_started_ns + (uint64_t)timeout * 1000000;
+		g->drain_first_inflight = 0;
+		watch(d, g->uring.ring.ring_fd);
+	}
+	int ring_fd = g->uring.ring.ring_fd;
+	int r = isolde_domain_uring_drain(&g->uring, wait_ms, err, sizeof err);
+	if (g->drain_first_inflight == 0)
+		g->drain_first_inflight = isolde_domain_uring_inflight(&g->uring);
+	if (r == 0 && isolde_now_ns() < g->deadline_ns)
+		return 0;
+	unwatch(d, ring_fd);
+	g->draining = false;
+	if (r > 0) {
+		if (g->drain_first_inflight)
+			fprintf(stderr, "isolde: driver %s: waited %llu ms for %u requests it left in flight on "
+				"its io_uring before reusing their memory\n", d->driver_name,
+				(unsigned long long)((isolde_now_ns() - g->drain_started_ns) / 1000000),
+				g->drain_first_inflight);
+		return 1;
+	}
+	snprintf(d->unsafe, sizeof d->unsafe, "driver %s's io_uring still had %u requests in flight %llu ms "
+		 "after it ended (%.100s): its memory may still be written, so the device stops",
+		 d->driver_name, isolde_domain_uring_inflight(&g->uring),
+		 (unsigned long long)((isolde_now_ns() - g->drain_started_ns) / 1000000),
+		 r < 0 ? err : "timed out");
+	fprintf(stderr, "isolde: %s\n", d->unsafe);
+	/* The ring stays referenced: freeing it would not stop the device
+	 * from writing. */
+	return -1;
+}
+
+int isolde_domain_end_step(struct isolde_domain *d, int wait_ms)
+{
+	struct isolde_generation *g = d->gen;
+
+	if (!g || !g->ending)
+		return 1;
+	if (d->pid > 0)
+		return 0; /* reap first */
+	unwatch(d, g->log.fd);
+	isolde_driver_log_close(&g->log);
+	g->lines_before += g->log.lines;
+	g->log.lines = 0;
+	int r = drain_uring(d, wait_ms);
+	if (r == 0)
+		return 0;
+	if (g->cgroup.ndirs)
+		isolde_cgroup_remove(&g->cgroup);
+	close_fd(&g->device_fd);
+	close_fd(&g->log_write_fd);
+	close_fd(&g->landlock_fd);
+	free_argv(g->argv);
+	g->argv = NULL;
+	g->ending = false;
+	return r;
 }
 
 bool isolde_domain_waiting_on_device(const struct isolde_domain *d)
@@ -899,33 +1044,34 @@ bool isolde_domain_waiting_on_device(const struct isolde_domain *d)
 	return end && end[1] == ' ' && end[2] == 'D';
 }
 
-void isolde_domain_kill(struct isolde_domain *d)
+void isolde_domain_kill_async(struct isolde_domain *d)
 {
-	if (d->pid <= 0)
+	if (d->pid <= 0 || d->gen->kill_sent)
 		return;
 	/* Already dead: keep how it ended. */
 	if (isolde_domain_reap(d))
 		return;
-	pid_t pid = d->pid;
-	siginfo_t info;
+	d->gen->kill_sent = true;
 	pidfd_send_signal(d->pidfd, SIGKILL, NULL, 0);
+}
+
+void isolde_domain_kill(struct isolde_domain *d)
+{
+	isolde_domain_kill_async(d);
 	/* A stop a tracer in this process has not collected may come first
 	 * (see isolde_domain_reap); the exit follows it. */
-	do {
-		memset(&info, 0, sizeof info);
-		if (waitid(P_PIDFD, (id_t)d->pidfd, &info, WEXITED) != 0 && errno != EINTR)
-			break;
-	} while (info.si_code != CLD_EXITED && info.si_code != CLD_KILLED && info.si_code != CLD_DUMPED);
-	memset(&d->last_exit, 0, sizeof d->last_exit);
-	set_err(d->last_exit.text, sizeof d->last_exit.text, "(pid %d) was stopped by the launcher",
-		(int)pid);
-	note_policy_kill(d);
-	release_process(d);
+	while (d->pid > 0 && !isolde_domain_reap(d)) {
+		struct pollfd p = { .fd = d->pidfd, .events = POLLIN };
+		poll(&p, 1, 100);
+	}
+	while (isolde_domain_end_step(d, 100) == 0)
+		;
 }
 
 void isolde_domain_destroy(struct isolde_domain *d)
 {
-	isolde_domain_kill(d);
+	if (d->gen)
+		isolde_domain_kill(d);
 	/* A ring that did not drain is let go only now: the device stopped
 	 * and its memory is about to be unmapped. */
 	if (d->gen)

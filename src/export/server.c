@@ -366,9 +366,16 @@ static bool busy(const struct isolde_server *s)
 	return s->inflight_pieces > 0 || s->backlog_head != NULL;
 }
 
-/* How long epoll may sleep: not at all while the ring must be watched. */
+/* How long epoll may sleep: not at all while the ring must be watched,
+ * and never past the device's recovery deadline. */
 static int sleep_ms(struct isolde_server *s, uint64_t *spin_since)
 {
+	int recovery = isolde_blk_timeout_ms(s->dev);
+
+	if (recovery >= 0) {
+		*spin_since = 0;
+		return recovery;
+	}
 	if (!busy(s)) {
 		*spin_since = 0;
 		return s->stopping ? 0 : -1;

@@ -324,33 +324,10 @@ void isolde_blk_get_stats(const struct isolde_blk *dev, struct isolde_blk_stats 
 	isolde_domain_log_counts(&dev->domain, &st->log_lines, &st->log_suppressed);
 }
 
-/* ---- failure and recovery ---- */
-
-/* Past the restart budget: stop the driver, fail everything now and later. */
-static void fail_device(struct isolde_blk *dev, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (dev->failed)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(dev->error, sizeof dev->error, fmt, ap);
-	va_end(ap);
-	dev->failed = true;
-	isolde_domain_kill(&dev->domain);
-	fprintf(stderr, "isolde: %s\n", dev->error);
-}
-
-static void recovered(struct isolde_blk *dev, uint64_t micros)
-{
-	isolde_supervisor_record_recovery(&dev->supervisor, micros);
-	fprintf(stderr, "isolde: driver %s generation %u (pid %d) recovered in %llu us, %u requests "
-		"replayed\n", dev->domain.driver_name, dev->domain.generation, (int)dev->domain.pid,
-		(unsigned long long)micros, dev->replayed_last);
-}
+/* ---- failure ---- */
 
 /* Write request e (shadow index idx) onto the ring, granting its buffer. */
-static void post_request(struct isolde_blk *dev, uint32_t idx)
+void isolde_front_post(struct isolde_blk *dev, uint32_t idx)
 {
 	struct isolde_shadow_entry *e = &dev->shadow.entries[idx];
 	struct isolde_blk_request req;
@@ -373,114 +350,12 @@ static void post_request(struct isolde_blk *dev, uint32_t idx)
 	}
 	memcpy(isolde_front_next_request(&dev->ring), &req, isolde_blk_request_bytes(req.nr_segs));
 	dev->ring.req_prod_pvt++;
+	e->posted = true;
 }
 
-static int by_sequence(const void *a, const void *b, void *ctx)
+static bool running(const struct isolde_blk *dev)
 {
-	const struct isolde_shadow *s = ctx;
-	uint64_t x = s->entries[*(const uint32_t *)a].id, y = s->entries[*(const uint32_t *)b].id;
-	return x < y ? -1 : x > y;
-}
-
-/*
- * Re-post every request in the shadow to a fresh driver, oldest first, so a
- * flush still follows the writes it was meant to cover. Copy-mode writes are
- * copied again from the caller's buffer: the dead driver may have scribbled
- * on the data area.
- */
-static unsigned replay(struct isolde_blk *dev)
-{
-	uint32_t order[ISOLDE_BLK_MAX_QUEUE_DEPTH];
-	unsigned n = 0;
-	uint64_t now = isolde_now_ns();
-
-	for (uint32_t i = 0; i < dev->shadow.depth; i++)
-		if (dev->shadow.entries[i].id != 0)
-			order[n++] = i;
-	qsort_r(order, n, sizeof order[0], by_sequence, &dev->shadow);
-	for (unsigned k = 0; k < n; k++) {
-		struct isolde_shadow_entry *e = &dev->shadow.entries[order[k]];
-
-		if (e->copy && e->op == ISOLDE_BLK_OP_WRITE)
-			memcpy(dev->domain.data + e->data_offset, e->io->buf, e->length);
-		e->submitted_ns = now;
-		e->replayed = true;
-		post_request(dev, order[k]);
-	}
-	isolde_waiter_signal(&dev->waiter, isolde_front_push_requests(&dev->ring) || n > 0);
-	return n;
-}
-
-/*
- * The driver failed: kill what is left of it, and start a fresh one within
- * the restart budget, then replay. Past the budget the device fails.
- */
-static void driver_failed(struct isolde_blk *dev, enum isolde_failure failure, const char *detail)
-{
-	uint64_t detected = dev->death_seen_ns ? dev->death_seen_ns : isolde_now_ns();
-	char why[512];
-
-	dev->death_seen_ns = 0;
-	snprintf(why, sizeof why, "%s", detail);
-	isolde_domain_kill(&dev->domain);
-	for (;;) {
-		uint64_t now = isolde_now_ns();
-		bool progress = isolde_supervisor_made_progress(&dev->supervisor, dev->completed_gen);
-
-		/* What the dead driver may still write is not known: nothing
-		 * that memory holds may be handed out again. */
-		if (dev->domain.unsafe[0]) {
-			fail_device(dev, "%s; pending and new I/O fails", dev->domain.unsafe);
-			return;
-		}
-		if (!isolde_supervisor_may_restart(&dev->supervisor, progress, now)) {
-			if (!progress && dev->supervisor.no_progress >= dev->policy.crash_loop_max)
-				fail_device(dev, "driver %s failed (%s: %s) after %u restarts in a row in "
-					    "which it completed fewer than %u requests (crash-loop limit of "
-					    "policy %s); pending and new I/O fails", dev->domain.driver_name,
-					    isolde_failure_name(failure), why, dev->supervisor.no_progress,
-					    dev->supervisor.progress_min, dev->policy.source);
-			else
-				fail_device(dev, "driver %s failed (%s: %s) and its restart budget of %u per "
-					    "%u s (policy %s) is spent; pending and new I/O fails",
-					    dev->domain.driver_name, isolde_failure_name(failure), why,
-					    dev->policy.restart_max, dev->policy.restart_window_s,
-					    dev->policy.source);
-			return;
-		}
-		uint64_t backoff = isolde_supervisor_record_restart(&dev->supervisor, failure,
-								   progress, now);
-		fprintf(stderr, "isolde: driver %s failed (%s: %s); restart %llu, generation %u%s\n",
-			dev->domain.driver_name, isolde_failure_name(failure), why,
-			(unsigned long long)dev->supervisor.stats.restarts, dev->domain.generation + 1,
-			backoff ? " after backoff" : "");
-		if (backoff) {
-			struct timespec ts = { (time_t)(backoff / 1000000000u), (long)(backoff % 1000000000u) };
-			nanosleep(&ts, NULL);
-		}
-		dev->completed_gen = 0;
-		char err[400];
-		if (isolde_domain_start(&dev->domain, err, sizeof err) == 0)
-			break;
-		/* Killed from outside while starting is not a start failure. */
-		const struct isolde_exit *x = &dev->domain.last_exit;
-		failure = x->signaled && isolde_classify_exit(true, x->code) == ISOLDE_FAIL_KILLED
-				  ? ISOLDE_FAIL_KILLED : ISOLDE_FAIL_START;
-		snprintf(why, sizeof why, "%s", err);
-	}
-	isolde_front_ring_attach(&dev->ring, dev->domain.sring, dev->domain.layout.ring_slots,
-				 ISOLDE_BLK_SLOT_SIZE);
-	dev->ring.peer_sleeps = dev->waiter.mode != ISOLDE_NOTIFY_SPIN;
-	dev->waiter.spin_ns = dev->waiter.spin_min_ns;
-	dev->heartbeat_seen = 0;
-	dev->heartbeat_changed_ns = isolde_now_ns();
-	unsigned n = replay(dev);
-	dev->supervisor.stats.replayed += n;
-	dev->replayed_last = n;
-	if (n)
-		dev->recovery_started_ns = detected;
-	else
-		recovered(dev, (isolde_now_ns() - detected) / 1000);
+	return dev->rec.state == ISOLDE_DEV_RUNNING;
 }
 
 static void protocol_violation(struct isolde_blk *dev, const char *fmt, ...)
@@ -492,7 +367,7 @@ static void protocol_violation(struct isolde_blk *dev, const char *fmt, ...)
 	vsnprintf(why, sizeof why, fmt, ap);
 	va_end(ap);
 	dev->stats.protocol_violations++;
-	driver_failed(dev, ISOLDE_FAIL_PROTOCOL, why);
+	isolde_recovery_fail(dev, ISOLDE_FAIL_PROTOCOL, "%s", why);
 }
 
 /* ---- submission ---- */
@@ -564,7 +439,7 @@ int isolde_blk_submit(struct isolde_blk *dev, struct isolde_blk_io *io)
 	r = check_io(dev, io);
 	if (r)
 		return r;
-	if (isolde_front_free_slots(&dev->ring) == 0)
+	if (running(dev) && isolde_front_free_slots(&dev->ring) == 0)
 		return -EAGAIN;
 	idx = isolde_shadow_alloc(&dev->shadow);
 	if (idx < 0)
@@ -598,13 +473,15 @@ int isolde_blk_submit(struct isolde_blk *dev, struct isolde_blk_io *io)
 		if (io->op == ISOLDE_BLK_OP_WRITE && !e->copy)
 			isolde_shield_sums(io->buf, io->offset, io->len, shield_sums_of(dev, (uint32_t)idx));
 	}
-	post_request(dev, (uint32_t)idx);
+	/* While no driver runs, the shadow holds it: replay posts it. */
+	if (running(dev))
+		isolde_front_post(dev, (uint32_t)idx);
 	return 0;
 }
 
 void isolde_blk_push(struct isolde_blk *dev)
 {
-	if (dev->failed)
+	if (!running(dev))
 		return;
 	isolde_waiter_signal(&dev->waiter, isolde_front_push_requests(&dev->ring));
 }
@@ -714,7 +591,7 @@ static struct isolde_blk_io *complete(struct isolde_blk *dev, uint32_t idx, int 
 	io->result = result;
 	dev->completed_gen++;
 	if (dev->recovery_started_ns && !dev->failed) {
-		recovered(dev, (isolde_now_ns() - dev->recovery_started_ns) / 1000);
+		isolde_recovery_note(dev, (isolde_now_ns() - dev->recovery_started_ns) / 1000);
 		dev->recovery_started_ns = 0;
 	}
 	dev->stats.requests++;
@@ -801,17 +678,14 @@ static unsigned consume_responses(struct isolde_blk *dev, struct isolde_blk_io *
 		}
 		done[n++] = complete(dev, idx, result);
 	}
-	if (corrupt) {
-		char why[200];
-		snprintf(why, sizeof why, "(pid %d) returned block %llu different from what was written "
-			 "(integrity shield)", (int)dev->domain.pid, (unsigned long long)corrupt_block);
-		driver_failed(dev, ISOLDE_FAIL_CORRUPTION, why);
-	} else if (doubted) {
-		char why[200];
-		snprintf(why, sizeof why, "(pid %d) reported '%s'; asking a fresh driver to confirm",
-			 (int)dev->domain.pid, isolde_blk_status_name(doubted_status));
-		driver_failed(dev, ISOLDE_FAIL_ERROR_STATUS, why);
-	}
+	if (corrupt)
+		isolde_recovery_fail(dev, ISOLDE_FAIL_CORRUPTION, "(pid %d) returned block %llu different from "
+				     "what was written (integrity shield)", (int)dev->domain.pid,
+				     (unsigned long long)corrupt_block);
+	else if (doubted)
+		isolde_recovery_fail(dev, ISOLDE_FAIL_ERROR_STATUS, "(pid %d) reported '%s'; asking a fresh "
+				     "driver to confirm", (int)dev->domain.pid,
+				     isolde_blk_status_name(doubted_status));
 	return n;
 }
 
@@ -854,7 +728,6 @@ static void check_hang(struct isolde_blk *dev, uint64_t now)
 {
 	uint64_t hb = __atomic_load_n(&dev->domain.header->heartbeat, __ATOMIC_RELAXED);
 	uint64_t limit = (uint64_t)dev->hang_ms * 1000000;
-	char why[200];
 
 	if (hb != dev->heartbeat_seen) {
 		dev->heartbeat_seen = hb;
@@ -865,38 +738,77 @@ static void check_hang(struct isolde_blk *dev, uint64_t now)
 		return;
 	}
 	if (now - dev->heartbeat_changed_ns >= limit && !isolde_domain_waiting_on_device(&dev->domain)) {
-		snprintf(why, sizeof why, "(pid %d) made no progress for %u ms with %u requests pending",
-			 (int)dev->domain.pid, dev->hang_ms, isolde_shadow_in_flight(&dev->shadow));
-		driver_failed(dev, ISOLDE_FAIL_HANG, why);
+		isolde_recovery_fail(dev, ISOLDE_FAIL_HANG, "(pid %d) made no progress for %u ms with %u "
+				     "requests pending", (int)dev->domain.pid, dev->hang_ms,
+				     isolde_shadow_in_flight(&dev->shadow));
 		return;
 	}
 	for (uint32_t i = 0; i < dev->shadow.depth; i++) {
 		const struct isolde_shadow_entry *e = &dev->shadow.entries[i];
 		if (e->id != 0 && now - e->submitted_ns >= 10 * limit) {
-			snprintf(why, sizeof why, "(pid %d) left a %s request unanswered for %u ms",
-				 (int)dev->domain.pid, isolde_blk_op_name(e->op), 10 * dev->hang_ms);
-			driver_failed(dev, ISOLDE_FAIL_HANG, why);
+			isolde_recovery_fail(dev, ISOLDE_FAIL_HANG, "(pid %d) left a %s request unanswered for "
+					     "%u ms", (int)dev->domain.pid, isolde_blk_op_name(e->op),
+					     10 * dev->hang_ms);
 			return;
 		}
 	}
 }
 
-/* The watch fd fired: a system call to answer, or the driver ended. */
+/* The watch fd fired while the driver runs: a system call to answer, a log
+ * line, or the driver ended. */
 static void watch_fired(struct isolde_blk *dev, struct isolde_blk_io **done, unsigned max, unsigned *n)
 {
 	isolde_domain_service(&dev->domain);
-	dev->death_seen_ns = isolde_now_ns();
-	if (dev->domain.pid > 0 && !isolde_domain_reap(&dev->domain)) {
-		dev->death_seen_ns = 0;
+	if (dev->domain.pid > 0 && !isolde_domain_reap(&dev->domain))
 		return;
-	}
+	dev->death_seen_ns = isolde_now_ns();
 	/* Take what it answered before it died, then recover the rest. */
 	*n += consume_responses(dev, done + *n, max - *n);
-	if (dev->domain.pid > 0 || dev->failed)
-		return; /* the responses themselves were a violation, already handled */
 	const struct isolde_exit *x = &dev->domain.last_exit;
-	driver_failed(dev, x->by_policy ? ISOLDE_FAIL_POLICY : isolde_classify_exit(x->signaled, x->code),
-		      x->text);
+	isolde_recovery_fail(dev, x->by_policy ? ISOLDE_FAIL_POLICY : isolde_classify_exit(x->signaled, x->code),
+			     "%s", x->text);
+}
+
+/*
+ * What can be done without waiting: publish, answer the driver's calls,
+ * detect its end or its hang, collect responses; or, while it is down,
+ * advance the recovery. Every request of a failed device completes -EIO.
+ */
+static unsigned attend(struct isolde_blk *dev, struct isolde_blk_io **done, unsigned max, bool watch_ready)
+{
+	unsigned n = 0;
+
+	if (running(dev)) {
+		if (watch_ready)
+			watch_fired(dev, done, max, &n);
+		if (running(dev))
+			n += consume_responses(dev, done + n, max - n);
+		if (running(dev))
+			check_hang(dev, isolde_now_ns());
+	}
+	if (!running(dev))
+		isolde_recovery_step(dev);
+	if (dev->failed)
+		n += drain_failed(dev, done + n, max - n);
+	return n;
+}
+
+static bool watch_readable(const struct isolde_blk *dev)
+{
+	struct pollfd p = { .fd = dev->domain.watch_fd, .events = POLLIN };
+	return poll(&p, 1, 0) > 0;
+}
+
+/* While the driver is down: sleep on the watch fd, up to the recovery's
+ * next deadline and the caller's. */
+static void wait_recovery(struct isolde_blk *dev, int64_t slice_ns)
+{
+	int ms = isolde_recovery_timeout_ms(dev);
+	int slice_ms = (int)((slice_ns + 999999) / 1000000);
+	struct pollfd p[2] = { { .fd = dev->domain.watch_fd, .events = POLLIN },
+			       { .fd = dev->domain.call_fd, .events = POLLIN } };
+
+	poll(p, 2, ms < 0 || ms > slice_ms ? slice_ms : ms);
 }
 
 int isolde_blk_reap(struct isolde_blk *dev, struct isolde_blk_io **done, unsigned max,
@@ -905,31 +817,32 @@ int isolde_blk_reap(struct isolde_blk *dev, struct isolde_blk_io **done, unsigne
 	unsigned n = 0;
 	uint64_t deadline = timeout_ms < 0 ? UINT64_MAX
 					   : isolde_now_ns() + (uint64_t)timeout_ms * 1000000;
+	bool watch_ready = false;
 
 	if (min > max)
 		min = max;
 	isolde_blk_push(dev);
 	for (;;) {
-		if (!dev->failed)
-			n += consume_responses(dev, done + n, max - n);
-		if (dev->failed)
-			return (int)(n + drain_failed(dev, done + n, max - n));
-		if (n >= min || n == max || isolde_shadow_in_flight(&dev->shadow) == 0)
+		n += attend(dev, done + n, max - n, watch_ready);
+		watch_ready = false;
+		if (dev->failed || n >= min || n == max || isolde_shadow_in_flight(&dev->shadow) == 0)
 			return (int)n;
-
 		uint64_t now = isolde_now_ns();
-		check_hang(dev, now);
 		if (now >= deadline)
 			return (int)n;
 		int64_t slice = WAIT_SLICE_NS;
 		if (deadline - now < (uint64_t)slice)
 			slice = (int64_t)(deadline - now);
+		if (!running(dev)) {
+			wait_recovery(dev, slice);
+			continue;
+		}
 		switch (isolde_wait(&dev->waiter, &response_wait, dev, slice)) {
 		case ISOLDE_WAIT_READY:
 		case ISOLDE_WAIT_TIMEOUT:
 			break;
 		case ISOLDE_WAIT_WATCH:
-			watch_fired(dev, done, max, &n);
+			watch_ready = true;
 			break;
 		case ISOLDE_WAIT_ERROR:
 			return -errno;
@@ -947,25 +860,18 @@ void isolde_blk_event_fds(const struct isolde_blk *dev, int *call_fd, int *watch
 
 int isolde_blk_poll(struct isolde_blk *dev, struct isolde_blk_io **done, unsigned max)
 {
-	unsigned n = 0;
 	uint64_t v;
 
 	isolde_blk_push(dev);
-	if (!dev->failed) {
-		/* Calls are counted, then the eventfd is empty until the next. */
-		if (read(dev->domain.call_fd, &v, sizeof v) == sizeof v)
-			dev->waiter.signals_received += v;
-		struct pollfd p = { .fd = dev->domain.watch_fd, .events = POLLIN };
-		if (poll(&p, 1, 0) > 0)
-			watch_fired(dev, done, max, &n);
-	}
-	if (!dev->failed)
-		n += consume_responses(dev, done + n, max - n);
-	if (!dev->failed)
-		check_hang(dev, isolde_now_ns());
-	if (dev->failed)
-		n += drain_failed(dev, done + n, max - n);
-	return (int)n;
+	/* Calls are counted, then the eventfd is empty until the next. */
+	if (read(dev->domain.call_fd, &v, sizeof v) == sizeof v)
+		dev->waiter.signals_received += v;
+	return (int)attend(dev, done, max, watch_readable(dev));
+}
+
+int isolde_blk_timeout_ms(const struct isolde_blk *dev)
+{
+	return running(dev) ? -1 : isolde_recovery_timeout_ms(dev);
 }
 
 bool isolde_blk_prepare_sleep(struct isolde_blk *dev)
@@ -974,6 +880,8 @@ bool isolde_blk_prepare_sleep(struct isolde_blk *dev)
 
 	if (dev->failed)
 		return isolde_shadow_in_flight(&dev->shadow) == 0;
+	if (!running(dev))
+		return true; /* the watch fd and isolde_blk_timeout_ms wake it */
 	if (isolde_front_unconsumed_responses(&dev->ring, &prod) != 0)
 		return false;
 	if (dev->waiter.mode == ISOLDE_NOTIFY_SPIN)
@@ -981,6 +889,7 @@ bool isolde_blk_prepare_sleep(struct isolde_blk *dev)
 	return !isolde_front_final_check_responses(&dev->ring);
 }
 
+const char *isolde_blk_state(const struct isolde_blk *dev) { return isolde_dev_state_name(dev->rec.state); }
 enum isolde_notify_mode isolde_blk_notify_mode(const struct isolde_blk *dev) { return dev->waiter.mode; }
 uint32_t isolde_blk_alignment(const struct isolde_blk *dev) { return dev->align; }
 bool isolde_blk_readonly(const struct isolde_blk *dev) { return dev->readonly; }

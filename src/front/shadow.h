@@ -32,6 +32,7 @@ struct isolde_shadow_entry {
 	uint64_t shield_epoch;  /* READ: when it was submitted, for the shield */
 	uint8_t shield_retries; /* READ: restarts caused by this read's data */
 	uint8_t error_retries;  /* restarts caused by this request's error status */
+	bool posted;            /* on a driver's ring (a request submitted while none runs is not) */
 	bool replayed;          /* re-posted to a driver after the one it was sent to failed */
 };
 

@@ -112,6 +112,20 @@ uint64_t isolde_supervisor_record_restart(struct isolde_supervisor *s, enum isol
 	return ms * 1000000u;
 }
 
+struct isolde_verdict isolde_supervisor_judge(struct isolde_supervisor *s, enum isolde_failure f,
+					      bool made_progress, uint64_t now_ns)
+{
+	struct isolde_verdict v = { ISOLDE_VERDICT_RESTART, 0 };
+
+	if (!isolde_supervisor_may_restart(s, made_progress, now_ns)) {
+		v.kind = !made_progress && s->no_progress >= s->crash_loop_max ? ISOLDE_VERDICT_CRASH_LOOP
+									      : ISOLDE_VERDICT_BUDGET;
+		return v;
+	}
+	v.backoff_ns = isolde_supervisor_record_restart(s, f, made_progress, now_ns);
+	return v;
+}
+
 void isolde_supervisor_record_recovery(struct isolde_supervisor *s, uint64_t micros)
 {
 	struct isolde_supervisor_stats *st = &s->stats;

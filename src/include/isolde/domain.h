@@ -74,6 +74,7 @@ struct isolde_exit {
 	bool signaled;     /* killed by a signal (else exited) */
 	int code;          /* the signal, or the exit status */
 	bool by_policy;    /* the launcher killed it for breaking its policy */
+	bool by_launcher;  /* the launcher's SIGKILL ended it (kill, not a failure of its own) */
 	char text[200];    /* "(pid 12) was killed by signal 11 (SIGSEGV)" */
 };
 
@@ -134,10 +135,37 @@ int isolde_domain_create(struct isolde_domain *d, const struct isolde_domain_par
 int isolde_domain_start(struct isolde_domain *d, char *err, size_t errlen);
 
 /*
+ * The same without blocking, for event loops (recovery never waits):
+ * _begin does what needs no waiting (the generation's resources, the clone,
+ * the child's admission, the filter) and returns 0, or -1 with err; then
+ * _step, each time the watch fd or the call eventfd may have something, or
+ * the timeout passed, returns 0 (not yet), 1 (the driver is ready) or -1
+ * with err (it failed: the child is being killed; reap and end it). The
+ * fds a start waits for are in the watch fd while it lasts.
+ */
+int isolde_domain_start_begin(struct isolde_domain *d, char *err, size_t errlen);
+int isolde_domain_start_step(struct isolde_domain *d, char *err, size_t errlen);
+/* Milliseconds until the running start or drain times out; -1 if none. */
+int isolde_domain_start_timeout_ms(const struct isolde_domain *d);
+
+/*
  * If the driver has exited, reap it, record how in d->last_exit and return
- * true. Returns false if it is still running.
+ * true. Returns false if it is still running. Never blocks. The generation
+ * is not over until isolde_domain_end_step says so.
  */
 bool isolde_domain_reap(struct isolde_domain *d);
+
+/*
+ * End a reaped generation: pass the rest of its log on, wait (up to wait_ms)
+ * for what it left in flight on its io_uring, remove its control group.
+ * Returns 1 when it is over, 0 if its io_uring is still draining (call
+ * again; the ring is in the watch fd meanwhile), -1 if the drain timed out
+ * (d->unsafe says why). Also 1 when there is nothing to end.
+ */
+int isolde_domain_end_step(struct isolde_domain *d, int wait_ms);
+
+/* SIGKILL the driver, if it runs, without waiting. */
+void isolde_domain_kill_async(struct isolde_domain *d);
 
 /*
  * Attend to the running driver when its watch fd fired: answer pending

@@ -64,6 +64,25 @@ uint64_t isolde_supervisor_record_restart(struct isolde_supervisor *s, enum isol
 					  bool made_progress, uint64_t now_ns);
 #define ISOLDE_BACKOFF_MAX_MS 500u
 
+/* What the supervisor decides about a failed driver. */
+enum isolde_verdict_kind {
+	ISOLDE_VERDICT_RESTART,     /* start a new generation after backoff_ns */
+	ISOLDE_VERDICT_CRASH_LOOP,  /* give up: crash_loop_max restarts in a row without progress */
+	ISOLDE_VERDICT_BUDGET,      /* give up: restart_max restarts within the window */
+};
+
+struct isolde_verdict {
+	enum isolde_verdict_kind kind;
+	uint64_t backoff_ns;
+};
+
+/*
+ * The one decision after a failure f of a driver that made_progress or not:
+ * may_restart, and if so record_restart. The caller acts on the verdict.
+ */
+struct isolde_verdict isolde_supervisor_judge(struct isolde_supervisor *s, enum isolde_failure f,
+					      bool made_progress, uint64_t now_ns);
+
 void isolde_supervisor_record_recovery(struct isolde_supervisor *s, uint64_t micros);
 
 #endif
