@@ -341,22 +341,32 @@ static int drop_capabilities(void)
 	return (int)syscall(SYS_capset, &hdr, none);
 }
 
+/*
+ * The raw system calls, not glibc's setresuid and friends: those change
+ * every thread of the process (a signal to each, then a wait for all), and
+ * this child of a raw clone3 inherited glibc's list of the parent's
+ * threads, which are not here - with isolde serve's thread per device that
+ * wait never ended. The child has one thread; these change just it.
+ */
+static int set_ids(gid_t gid, uid_t uid)
+{
+	return syscall(SYS_setresgid, gid, gid, gid) || syscall(SYS_setresuid, uid, uid, uid) ? -1 : 0;
+}
+
 static int set_identity(const struct isolde_sandbox *sb, const char **stage)
 {
 	*stage = "take the driver's own uid and gid";
 	if (sb->own_uid) {
 		/* No pid namespace: this is the host's pid, unique among the
 		 * living, so the uid is too. */
-		uid_t id = ISOLDE_DRIVER_UID_BASE + (uid_t)getpid();
-		return setgroups(0, NULL) || setresgid(id, id, id) || setresuid(id, id, id) ? -1 : 0;
+		uid_t id = ISOLDE_DRIVER_UID_BASE + (uid_t)syscall(SYS_getpid);
+		return syscall(SYS_setgroups, 0, NULL) || set_ids(id, id) ? -1 : 0;
 	}
 	if (sb->user_namespace) {
 		/* The namespace's creator holds every capability in it until
 		 * it drops them; the uid is mapped already. */
 		*stage = "drop capabilities in the user namespace";
-		return setresgid(ISOLDE_DRIVER_NS_UID, ISOLDE_DRIVER_NS_UID, ISOLDE_DRIVER_NS_UID) ||
-		       setresuid(ISOLDE_DRIVER_NS_UID, ISOLDE_DRIVER_NS_UID, ISOLDE_DRIVER_NS_UID) ||
-		       drop_capabilities() ? -1 : 0;
+		return set_ids(ISOLDE_DRIVER_NS_UID, ISOLDE_DRIVER_NS_UID) || drop_capabilities() ? -1 : 0;
 	}
 	return 0;
 }
