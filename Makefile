@@ -9,6 +9,9 @@ PACKAGES += libnbd-bin qemu-utils fio clang libclang-rt-14-dev
 # The vhost-user-blk export's guest tests boot a Linux guest under QEMU (TCG); its
 # kernel and busybox come from `apt-get download`, unpacked without installing.
 PACKAGES += qemu-system-x86 qemu-system-common cpio gzip xz-utils kmod
+# isolde serve's control protocol (JSON) and metrics listener (HTTP); the
+# metrics tests read them with a real HTTP client and Prometheus's parser.
+PACKAGES += libjansson-dev libmicrohttpd-dev curl python3-prometheus-client
 # The tools isolde is measured against, for `make bench`.
 BENCH_PACKAGES := fio nbdkit qemu-system-common
 BUILD := build

@@ -125,6 +125,12 @@ int isolde_blk_write_fua(struct isolde_blk *dev, const void *buf, size_t len, ui
  * since data the error lost is not on the disk whatever a later flush says.
  */
 int isolde_blk_flush(struct isolde_blk *dev);
+/*
+ * Give up on the device now: its driver is killed, and every pending and
+ * later request fails with -EIO; isolde_blk_error says why. For callers that
+ * must end a device whose requests do not drain.
+ */
+void isolde_blk_abort(struct isolde_blk *dev, const char *why);
 /* The write-back error every flush now reports (sticky), or 0. */
 int isolde_blk_flush_error(const struct isolde_blk *dev);
 int isolde_blk_discard(struct isolde_blk *dev, uint64_t offset, uint64_t len);
@@ -233,6 +239,30 @@ struct isolde_blk_stats {
 };
 
 void isolde_blk_get_stats(const struct isolde_blk *dev, struct isolde_blk_stats *st);
+
+/*
+ * What recovery reports as it happens, in the thread that polls or waits:
+ * a driver failed (and will be restarted or not), a driver recovered (its
+ * first request after the restart completed, or it came up with nothing to
+ * replay), the device gave up.
+ */
+enum isolde_blk_event_type {
+	ISOLDE_BLK_EVENT_FAILED,
+	ISOLDE_BLK_EVENT_RECOVERED,
+	ISOLDE_BLK_EVENT_GAVE_UP,
+};
+
+struct isolde_blk_event {
+	enum isolde_blk_event_type type;
+	enum isolde_failure failure;   /* FAILED, GAVE_UP */
+	const char *reason;            /* FAILED: what happened; GAVE_UP: isolde_blk_error */
+	uint32_t generation;           /* FAILED: the failed one; RECOVERED: the new one */
+	unsigned replayed;             /* RECOVERED: requests replayed */
+	uint64_t recovery_us;          /* RECOVERED: detection to the first completion */
+};
+
+typedef void (*isolde_blk_event_fn)(void *ctx, const struct isolde_blk_event *ev);
+void isolde_blk_set_event_handler(struct isolde_blk *dev, isolde_blk_event_fn fn, void *ctx);
 
 /* What of a policy a driver's start enforced (the plan, after the host had
  * its say): a missing mechanism is also a warning on stderr. */

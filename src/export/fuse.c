@@ -794,12 +794,23 @@ static void describe(void *state, FILE *f)
 	struct fuse_export *fx = state;
 
 	fputs("{\"kind\": \"fuse\", \"path\": ", f);
-	json_string(f, fx->path);
+	json_write_string(f, fx->path);
 	fprintf(f, ", \"mounted\": %s, \"readonly\": %s, \"requests\": %llu, \"inflight\": %u, "
 		"\"errors\": %llu}", fx->gone ? "false" : "true", fx->readonly ? "true" : "false",
 		(unsigned long long)fx->requests, fx->inflight, (unsigned long long)fx->errors);
 }
 
+static unsigned inflight(void *state)
+{
+	return ((struct fuse_export *)state)->inflight;
+}
+
+static unsigned connections(void *state)
+{
+	return ((struct fuse_export *)state)->gone ? 0 : 1;
+}
+
 const struct export_ops fuse_export_ops = {
 	.scheme = "fuse", .start = start, .quiesce = quiesce, .stop = stop, .describe = describe,
+	.inflight = inflight, .connections = connections,
 };

@@ -1298,9 +1298,9 @@ static void describe(void *state, FILE *f)
 	struct nbd_export *ex = state;
 
 	fputs("{\"kind\": \"nbd\", \"address\": ", f);
-	json_string(f, ex->address);
+	json_write_string(f, ex->address);
 	fputs(", \"name\": ", f);
-	json_string(f, ex->name);
+	json_write_string(f, ex->name);
 	fprintf(f, ", \"readonly\": %s, \"connections\": %u, \"requests\": %llu, \"inflight\": %u",
 		ex->cfg.readonly ? "true" : "false", ex->nconns, (unsigned long long)ex->requests,
 		ex->inflight);
@@ -1311,6 +1311,17 @@ static void describe(void *state, FILE *f)
 		(unsigned long long)ex->lim.max_buffer);
 }
 
+static unsigned inflight(void *state)
+{
+	return ((struct nbd_export *)state)->inflight;
+}
+
+static unsigned connections(void *state)
+{
+	return ((struct nbd_export *)state)->nconns;
+}
+
 const struct export_ops nbd_export_ops = {
 	.scheme = "nbd", .start = start, .quiesce = quiesce, .stop = stop, .describe = describe,
+	.inflight = inflight, .connections = connections,
 };

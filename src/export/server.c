@@ -3,61 +3,58 @@
 #include "server.h"
 
 #include <errno.h>
-#include <fcntl.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/signalfd.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
 
-#include "control.h"
+#include "json.h"
 
-#define MAX_EXPORTS 16
-#define MAX_WATCHES 1024
-#define MAX_POLLERS 16
 #define HYBRID_SPIN_NS 50000u     /* the loop spins this long for answers before sleeping */
-#define DRAIN_TIMEOUT_MS 60000
+#define PUBLISH_EVERY_NS (100 * 1000000ull)
+#define STATUS_WAKE_MS 100        /* while I/O is pending, for hang checks */
+
+const uint64_t server_latency_bounds_ns[SERVER_LATENCY_BUCKETS] = {
+	10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000,
+	50000000, 250000000, 1000000000, 5000000000,
+};
+const uint64_t server_recovery_bounds_us[SERVER_RECOVERY_BUCKETS] = {
+	1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 5000000, 30000000,
+};
 
 static const struct export_ops *const export_kinds[] = { &nbd_export_ops, &fuse_export_ops,
 							  &vhost_blk_export_ops };
 
-struct watch {
-	int fd;
-	server_fd_cb cb;
-	void *ctx;
-};
-
 struct running_export {
 	const struct export_ops *ops;
 	void *state;
+	unsigned id;
 	char spec[256];
-};
-
-struct poller {
-	server_poll_cb cb;
-	void *ctx;
+	bool removing;
+	void (*removed)(void *ctx, bool found);
+	void *removed_ctx;
 };
 
 struct isolde_server {
+	struct isolde_loop *loop;
 	struct isolde_blk *dev;
-	struct poller pollers[MAX_POLLERS];
-	unsigned npollers;
-	int epfd;
-	int signal_fd;
+	char name[64];
 	int call_fd, watch_fd;
-	struct watch *watches[MAX_WATCHES];
-	struct running_export exports[MAX_EXPORTS];
+	struct running_export exports[SERVER_MAX_EXPORTS];
 	unsigned nexports;
-	struct control *control;
 	struct server_io *backlog_head, *backlog_tail;
 	unsigned backlog_len;
 	bool stopping;
+	unsigned drain_ms;
 	unsigned inflight_pieces;
+	struct server_stats stats;
+	server_event_fn on_event;
+	void *on_event_ctx;
+	uint64_t published_ns;
+	uint64_t active_ns;         /* the loop last had something to do */
+	struct server_snapshot_store own_store; /* when nobody gave one */
+	struct server_snapshot_store *store;
 };
 
 static void noop_cb(void *ctx, uint32_t events)
@@ -70,8 +67,9 @@ void server_log(const struct isolde_server *s, const char *fmt, ...)
 {
 	va_list ap;
 
-	(void)s;
 	fputs("isolde serve: ", stderr);
+	if (s && s->name[0] && strcmp(s->name, "disk") != 0)
+		fprintf(stderr, "%s: ", s->name);
 	va_start(ap, fmt);
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
@@ -80,46 +78,36 @@ void server_log(const struct isolde_server *s, const char *fmt, ...)
 
 int server_watch(struct isolde_server *s, int fd, uint32_t events, server_fd_cb cb, void *ctx)
 {
-	struct epoll_event ev = { .events = events };
-	struct watch *w;
-
-	if (fd < 0 || fd >= MAX_WATCHES || s->watches[fd] || !(w = malloc(sizeof *w)))
-		return -1;
-	w->fd = fd;
-	w->cb = cb;
-	w->ctx = ctx;
-	ev.data.ptr = w;
-	if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
-		free(w);
-		return -1;
-	}
-	s->watches[fd] = w;
-	return 0;
+	return loop_watch(s->loop, fd, events, cb, ctx);
 }
 
 int server_modify(struct isolde_server *s, int fd, uint32_t events)
 {
-	struct epoll_event ev = { .events = events };
-
-	if (fd < 0 || fd >= MAX_WATCHES || !s->watches[fd])
-		return -1;
-	ev.data.ptr = s->watches[fd];
-	return epoll_ctl(s->epfd, EPOLL_CTL_MOD, fd, &ev);
+	return loop_modify(s->loop, fd, events);
 }
 
 void server_unwatch(struct isolde_server *s, int fd)
 {
-	if (fd < 0 || fd >= MAX_WATCHES || !s->watches[fd])
-		return;
-	epoll_ctl(s->epfd, EPOLL_CTL_DEL, fd, NULL);
-	free(s->watches[fd]);
-	s->watches[fd] = NULL;
+	loop_unwatch(s->loop, fd);
+}
+
+int server_add_poller(struct isolde_server *s, server_poll_cb cb, void *ctx)
+{
+	return loop_add_poller(s->loop, cb, ctx);
+}
+
+void server_remove_poller(struct isolde_server *s, server_poll_cb cb, void *ctx)
+{
+	loop_remove_poller(s->loop, cb, ctx);
 }
 
 uint64_t server_device_size(const struct isolde_server *s) { return isolde_blk_size(s->dev); }
 bool server_readonly(const struct isolde_server *s) { return isolde_blk_readonly(s->dev); }
 uint32_t server_alignment(const struct isolde_server *s) { return isolde_blk_alignment(s->dev); }
 bool server_stopping(const struct isolde_server *s) { return s->stopping; }
+struct isolde_blk *server_device(const struct isolde_server *s) { return s->dev; }
+unsigned server_backlog(const struct isolde_server *s) { return s->backlog_len; }
+const char *server_name(const struct isolde_server *s) { return s->name; }
 
 /* ---- requests ---- */
 
@@ -129,13 +117,48 @@ struct piece {
 	struct server_io *parent;
 };
 
+static void count_done(struct isolde_server *s, const struct server_io *sio)
+{
+	struct server_stats *st = &s->stats;
+	uint64_t ns = isolde_now_ns() - sio->submitted_ns;
+
+	switch (sio->op) {
+	case ISOLDE_BLK_OP_READ:
+		st->reads++;
+		st->read_bytes += sio->result ? 0 : sio->len;
+		break;
+	case ISOLDE_BLK_OP_WRITE:
+		st->writes++;
+		st->write_bytes += sio->result ? 0 : sio->len;
+		break;
+	case ISOLDE_BLK_OP_FLUSH:
+		st->flushes++;
+		break;
+	default:
+		st->others++;
+		break;
+	}
+	if (sio->result)
+		st->errors++;
+	st->latency_count++;
+	st->latency_sum_ns += ns;
+	for (unsigned i = 0; i < SERVER_LATENCY_BUCKETS; i++)
+		if (ns <= server_latency_bounds_ns[i])
+			st->latency_buckets[i]++;
+}
+
+static void finish(struct isolde_server *s, struct server_io *sio)
+{
+	count_done(s, sio);
+	sio->done(sio);
+}
+
 static void parent_piece_done(struct isolde_server *s, struct server_io *sio, int result)
 {
 	if (result && !sio->result)
 		sio->result = result;
 	if (--sio->pieces_left == 0)
-		sio->done(sio);
-	(void)s;
+		finish(s, sio);
 }
 
 static void backlog_push(struct isolde_server *s, struct server_io *sio)
@@ -209,17 +232,18 @@ static void submit_backlog(struct isolde_server *s)
 		s->backlog_len--;
 		/* Every piece failed at submission, or the rest already completed. */
 		if (sio->pieces_left == 0)
-			sio->done(sio);
+			finish(s, sio);
 	}
 }
 
 void server_submit(struct isolde_server *s, struct server_io *sio)
 {
+	sio->submitted_ns = isolde_now_ns();
 	/* Data must be buffered by the export, so its size is bounded;
 	 * DISCARD and WRITE_ZEROES carry none and may cover up to 4 GiB. */
 	if ((sio->op == ISOLDE_BLK_OP_READ || sio->op == ISOLDE_BLK_OP_WRITE) && sio->len > SERVER_MAX_REQUEST) {
 		sio->result = -EINVAL;
-		sio->done(sio);
+		finish(s, sio);
 		return;
 	}
 	sio->result = 0;
@@ -228,36 +252,6 @@ void server_submit(struct isolde_server *s, struct server_io *sio)
 					      ? isolde_blk_max_io(s->dev) : (1u << 30));
 	backlog_push(s, sio);
 	submit_backlog(s);
-}
-
-int server_add_poller(struct isolde_server *s, server_poll_cb cb, void *ctx)
-{
-	if (s->npollers == MAX_POLLERS)
-		return -1;
-	s->pollers[s->npollers++] = (struct poller){ cb, ctx };
-	return 0;
-}
-
-void server_remove_poller(struct isolde_server *s, server_poll_cb cb, void *ctx)
-{
-	for (unsigned i = 0; i < s->npollers; i++) {
-		if (s->pollers[i].cb == cb && s->pollers[i].ctx == ctx) {
-			s->pollers[i] = s->pollers[--s->npollers];
-			return;
-		}
-	}
-}
-
-/* True if some poller wants the loop to keep spinning. */
-static bool run_pollers(struct isolde_server *s)
-{
-	bool spin = false;
-
-	/* A poller may remove itself (its connection closed): walk backwards. */
-	for (unsigned i = s->npollers; i-- > 0;)
-		if (i < s->npollers && s->pollers[i].cb(s->pollers[i].ctx))
-			spin = true;
-	return spin;
 }
 
 static void collect(struct isolde_server *s)
@@ -280,57 +274,82 @@ static void collect(struct isolde_server *s)
 	isolde_blk_push(s->dev);
 }
 
+/* ---- events ---- */
+
+static void count_recovery(struct isolde_server *s, uint64_t us)
+{
+	struct server_stats *st = &s->stats;
+
+	st->recovery_count++;
+	st->recovery_sum_us += us;
+	for (unsigned i = 0; i < SERVER_RECOVERY_BUCKETS; i++)
+		if (us <= server_recovery_bounds_us[i])
+			st->recovery_buckets[i]++;
+}
+
+static void device_event(void *ctx, const struct isolde_blk_event *ev)
+{
+	struct isolde_server *s = ctx;
+
+	if (ev->type == ISOLDE_BLK_EVENT_RECOVERED)
+		count_recovery(s, ev->recovery_us);
+	if (s->on_event)
+		s->on_event(s->on_event_ctx, s, ev);
+}
+
+void server_set_event_handler(struct isolde_server *s, server_event_fn fn, void *ctx)
+{
+	s->on_event = fn;
+	s->on_event_ctx = ctx;
+}
+
 /* ---- lifecycle ---- */
 
-struct isolde_server *server_create(struct isolde_blk *dev, const struct server_config *cfg,
-				    char *err, size_t errlen)
+struct isolde_server *server_create(struct isolde_loop *loop, struct isolde_blk *dev, const char *name,
+				    struct server_snapshot_store *store, char *err, size_t errlen)
 {
 	struct isolde_server *s = calloc(1, sizeof *s);
-	sigset_t mask;
 
 	if (!s) {
 		snprintf(err, errlen, "out of memory");
 		return NULL;
 	}
+	s->loop = loop;
 	s->dev = dev;
-	s->signal_fd = -1;
-	s->epfd = epoll_create1(EPOLL_CLOEXEC);
-	sigemptyset(&mask);
-	sigaddset(&mask, SIGINT);
-	sigaddset(&mask, SIGTERM);
-	/* Signals become readable events; SIGPIPE from a client that went
-	 * away becomes EPIPE on the write. */
-	if (s->epfd < 0 || sigprocmask(SIG_BLOCK, &mask, NULL) != 0 ||
-	    (s->signal_fd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK)) < 0) {
-		snprintf(err, errlen, "cannot set up the event loop: %s", strerror(errno));
-		server_destroy(s);
-		return NULL;
-	}
-	signal(SIGPIPE, SIG_IGN);
+	snprintf(s->name, sizeof s->name, "%s", name ? name : "disk");
+	server_snapshot_store_init(&s->own_store);
+	s->store = store ? store : &s->own_store;
 	isolde_blk_event_fds(dev, &s->call_fd, &s->watch_fd);
-	if (server_watch(s, s->signal_fd, EPOLLIN, noop_cb, NULL) ||
-	    server_watch(s, s->call_fd, EPOLLIN, noop_cb, NULL) ||
-	    server_watch(s, s->watch_fd, EPOLLIN, noop_cb, NULL)) {
+	if (loop_watch(loop, s->call_fd, EPOLLIN, noop_cb, NULL) ||
+	    loop_watch(loop, s->watch_fd, EPOLLIN, noop_cb, NULL)) {
 		snprintf(err, errlen, "cannot set up the event loop: %s", strerror(errno));
 		server_destroy(s);
 		return NULL;
 	}
-	if (cfg && cfg->control_path) {
-		s->control = control_start(s, cfg->control_path, err, errlen);
-		if (!s->control) {
-			server_destroy(s);
-			return NULL;
-		}
-	}
+	isolde_blk_set_event_handler(dev, device_event, s);
+	server_publish(s);
 	return s;
 }
 
-int server_add_export(struct isolde_server *s, const char *spec, char *err, size_t errlen)
+static struct running_export *find_export(struct isolde_server *s, unsigned id)
+{
+	for (unsigned i = 0; i < s->nexports; i++)
+		if (s->exports[i].id == id)
+			return &s->exports[i];
+	return NULL;
+}
+
+bool server_has_export(const struct isolde_server *s, unsigned id)
+{
+	return find_export((struct isolde_server *)s, id) != NULL;
+}
+
+int server_add_export(struct isolde_server *s, const char *spec, unsigned id, char *err, size_t errlen)
 {
 	const char *colon = strchr(spec, ':');
 
-	if (s->nexports == MAX_EXPORTS) {
-		snprintf(err, errlen, "at most %d exports", MAX_EXPORTS);
+	if (s->nexports == SERVER_MAX_EXPORTS) {
+		snprintf(err, errlen, "at most %d exports per device", SERVER_MAX_EXPORTS);
 		return -1;
 	}
 	for (size_t i = 0; colon && i < sizeof export_kinds / sizeof export_kinds[0]; i++) {
@@ -338,11 +357,14 @@ int server_add_export(struct isolde_server *s, const char *spec, char *err, size
 		if (strlen(ops->scheme) == (size_t)(colon - spec) &&
 		    strncmp(spec, ops->scheme, (size_t)(colon - spec)) == 0) {
 			struct running_export *e = &s->exports[s->nexports];
+			memset(e, 0, sizeof *e);
 			if (ops->start(s, colon + 1, &e->state, err, errlen))
 				return -1;
 			e->ops = ops;
+			e->id = id;
 			snprintf(e->spec, sizeof e->spec, "%s", spec);
 			s->nexports++;
+			server_publish(s);
 			return 0;
 		}
 	}
@@ -352,13 +374,49 @@ int server_add_export(struct isolde_server *s, const char *spec, char *err, size
 	return -1;
 }
 
-void server_stop(struct isolde_server *s)
+void server_remove_export(struct isolde_server *s, unsigned id, void (*done)(void *ctx, bool found),
+			  void *ctx)
+{
+	struct running_export *e = find_export(s, id);
+
+	if (!e || e->removing) {
+		done(ctx, e != NULL);
+		return;
+	}
+	e->removing = true;
+	e->removed = done;
+	e->removed_ctx = ctx;
+	e->ops->quiesce(e->state);
+}
+
+/* Exports being removed go once nothing of theirs is in flight. */
+static void finish_removals(struct isolde_server *s)
+{
+	for (unsigned i = 0; i < s->nexports;) {
+		struct running_export *e = &s->exports[i];
+		if (!e->removing || (e->ops->inflight && e->ops->inflight(e->state) > 0)) {
+			i++;
+			continue;
+		}
+		void (*done)(void *, bool) = e->removed;
+		void *ctx = e->removed_ctx;
+		e->ops->stop(e->state);
+		memmove(e, e + 1, (s->nexports - i - 1) * sizeof *e);
+		s->nexports--;
+		server_publish(s);
+		done(ctx, true);
+	}
+}
+
+void server_stop(struct isolde_server *s, unsigned drain_ms)
 {
 	if (s->stopping)
 		return;
 	s->stopping = true;
+	s->drain_ms = drain_ms;
 	for (unsigned i = 0; i < s->nexports; i++)
-		s->exports[i].ops->quiesce(s->exports[i].state);
+		if (!s->exports[i].removing)
+			s->exports[i].ops->quiesce(s->exports[i].state);
 }
 
 static bool busy(const struct isolde_server *s)
@@ -366,19 +424,27 @@ static bool busy(const struct isolde_server *s)
 	return s->inflight_pieces > 0 || s->backlog_head != NULL;
 }
 
-/* How long epoll may sleep: not at all while the ring must be watched,
+/* How long the loop may sleep: not at all while the ring must be watched,
  * and never past the device's recovery deadline. */
 static int sleep_ms(struct isolde_server *s, uint64_t *spin_since)
 {
 	int recovery = isolde_blk_timeout_ms(s->dev);
+	int publish = STATUS_WAKE_MS;
 
 	if (recovery >= 0) {
 		*spin_since = 0;
-		return recovery;
+		return recovery < publish ? recovery : publish;
 	}
 	if (!busy(s)) {
 		*spin_since = 0;
-		return s->stopping ? 0 : -1;
+		if (s->stopping)
+			return 0;
+		/* Idle: one more wake-up to publish what the last activity
+		 * changed, then sleep until something happens. */
+		if (s->active_ns < s->published_ns)
+			return -1;
+		uint64_t due = s->published_ns + PUBLISH_EVERY_NS, now = isolde_now_ns();
+		return due <= now ? 0 : (int)((due - now + 999999) / 1000000);
 	}
 	if (isolde_blk_notify_mode(s->dev) == ISOLDE_NOTIFY_HYBRID) {
 		uint64_t now = isolde_now_ns();
@@ -390,51 +456,49 @@ static int sleep_ms(struct isolde_server *s, uint64_t *spin_since)
 	if (!isolde_blk_prepare_sleep(s->dev))
 		return 0;
 	*spin_since = 0;
-	return 100; /* wake for hang checks while I/O is pending */
+	return STATUS_WAKE_MS; /* wake for hang checks while I/O is pending */
+}
+
+/* Past the drain timeout, what is still in flight fails cleanly. */
+static bool drained(struct isolde_server *s, uint64_t *deadline)
+{
+	if (!busy(s))
+		return true;
+	if (*deadline == 0)
+		*deadline = isolde_now_ns() + (uint64_t)s->drain_ms * 1000000;
+	else if (isolde_now_ns() > *deadline && !isolde_blk_failed(s->dev)) {
+		server_log(s, "%u requests still in flight after %u ms: failing them with EIO",
+			   isolde_blk_inflight(s->dev) + s->backlog_len, s->drain_ms);
+		isolde_blk_abort(s->dev, "the device is being removed and its requests did not drain in time");
+	}
+	return false;
 }
 
 int server_run(struct isolde_server *s)
 {
-	struct epoll_event events[64];
 	uint64_t spin_since = 0, drain_deadline = 0;
 
 	for (;;) {
 		collect(s);
-		if (s->stopping) {
-			if (!busy(s))
-				break;
-			if (drain_deadline == 0)
-				drain_deadline = isolde_now_ns() + (uint64_t)DRAIN_TIMEOUT_MS * 1000000;
-			else if (isolde_now_ns() > drain_deadline) {
-				server_log(s, "requests still in flight after %d ms; stopping anyway",
-					   DRAIN_TIMEOUT_MS);
-				break;
-			}
-		}
-		bool pollers_spin = run_pollers(s);
+		finish_removals(s);
+		if (s->stopping && drained(s, &drain_deadline))
+			break;
+		bool pollers_spin = loop_run_pollers(s->loop);
 		collect(s);
-		int n = epoll_wait(s->epfd, events, 64, pollers_spin ? 0 : sleep_ms(s, &spin_since));
-		if (n < 0 && errno != EINTR) {
+		if (isolde_now_ns() - s->published_ns >= PUBLISH_EVERY_NS && s->active_ns >= s->published_ns)
+			server_publish(s);
+		int n = loop_once(s->loop, pollers_spin ? 0 : sleep_ms(s, &spin_since));
+		if (n < 0) {
 			server_log(s, "epoll_wait: %s", strerror(errno));
 			break;
 		}
-		for (int i = 0; i < n; i++) {
-			struct watch *w = events[i].data.ptr;
-			if (w->fd == s->signal_fd) {
-				struct signalfd_siginfo si;
-				while (read(s->signal_fd, &si, sizeof si) == sizeof si)
-					;
-				if (!s->stopping)
-					server_log(s, "shutting down: completing requests in flight");
-				server_stop(s);
-				continue;
-			}
-			w->cb(w->ctx, events[i].events);
-		}
+		if (n > 0 || pollers_spin || busy(s))
+			s->active_ns = isolde_now_ns();
 	}
 	for (unsigned i = 0; i < s->nexports; i++)
 		s->exports[i].ops->stop(s->exports[i].state);
 	s->nexports = 0;
+	server_publish(s);
 	return 0;
 }
 
@@ -444,20 +508,15 @@ void server_destroy(struct isolde_server *s)
 		return;
 	for (unsigned i = 0; i < s->nexports; i++)
 		s->exports[i].ops->stop(s->exports[i].state);
-	if (s->control)
-		control_stop(s->control);
-	for (int fd = 0; fd < MAX_WATCHES; fd++)
-		free(s->watches[fd]);
-	if (s->signal_fd >= 0)
-		close(s->signal_fd);
-	if (s->epfd >= 0)
-		close(s->epfd);
+	if (s->dev)
+		isolde_blk_set_event_handler(s->dev, NULL, NULL);
+	loop_unwatch(s->loop, s->call_fd);
+	loop_unwatch(s->loop, s->watch_fd);
+	server_snapshot_store_fini(&s->own_store);
 	free(s);
 }
 
-/* ---- status ---- */
-
-struct isolde_blk *server_device(const struct isolde_server *s) { return s->dev; }
+/* ---- status and snapshots ---- */
 
 void server_describe_exports(const struct isolde_server *s, FILE *f)
 {
@@ -469,4 +528,128 @@ void server_describe_exports(const struct isolde_server *s, FILE *f)
 	fputs("]", f);
 }
 
-unsigned server_backlog(const struct isolde_server *s) { return s->backlog_len; }
+void server_write_status(struct isolde_server *s, FILE *f)
+{
+	struct isolde_blk *dev = s->dev;
+	const struct isolde_supervisor_stats *sup = isolde_blk_supervisor_stats(dev);
+	struct isolde_blk_stats st;
+	uint32_t p50, p99, max;
+
+	isolde_blk_get_stats(dev, &st);
+	isolde_supervisor_recovery_summary(sup, &p50, &p99, &max);
+	fputs("{\"name\": ", f);
+	json_write_string(f, s->name);
+	fputs(", \"driver\": ", f);
+	json_write_string(f, isolde_blk_driver_name(dev));
+	fprintf(f, ", \"state\": \"%s\", \"pid\": %d, \"notify\": \"%s\", \"generation\": %u, "
+		"\"size\": %llu, \"readonly\": %s, \"queue_depth\": %u, \"inflight\": %u, \"backlog\": %u, "
+		"\"restarts\": %llu, \"restarts_by_reason\": {",
+		isolde_blk_state(dev), (int)isolde_blk_driver_pid(dev),
+		isolde_notify_mode_name(isolde_blk_notify_mode(dev)), isolde_blk_generation(dev),
+		(unsigned long long)isolde_blk_size(dev), isolde_blk_readonly(dev) ? "true" : "false",
+		isolde_blk_queue_depth(dev), isolde_blk_inflight(dev), s->backlog_len,
+		(unsigned long long)sup->restarts);
+	for (int i = 0; i < ISOLDE_FAIL_COUNT; i++)
+		fprintf(f, "%s\"%s\": %llu", i ? ", " : "", isolde_failure_name((enum isolde_failure)i),
+			(unsigned long long)sup->by_failure[i]);
+	fprintf(f, "}, \"replayed\": %llu, \"denials\": %llu, \"recovery_us\": {\"count\": %u, \"p50\": %u, "
+		"\"p99\": %u, \"max\": %u}, \"io\": {\"requests\": %llu, \"errors\": %llu, \"kicks\": %llu, "
+		"\"calls\": %llu, \"bytes_copied\": %llu, \"protocol_violations\": %llu}, \"error\": ",
+		(unsigned long long)sup->replayed, (unsigned long long)st.denials, sup->recovery_count, p50, p99,
+		max, (unsigned long long)st.requests, (unsigned long long)st.errors,
+		(unsigned long long)st.kicks, (unsigned long long)st.calls, (unsigned long long)st.bytes_copied,
+		(unsigned long long)st.protocol_violations);
+	if (isolde_blk_failed(dev))
+		json_write_string(f, isolde_blk_error(dev));
+	else
+		fputs("null", f);
+	fputs(", \"exports\": ", f);
+	server_describe_exports(s, f);
+	fputs("}", f);
+}
+
+static char *render(void (*fn)(void *, FILE *), void *arg)
+{
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&text, &len);
+
+	if (!f)
+		return NULL;
+	fn(arg, f);
+	fclose(f);
+	return text;
+}
+
+static void render_status(void *s, FILE *f)
+{
+	server_write_status(s, f);
+}
+
+void server_snapshot_free(struct server_snapshot *snap)
+{
+	free(snap->status_json);
+	for (unsigned i = 0; i < snap->nexports; i++)
+		free(snap->exports[i].json);
+	memset(snap, 0, sizeof *snap);
+}
+
+void server_publish(struct isolde_server *s)
+{
+	struct server_snapshot next = { 0 };
+	const struct isolde_supervisor_stats *sup = isolde_blk_supervisor_stats(s->dev);
+
+	snprintf(next.name, sizeof next.name, "%s", s->name);
+	next.status_json = render(render_status, s);
+	isolde_blk_get_stats(s->dev, &next.blk);
+	next.sup.restarts = sup->restarts;
+	memcpy(next.sup.by_failure, sup->by_failure, sizeof next.sup.by_failure);
+	next.sup.replayed = sup->replayed;
+	next.state = isolde_blk_state(s->dev);
+	next.generation = isolde_blk_generation(s->dev);
+	next.inflight = isolde_blk_inflight(s->dev) + s->backlog_len;
+	next.stats = s->stats;
+	for (unsigned i = 0; i < s->nexports; i++) {
+		struct running_export *e = &s->exports[i];
+		struct server_export_snapshot *x = &next.exports[next.nexports++];
+		x->id = e->id;
+		snprintf(x->kind, sizeof x->kind, "%s", e->ops->scheme);
+		snprintf(x->spec, sizeof x->spec, "%s", e->spec);
+		x->connections = e->ops->connections ? e->ops->connections(e->state) : 0;
+		x->inflight = e->ops->inflight ? e->ops->inflight(e->state) : 0;
+		x->json = render((void (*)(void *, FILE *))e->ops->describe, e->state);
+	}
+	next.published_ns = s->published_ns = isolde_now_ns();
+	pthread_mutex_lock(&s->store->lock);
+	struct server_snapshot old = s->store->snap;
+	s->store->snap = next;
+	pthread_mutex_unlock(&s->store->lock);
+	server_snapshot_free(&old);
+}
+
+void server_snapshot_store_init(struct server_snapshot_store *st)
+{
+	memset(st, 0, sizeof *st);
+	pthread_mutex_init(&st->lock, NULL);
+}
+
+void server_snapshot_store_fini(struct server_snapshot_store *st)
+{
+	server_snapshot_free(&st->snap);
+	pthread_mutex_destroy(&st->lock);
+}
+
+static char *dup_or_null(const char *s)
+{
+	return s ? strdup(s) : NULL;
+}
+
+void server_snapshot_store_copy(struct server_snapshot_store *st, struct server_snapshot *out)
+{
+	pthread_mutex_lock(&st->lock);
+	*out = st->snap;
+	out->status_json = dup_or_null(st->snap.status_json);
+	for (unsigned i = 0; i < out->nexports; i++)
+		out->exports[i].json = dup_or_null(st->snap.exports[i].json);
+	pthread_mutex_unlock(&st->lock);
+}

@@ -479,6 +479,17 @@ static void describe(void *state, FILE *f)
 	vhost_user_describe(blk->vu, f);
 }
 
+static unsigned inflight(void *state)
+{
+	return (unsigned)((struct vhost_blk *)state)->in_flight;
+}
+
+static unsigned connections(void *state)
+{
+	return vhost_user_connected(((struct vhost_blk *)state)->vu) ? 1 : 0;
+}
+
 const struct export_ops vhost_blk_export_ops = {
 	.scheme = "vhost-user-blk", .start = start, .quiesce = quiesce, .stop = stop, .describe = describe,
+	.inflight = inflight, .connections = connections,
 };

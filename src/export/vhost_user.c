@@ -1253,6 +1253,11 @@ void vhost_user_stop(struct vhost_user *vu)
 		free(vu);
 }
 
+bool vhost_user_connected(const struct vhost_user *vu)
+{
+	return vu->conn != NULL;
+}
+
 void vhost_user_describe(struct vhost_user *vu, FILE *f)
 {
 	unsigned running = 0;
@@ -1261,7 +1266,7 @@ void vhost_user_describe(struct vhost_user *vu, FILE *f)
 		for (unsigned i = 0; i < VHOST_USER_MAX_QUEUES; i++)
 			running += slot_running(&vu->conn->q[i]);
 	fputs("{\"kind\": \"vhost-user-blk\", \"socket\": ", f);
-	json_string(f, vu->path);
+	json_write_string(f, vu->path);
 	fprintf(f, ", \"poll\": \"%s\", \"connected\": %s, \"connections\": %llu, \"queues_running\": %u, "
 		"\"requests\": %llu, \"inflight\": %llu}",
 		isolde_notify_mode_name(vu->poll), vu->conn ? "true" : "false", vu->connections, running,

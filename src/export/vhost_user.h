@@ -73,6 +73,8 @@ struct vhost_user *vhost_user_start(struct isolde_server *srv, const char *path,
 void vhost_user_quiesce(struct vhost_user *vu);
 void vhost_user_stop(struct vhost_user *vu);
 void vhost_user_describe(struct vhost_user *vu, FILE *json);
+/* Whether a front end is connected. */
+bool vhost_user_connected(const struct vhost_user *vu);
 
 /* Finish req: written bytes went into its device-writable segments. Frees
  * req and its element. */

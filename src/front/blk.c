@@ -890,6 +890,17 @@ bool isolde_blk_prepare_sleep(struct isolde_blk *dev)
 }
 
 const char *isolde_blk_state(const struct isolde_blk *dev) { return isolde_dev_state_name(dev->rec.state); }
+
+void isolde_blk_abort(struct isolde_blk *dev, const char *why)
+{
+	isolde_fail_device(dev, "%s", why);
+}
+
+void isolde_blk_set_event_handler(struct isolde_blk *dev, isolde_blk_event_fn fn, void *ctx)
+{
+	dev->on_event = fn;
+	dev->on_event_ctx = ctx;
+}
 enum isolde_notify_mode isolde_blk_notify_mode(const struct isolde_blk *dev) { return dev->waiter.mode; }
 uint32_t isolde_blk_alignment(const struct isolde_blk *dev) { return dev->align; }
 bool isolde_blk_readonly(const struct isolde_blk *dev) { return dev->readonly; }

@@ -56,6 +56,8 @@ struct isolde_blk {
 
 	struct isolde_supervisor supervisor;
 	struct isolde_recovery rec;
+	isolde_blk_event_fn on_event;
+	void *on_event_ctx;
 	uint64_t completed_gen;    /* requests the running driver completed */
 	uint64_t heartbeat_seen;   /* last heartbeat value read, and when it changed */
 	uint64_t heartbeat_changed_ns;
@@ -83,6 +85,7 @@ void isolde_recovery_fail(struct isolde_blk *dev, enum isolde_failure f, const c
 void isolde_recovery_step(struct isolde_blk *dev);
 int isolde_recovery_timeout_ms(const struct isolde_blk *dev);
 void isolde_recovery_note(struct isolde_blk *dev, uint64_t micros);
+void isolde_recovery_event(struct isolde_blk *dev, const struct isolde_blk_event *ev);
 void isolde_fail_device(struct isolde_blk *dev, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 const char *isolde_dev_state_name(enum isolde_dev_state s);
 

@@ -45,6 +45,12 @@ const char *isolde_dev_state_name(enum isolde_dev_state s)
 	return (unsigned)s < sizeof state_names / sizeof state_names[0] ? state_names[s] : "?";
 }
 
+void isolde_recovery_event(struct isolde_blk *dev, const struct isolde_blk_event *ev)
+{
+	if (dev->on_event)
+		dev->on_event(dev->on_event_ctx, ev);
+}
+
 void isolde_fail_device(struct isolde_blk *dev, const char *fmt, ...)
 {
 	va_list ap;
@@ -58,6 +64,9 @@ void isolde_fail_device(struct isolde_blk *dev, const char *fmt, ...)
 	dev->rec.state = ISOLDE_DEV_FAILED;
 	isolde_domain_kill_async(&dev->domain);
 	fprintf(stderr, "isolde: %s\n", dev->error);
+	struct isolde_blk_event ev = { .type = ISOLDE_BLK_EVENT_GAVE_UP, .failure = dev->rec.failure,
+				       .reason = dev->error, .generation = dev->domain.generation };
+	isolde_recovery_event(dev, &ev);
 }
 
 static void enter_down(struct isolde_blk *dev, enum isolde_failure f, uint64_t grace_ns)
@@ -84,6 +93,9 @@ void isolde_recovery_fail(struct isolde_blk *dev, enum isolde_failure f, const c
 	r->detected_ns = dev->death_seen_ns ? dev->death_seen_ns : isolde_now_ns();
 	dev->death_seen_ns = 0;
 	enter_down(dev, f, 0);
+	struct isolde_blk_event ev = { .type = ISOLDE_BLK_EVENT_FAILED, .failure = f, .reason = r->why,
+				       .generation = dev->domain.generation };
+	isolde_recovery_event(dev, &ev);
 }
 
 void isolde_recovery_note(struct isolde_blk *dev, uint64_t micros)
@@ -92,6 +104,9 @@ void isolde_recovery_note(struct isolde_blk *dev, uint64_t micros)
 	fprintf(stderr, "isolde: driver %s generation %u (pid %d) recovered in %llu us, %u requests "
 		"replayed\n", dev->domain.driver_name, dev->domain.generation, (int)dev->domain.pid,
 		(unsigned long long)micros, dev->replayed_last);
+	struct isolde_blk_event ev = { .type = ISOLDE_BLK_EVENT_RECOVERED, .generation = dev->domain.generation,
+				       .replayed = dev->replayed_last, .recovery_us = micros };
+	isolde_recovery_event(dev, &ev);
 }
 
 static int by_sequence(const void *a, const void *b, void *ctx)

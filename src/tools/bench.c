@@ -386,15 +386,15 @@ static int write_json(const struct bench_run *run, const char *path)
 		return -1;
 	}
 	fprintf(f, "{\"machine\": {\"cpu\": ");
-	json_string(f, m->cpu);
+	json_write_string(f, m->cpu);
 	fprintf(f, ", \"cpus\": %u, \"kernel\": ", m->cpus);
-	json_string(f, m->kernel);
+	json_write_string(f, m->kernel);
 	fprintf(f, ", \"memory_bytes\": %llu, \"image_fs\": ", (unsigned long long)m->mem_bytes);
-	json_string(f, m->image_fs);
+	json_write_string(f, m->image_fs);
 	fprintf(f, ", \"image_bytes\": %llu, \"date\": ", (unsigned long long)m->image_bytes);
-	json_string(f, m->date);
+	json_write_string(f, m->date);
 	fprintf(f, ", \"command\": ");
-	json_string(f, m->command);
+	json_write_string(f, m->command);
 	fprintf(f, ", \"seconds_per_run\": %.3f},\n \"results\": [", run->seconds_per_run);
 	for (size_t i = 0; i < run->nresults; i++) {
 		const struct bench_result *r = &run->results[i];

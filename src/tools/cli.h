@@ -37,6 +37,7 @@ extern const struct cli_command policy_command;
 extern const struct cli_command bench_command;
 extern const struct cli_command serve_command;
 extern const struct cli_command status_command;
+extern const struct cli_command ctl_command;
 extern const struct cli_command inject_command;
 
 #endif

@@ -183,9 +183,9 @@ static void record(struct campaign *c, const struct trial *t)
 			      t->outcome == OUT_FRONT_CRASH || t->outcome == OUT_NOT_INJECTED)) {
 		fprintf(c->trials_out, "%s\n  {\"type\": \"%s\", \"outcome\": \"%s\", \"target\": ",
 			c->notable++ ? "," : "", swifi_fault_name(t->type), outcome_names[t->outcome]);
-		json_string(c->trials_out, t->target);
+		json_write_string(c->trials_out, t->target);
 		fprintf(c->trials_out, ", \"error\": ");
-		json_string(c->trials_out, t->error);
+		json_write_string(c->trials_out, t->error);
 		fputs("}", c->trials_out);
 	}
 }
@@ -487,9 +487,9 @@ static int run_inject_command(int argc, char **argv)
 			fprintf(f, "{\"campaign\": {\"faults\": %llu, \"seed\": %llu, \"notify\": \"%s\", \"ops\": %llu, "
 				"\"driver\": ", (unsigned long long)c.faults, (unsigned long long)c.seed,
 				isolde_notify_mode_name(c.notify), (unsigned long long)c.ops);
-			json_string(f, c.driver);
+			json_write_string(f, c.driver);
 			fprintf(f, ", \"seconds\": %.1f, \"command\": ", seconds);
-			json_string(f, command);
+			json_write_string(f, command);
 			fprintf(f, "},\n \"totals\": ");
 			write_tally_json(f, &c.total);
 			fprintf(f, ",\n \"types\": {");

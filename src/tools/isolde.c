@@ -12,6 +12,7 @@ static const struct cli_command *const commands[] = {
 	&bench_command,
 	&serve_command,
 	&status_command,
+	&ctl_command,
 	&inject_command,
 };
 

@@ -1,64 +1,107 @@
 // SPDX-License-Identifier: MIT
-/* isolde status: ask a running `isolde serve` how its driver is doing. */
+/* isolde status: ask a running `isolde serve` how a device's driver is doing. */
 #define _GNU_SOURCE
-#include <errno.h>
 #include <getopt.h>
+#include <jansson.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <unistd.h>
 
 #include "cli.h"
+#include "control.h"
 
 static int run_status_command(int argc, char **argv);
 
 const struct cli_command status_command = {
 	.name = "status",
-	.summary = "show the driver of a running isolde serve: state, restarts, denials, I/O",
+	.summary = "show a device of a running isolde serve: state, restarts, denials, I/O",
 	.usage =
-	"usage: isolde status --control SOCK [--json]\n"
+	"usage: isolde status --control SOCK [--device NAME] [--json]\n"
 	"\n"
-	"Asks the isolde serve listening on SOCK (its --control) for the driver's\n"
-	"state, notify mode, generation, restarts by reason, replayed requests,\n"
-	"policy denials, I/O counters and exports.\n"
+	"Asks the isolde serve listening on SOCK (its --control) for a device's\n"
+	"driver state, notify mode, generation, restarts by reason, replayed\n"
+	"requests, policy denials, I/O counters and exports. `isolde ctl\n"
+	"query-devices` shows every device.\n"
 	"\n"
 	"  --control SOCK   the server's control socket (required)\n"
-	"  --json           print the server's JSON object as it is\n"
+	"  --device NAME    the device (default: the first)\n"
+	"  --json           print the device's JSON object as the server wrote it\n"
 	"  -h, --help       this text\n",
 	.run = run_status_command,
 };
 
-/* Find "key": in a flat JSON text and return what follows; good enough for
- * the object our own server writes. */
-static const char *field(const char *json, const char *key)
+/* A member of obj (a.b: of a member) as JSON text, "?" if missing. */
+static void print_field(const char *label, json_t *obj, const char *key, const char *sub)
 {
-	char pat[64];
-	snprintf(pat, sizeof pat, "\"%s\": ", key);
-	const char *p = strstr(json, pat);
-	return p ? p + strlen(pat) : "?";
+	json_t *v = json_object_get(obj, key);
+	char *text;
+
+	if (sub)
+		v = json_object_get(v, sub);
+	text = v ? json_dumps(v, JSON_ENCODE_ANY) : NULL;
+	printf("%-22s %s\n", label, text ? text : "?");
+	free(text);
 }
 
-static void print_field(const char *label, const char *json, const char *key)
+static void print_device(json_t *dev)
 {
-	const char *v = field(json, key);
-	size_t n = strcspn(v, ",}\n");
-	printf("%-22s %.*s\n", label, (int)n, v);
+	print_field("device", dev, "name", NULL);
+	print_field("driver", dev, "driver", NULL);
+	print_field("state", dev, "state", NULL);
+	print_field("pid", dev, "pid", NULL);
+	print_field("notify", dev, "notify", NULL);
+	print_field("generation", dev, "generation", NULL);
+	print_field("restarts", dev, "restarts", NULL);
+	print_field("restarts by reason", dev, "restarts_by_reason", NULL);
+	print_field("replayed requests", dev, "replayed", NULL);
+	print_field("policy denials", dev, "denials", NULL);
+	print_field("requests done", dev, "io", "requests");
+	print_field("request errors", dev, "io", "errors");
+	print_field("in flight", dev, "inflight", NULL);
+	print_field("error", dev, "error", NULL);
+	print_field("exports", dev, "exports", NULL);
+}
+
+/* The device named (or the first), or NULL with a message. */
+static json_t *pick(json_t *devices, const char *name)
+{
+	size_t i;
+	json_t *dev;
+
+	if (json_array_size(devices) == 0) {
+		fprintf(stderr, "isolde status: the server has no device\n");
+		return NULL;
+	}
+	if (!name)
+		return json_array_get(devices, 0);
+	json_array_foreach(devices, i, dev) {
+		const char *n = json_string_value(json_object_get(dev, "name"));
+		if (n && strcmp(n, name) == 0)
+			return dev;
+	}
+	fprintf(stderr, "isolde status: there is no device %s (there are:", name);
+	json_array_foreach(devices, i, dev) {
+		const char *n = json_string_value(json_object_get(dev, "name"));
+		fprintf(stderr, " %s", n ? n : "?");
+	}
+	fprintf(stderr, ")\n");
+	return NULL;
 }
 
 static int run_status_command(int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{ "control", required_argument, NULL, 'c' },
+		{ "device", required_argument, NULL, 'd' },
 		{ "json", no_argument, NULL, 'j' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const struct cli_command *cmd = &status_command;
-	const char *path = NULL;
+	const char *path = NULL, *name = NULL;
 	bool json = false;
+	char err[512];
 	int c;
 
 	optind = 1;
@@ -66,6 +109,7 @@ static int run_status_command(int argc, char **argv)
 	while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'c': path = optarg; break;
+		case 'd': name = optarg; break;
 		case 'j': json = true; break;
 		case 'h': return cli_help(cmd);
 		case ':': return cli_usage_error(cmd, "%s needs a value", argv[optind - 1]);
@@ -77,51 +121,38 @@ static int run_status_command(int argc, char **argv)
 	if (!path)
 		return cli_usage_error(cmd, "--control is required");
 
-	struct sockaddr_un addr = { .sun_family = AF_UNIX };
-	if (strlen(path) >= sizeof addr.sun_path)
-		return cli_usage_error(cmd, "--control: path too long");
-	memcpy(addr.sun_path, path, strlen(path));
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
-		fprintf(stderr, "isolde status: cannot reach a server at %s: %s\n", path, strerror(errno));
-		if (fd >= 0)
-			close(fd);
+	struct control_conn *cc = control_connect(path, err, sizeof err);
+	if (!cc) {
+		fprintf(stderr, "isolde status: %s\n", err);
 		return 1;
 	}
-	char buf[65536];
-	size_t len = 0;
-	if (write(fd, "status\n", 7) != 7) {
-		fprintf(stderr, "isolde status: %s: %s\n", path, strerror(errno));
-		close(fd);
+	json_t *reply = NULL;
+	if (control_send(cc, "query-devices", NULL, 1, err, sizeof err) == 0)
+		reply = control_reply(cc, 1, err, sizeof err);
+	control_close(cc);
+	if (!reply) {
+		fprintf(stderr, "isolde status: %s: %s\n", path, err[0] ? err : "the server answered nothing");
 		return 1;
 	}
-	for (ssize_t n; len < sizeof buf - 1 && (n = read(fd, buf + len, sizeof buf - 1 - len)) > 0;)
-		len += (size_t)n;
-	close(fd);
-	buf[len] = '\0';
-	if (len == 0) {
-		fprintf(stderr, "isolde status: %s answered nothing\n", path);
+	json_t *error = json_object_get(reply, "error");
+	if (error) {
+		fprintf(stderr, "isolde status: %s: %s\n", path,
+			json_string_value(json_object_get(error, "desc")) ?: "the server refused");
+		json_decref(reply);
 		return 1;
 	}
-	if (json) {
-		fputs(buf, stdout);
-		return 0;
+	json_t *dev = pick(json_object_get(reply, "return"), name);
+	int rc = 1;
+	if (dev && json) {
+		char *text = json_dumps(dev, 0);
+		if (text)
+			printf("%s\n", text);
+		rc = text ? 0 : 1;
+		free(text);
+	} else if (dev) {
+		print_device(dev);
+		rc = 0;
 	}
-	print_field("driver", buf, "driver");
-	print_field("state", buf, "state");
-	print_field("pid", buf, "pid");
-	print_field("notify", buf, "notify");
-	print_field("generation", buf, "generation");
-	print_field("restarts", buf, "restarts");
-	const char *by = field(buf, "restarts_by_reason");
-	printf("%-22s %.*s\n", "restarts by reason", (int)strcspn(by, "}") + 1, by);
-	print_field("replayed requests", buf, "replayed");
-	print_field("policy denials", buf, "denials");
-	print_field("requests done", buf, "requests");
-	print_field("request errors", buf, "errors");
-	print_field("in flight", buf, "inflight");
-	print_field("error", buf, "error");
-	const char *ex = field(buf, "exports");
-	printf("%-22s %.*s\n", "exports", (int)strcspn(ex, "\n"), ex);
-	return 0;
+	json_decref(reply);
+	return rc;
 }

@@ -371,7 +371,7 @@ static void print_json(const struct verify_options *o, const struct verify_resul
 	       (unsigned long long)r->mismatches, (int)r->driver_pid,
 	       (unsigned long long)sup->restarts, (unsigned long long)sup->replayed, r->seconds,
 	       isolde_notify_mode_name(o->cfg.notify), o->cfg.queue_depth, (unsigned long long)o->bs);
-	json_string(stdout, o->cfg.driver);
+	json_write_string(stdout, o->cfg.driver);
 	printf(", \"generation\": %u, \"restarts_by_reason\": {", r->generation);
 	for (int f = 0; f < ISOLDE_FAIL_COUNT; f++)
 		printf("%s\"%s\": %llu", f ? ", " : "", isolde_failure_name((enum isolde_failure)f),
@@ -396,7 +396,7 @@ static void print_json(const struct verify_options *o, const struct verify_resul
 	       e->user_namespace ? "true" : "false", e->own_uid ? "true" : "false",
 	       e->cgroups ? "true" : "false", e->landlock_abi, e->restricted_uring ? "true" : "false");
 	if (r->error[0])
-		json_string(stdout, r->error);
+		json_write_string(stdout, r->error);
 	else
 		fputs("null", stdout);
 	puts("}");

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include "json.h"
 
-void json_string(FILE *f, const char *s)
+void json_write_string(FILE *f, const char *s)
 {
 	fputc('"', f);
 	for (; s && *s; s++) {

@@ -7,6 +7,6 @@
 
 /* Write s as a JSON string literal (quotes, backslashes and control
  * characters escaped); NULL is written as "". */
-void json_string(FILE *f, const char *s);
+void json_write_string(FILE *f, const char *s);
 
 #endif

@@ -109,12 +109,21 @@ def stop(proc):
 
 
 def driver_children(pid):
-    """The current driver processes of an isolde process."""
+    """The current driver processes of an isolde process: children of any of
+    its threads (isolde serve starts each device's drivers from that device's
+    thread)."""
+    children = []
     try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
+        tids = os.listdir(f"/proc/{pid}/task")
     except (FileNotFoundError, ProcessLookupError):
         return []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                children += [int(x) for x in f.read().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return children
 
 
 def process_age(pid):
