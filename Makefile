@@ -12,6 +12,8 @@ PACKAGES += qemu-system-x86 qemu-system-common cpio gzip xz-utils kmod
 # isolde serve's control protocol (JSON) and metrics listener (HTTP); the
 # metrics tests read them with a real HTTP client and Prometheus's parser.
 PACKAGES += libjansson-dev libmicrohttpd-dev curl python3-prometheus-client
+# `make install`'s test checks the manual pages with groff and man.
+PACKAGES += groff-base man-db
 # The tools isolde is measured against, for `make bench`.
 BENCH_PACKAGES := fio nbdkit qemu-system-common
 BUILD := build
@@ -63,3 +65,23 @@ bench: build bench-deps
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)
+
+# `make install` (as root) installs the isolde command, the drivers, their
+# policies, libisolde (headers, library, isolde.pc), the manual pages and
+# the systemd unit isolde@.service under /usr/local; `make install
+# PREFIX=/opt/isolde` puts everything under /opt/isolde instead, and
+# DESTDIR=DIR stages it all in DIR (for packaging). It builds in a directory
+# of its own, configured for PREFIX (the installed binaries find their
+# drivers and policies there), and leaves build/ alone.
+PREFIX = /usr/local
+INSTALL_BUILD = build-install
+
+.PHONY: install
+install: deps
+	@if [ -f $(INSTALL_BUILD)/build.ninja ]; then \
+		meson configure $(INSTALL_BUILD) -Dprefix=$(PREFIX); \
+	else \
+		meson setup $(INSTALL_BUILD) -Dprefix=$(PREFIX); \
+	fi
+	ninja -C $(INSTALL_BUILD)
+	meson install -C $(INSTALL_BUILD) --no-rebuild $(if $(DESTDIR),--destdir $(abspath $(DESTDIR)))
