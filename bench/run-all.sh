@@ -133,15 +133,16 @@ bench/daemon.py $isolde
 
 $daemon
 
-How to read it. Two devices at once share the machine's cores with two
-fio processes and two drivers; the total is what those cores give. A
-stopped driver with requests in flight should cost the other device
-nothing: its thread waits on nothing of the stopped one. A driver killed
-every 50 ms costs the other device only the CPU its restarts take (clone,
-sandbox, exec, replay); tests/system/test_daemon.py shows the other
-device's requests never wait for the recovery. An idle device's loop
-wakes only for its exports' timers and once after each burst of activity
-to publish its snapshot.
+How to read it. Eight devices at once share the machine's cores with eight
+fio jobs and eight drivers, and every request crosses two process
+boundaries where nbdkit's crosses one. A device stuck in \`starting\` or
+with its driver stopped should cost the other device nothing: its thread
+waits on nothing of the stuck one. A kill storm costs the other device the
+CPU its restarts take (clone into fresh namespaces, sandbox, exec,
+teardown), as much as the same storm in another process does (the last two
+rows); tests/system/test_daemon.py shows the other device's requests never
+wait for the recovery. An idle device's loop wakes only for its exports'
+timers and once after each burst of activity to publish its snapshot.
 EOT
 
 } >"$root/docs/EVALUATION.md"

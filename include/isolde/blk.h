@@ -87,8 +87,11 @@ void isolde_blk_config_default(struct isolde_blk_config *cfg);
 
 /*
  * Parse "image=PATH,driver=NAME,notify=MODE,qd=N,readonly,direct,max_io=BYTES,
- * timeout_ms=MS,policy=PATH,shield,uring_without_namespaces" into cfg (strings point into a private copy owned by cfg until
- * isolde_blk_config_free). A bare first element without '=' is the image.
+ * timeout_ms=MS,policy=PATH,shield,uring_without_namespaces,driver_arg=ARG"
+ * into cfg (strings point into a private copy owned by cfg until
+ * isolde_blk_config_free; driver_arg may be given up to 16 times, each one
+ * element of the driver's extra argv). A bare first element without '=' is
+ * the image.
  * Returns 0, or -1 with a message naming the bad field in err.
  */
 int isolde_blk_config_parse(struct isolde_blk_config *cfg, const char *spec,
@@ -104,6 +107,14 @@ void isolde_blk_close(struct isolde_blk *dev);
 uint64_t isolde_blk_size(const struct isolde_blk *dev);
 unsigned isolde_blk_queue_depth(const struct isolde_blk *dev);
 size_t isolde_blk_max_io(const struct isolde_blk *dev);
+/*
+ * The largest request of op (ISOLDE_BLK_OP_*) one ring request carries:
+ * max_io for READ and WRITE, 1 GiB for DISCARD and WRITE_ZEROES (lengths on
+ * the ring are 32-bit), 0 for FLUSH (it has no length). A larger request is
+ * split into pieces of this size, in order: the synchronous API does it,
+ * and so does isolde serve for its exports.
+ */
+uint64_t isolde_blk_piece_max(const struct isolde_blk *dev, uint8_t op);
 pid_t isolde_blk_driver_pid(const struct isolde_blk *dev);
 /* True once the driver has failed past its restart budget: all I/O fails. */
 bool isolde_blk_failed(const struct isolde_blk *dev);

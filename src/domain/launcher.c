@@ -3,6 +3,7 @@
 #include "isolde/domain.h"
 #include "isolde/blkif.h"
 
+#include "build_tree.h"
 #include "cgroup.h"
 #include "domain_uring.h"
 #include "driver_log.h"
@@ -67,18 +68,6 @@ static bool driver_name_ok(const char *name)
 			return false;
 	}
 	return true;
-}
-
-bool isolde_running_from_build_tree(void)
-{
-	char exe[PATH_MAX];
-	ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-	size_t root_len = strlen(ISOLDE_BUILD_ROOT);
-
-	if (n <= 0 || root_len == 0)
-		return false;
-	exe[n] = '\0';
-	return strncmp(exe, ISOLDE_BUILD_ROOT, root_len) == 0 && exe[root_len] == '/';
 }
 
 int isolde_driver_resolve(const char *driver, char *path, size_t len, char *err, size_t errlen)

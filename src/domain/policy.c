@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include "isolde/policy.h"
-#include "isolde/domain.h"
 #include "isolde/units.h"
+#include "build_tree.h"
 
 #include <ctype.h>
 #include <errno.h>

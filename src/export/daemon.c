@@ -802,73 +802,67 @@ void daemon_export_del(struct isolde_daemon *d, unsigned id, daemon_reply_fn rep
 
 /* ---- queries ---- */
 
-static void render_devices(struct isolde_daemon *d, FILE *f)
+static void render_devices(const struct daemon_snapshots *s, FILE *f)
 {
-	struct daemon_snapshots *s = malloc(sizeof *s);
 	bool first = true;
 
 	fputs("[", f);
-	if (s) {
-		daemon_snapshots(d, s);
-		for (unsigned i = 0; i < s->n; i++) {
-			if (!s->devices[i].status_json)
-				continue;
-			fprintf(f, "%s%s", first ? "" : ", ", s->devices[i].status_json);
-			first = false;
-		}
-		daemon_snapshots_free(s);
-		free(s);
+	for (unsigned i = 0; i < s->n; i++) {
+		if (!s->devices[i].status_json)
+			continue;
+		fprintf(f, "%s%s", first ? "" : ", ", s->devices[i].status_json);
+		first = false;
 	}
 	fputs("]", f);
 }
 
-static void render_exports(struct isolde_daemon *d, FILE *f)
+static void render_exports(const struct daemon_snapshots *s, FILE *f)
 {
-	struct daemon_snapshots *s = malloc(sizeof *s);
 	bool first = true;
 
 	fputs("[", f);
-	if (s) {
-		daemon_snapshots(d, s);
-		for (unsigned i = 0; i < s->n; i++) {
-			for (unsigned k = 0; k < s->devices[i].nexports; k++) {
-				const struct server_export_snapshot *x = &s->devices[i].exports[k];
-				fprintf(f, "%s{\"id\": %u, \"device\": ", first ? "" : ", ", x->id);
-				json_write_string(f, s->devices[i].name);
-				fputs(", \"kind\": ", f);
-				json_write_string(f, x->kind);
-				fputs(", \"spec\": ", f);
-				json_write_string(f, x->spec);
-				fprintf(f, ", \"connections\": %u, \"inflight\": %u, \"export\": %s}", x->connections,
-					x->inflight, x->json ? x->json : "null");
-				first = false;
-			}
+	for (unsigned i = 0; i < s->n; i++) {
+		for (unsigned k = 0; k < s->devices[i].nexports; k++) {
+			const struct server_export_snapshot *x = &s->devices[i].exports[k];
+			fprintf(f, "%s{\"id\": %u, \"device\": ", first ? "" : ", ", x->id);
+			json_write_string(f, s->devices[i].name);
+			fputs(", \"kind\": ", f);
+			json_write_string(f, x->kind);
+			fputs(", \"spec\": ", f);
+			json_write_string(f, x->spec);
+			fprintf(f, ", \"connections\": %u, \"inflight\": %u, \"export\": %s}", x->connections,
+				x->inflight, x->json ? x->json : "null");
+			first = false;
 		}
-		daemon_snapshots_free(s);
-		free(s);
 	}
 	fputs("]", f);
 }
 
 static void query_finish(struct isolde_daemon *d, struct query *q)
 {
+	struct daemon_snapshots *s = malloc(sizeof *s);
 	char *text = NULL;
 	size_t len = 0;
-	FILE *f = open_memstream(&text, &len);
+	FILE *f = s ? open_memstream(&text, &len) : NULL;
 
 	if (q->timer_fd >= 0) {
 		loop_unwatch(d->loop, q->timer_fd);
 		close(q->timer_fd);
+		q->timer_fd = -1;
 	}
 	q->active = false;
 	if (!f) {
+		free(s);
 		reply_error(q->reply, q->ctx, NULL, "out of memory");
 		return;
 	}
+	daemon_snapshots(d, s);
 	if (q->exports)
-		render_exports(d, f);
+		render_exports(s, f);
 	else
-		render_devices(d, f);
+		render_devices(s, f);
+	daemon_snapshots_free(s);
+	free(s);
 	fclose(f);
 	if (q->reply)
 		q->reply(q->ctx, true, text, NULL);

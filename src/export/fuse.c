@@ -89,7 +89,6 @@
 #endif
 
 #define FX_MAX_IO (1u << 20)           /* max_read = max_write */
-#define FX_ZERO_CHUNK SERVER_MAX_REQUEST /* fallocate ranges go to the device in pieces this big */
 #define FX_BATCH 64                    /* requests read from /dev/fuse per wake-up */
 #define FX_MAX_BACKGROUND 64           /* kernel: async requests (readahead, aio) in flight */
 #define FX_ATTR_TIMEOUT 1.0
@@ -121,7 +120,6 @@ struct fx_op {
 	struct fuse_export *fx;
 	fuse_req_t req;
 	size_t count;            /* READ: bytes to return; WRITE: bytes written */
-	uint64_t end;            /* fallocate: end of the whole range */
 	struct fx_op *next_free;
 };
 
@@ -203,21 +201,11 @@ static void status_done(struct server_io *sio)
 	op_put(op);
 }
 
-/* WRITE_ZEROES over a range larger than one server request: one piece
- * after the other. Only a successful piece (completed by the server's
- * collect, never inside a submission) submits the next. */
+/* WRITE_ZEROES over the whole range (the server splits it). */
 static void zeroes_done(struct server_io *sio)
 {
 	struct fx_op *op = sio->ctx;
-	uint64_t next = sio->offset + sio->len;
 
-	if (sio->result == 0 && next < op->end) {
-		uint64_t left = op->end - next;
-		sio->offset = next;
-		sio->len = (uint32_t)(left < FX_ZERO_CHUNK ? left : FX_ZERO_CHUNK);
-		server_submit(op->fx->srv, sio);
-		return;
-	}
 	if (sio->result == 0) {
 		clock_gettime(CLOCK_REALTIME, &op->fx->mtime);
 		op->fx->ctime = op->fx->mtime;
@@ -225,7 +213,7 @@ static void zeroes_done(struct server_io *sio)
 	status_done(sio);
 }
 
-static void submit(struct fx_op *op, uint8_t kind, uint16_t flags, void *buf, uint32_t len,
+static void submit(struct fx_op *op, uint8_t kind, uint16_t flags, void *buf, uint64_t len,
 		   uint64_t offset, server_io_done done)
 {
 	op->sio.op = kind;
@@ -500,9 +488,7 @@ static void fx_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset,
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	op->end = end;
-	submit(op, ISOLDE_BLK_OP_WRITE_ZEROES, flags, NULL,
-	       (uint32_t)(end - start < FX_ZERO_CHUNK ? end - start : FX_ZERO_CHUNK), start, zeroes_done);
+	submit(op, ISOLDE_BLK_OP_WRITE_ZEROES, flags, NULL, end - start, start, zeroes_done);
 }
 
 static void fx_statfs(fuse_req_t req, fuse_ino_t ino)

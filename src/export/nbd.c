@@ -161,8 +161,6 @@ struct nbd_req {
 	struct nbd_conn *conn;
 	struct nbd_cmd cmd;
 	uint8_t *buf;                /* READ and WRITE data, cmd.len bytes */
-	uint64_t next, end;          /* TRIM / WRITE_ZEROES: the range still to submit */
-	bool ranged;                 /* TRIM / WRITE_ZEROES: submitted piece by piece */
 	bool flush_after;            /* FUA on TRIM / WRITE_ZEROES: a FLUSH before the reply */
 };
 
@@ -495,28 +493,13 @@ static void *conn_payload_buffer(void *ctx, const struct nbd_cmd *cmd)
 	return req->buf;
 }
 
-/* TRIM and WRITE_ZEROES may be larger than one server request: submit them piece by piece. */
-static void submit_range_piece(struct nbd_req *req)
-{
-	uint64_t len = req->end - req->next;
-
-	req->sio.offset = req->next;
-	req->sio.len = (uint32_t)(len < SERVER_MAX_REQUEST ? len : SERVER_MAX_REQUEST);
-	req->next += req->sio.len;
-	server_submit(req->conn->ex->srv, &req->sio);
-}
-
 static void req_done(struct server_io *sio)
 {
 	struct nbd_req *req = sio->ctx;
 	struct nbd_conn *c = req->conn;
 	int result = sio->result;
 
-	/* The next piece, or the FLUSH that makes it FUA - unless the client left. */
-	if (result == 0 && !c->closed && req->ranged && req->next < req->end) {
-		submit_range_piece(req);
-		return;
-	}
+	/* The FLUSH that makes it FUA - unless the client left. */
 	if (result == 0 && !c->closed && req->flush_after) {
 		req->flush_after = false;
 		sio->op = ISOLDE_BLK_OP_FLUSH;
@@ -610,19 +593,15 @@ static void conn_request(void *ctx, const struct nbd_cmd *cmd, void *buf)
 				sio->flags = ISOLDE_BLK_F_MAY_UNMAP;
 		}
 		/* The ring carries FUA on writes only: durability here is a FLUSH after. */
+		/* The whole range: the server splits what one ring request
+		 * cannot carry. */
 		req->flush_after = cmd->flags & NBD_CMD_FLAG_FUA;
-		req->ranged = true;
-		req->next = cmd->offset;
-		req->end = cmd->offset + cmd->len; /* checked against the size: no wrap */
 		break;
 	}
 	c->inflight++;
 	c->refs++;
 	c->ex->inflight++;
-	if (req->ranged)
-		submit_range_piece(req);
-	else
-		server_submit(c->ex->srv, sio);
+	server_submit(c->ex->srv, sio);
 }
 
 static const struct nbd_proto_ops conn_proto_ops = {

@@ -11,7 +11,9 @@
 
 #include "json.h"
 
-#define HYBRID_SPIN_NS 50000u     /* the loop spins this long for answers before sleeping */
+#define HYBRID_SPIN_MAX_NS 50000u /* the longest the loop spins for answers before sleeping */
+#define HYBRID_SPIN_MIN_NS 2000u  /* below this, it stops spinning ... */
+#define HYBRID_PROBE_EVERY 32u    /* ... and tries again once in this many sleeps */
 #define PUBLISH_EVERY_NS (100 * 1000000ull)
 #define STATUS_WAKE_MS 100        /* while I/O is pending, for hang checks */
 
@@ -53,6 +55,12 @@ struct isolde_server {
 	void *on_event_ctx;
 	uint64_t published_ns;
 	uint64_t active_ns;         /* the loop last had something to do */
+	/* Hybrid mode: how long the loop spins for answers before it sleeps.
+	 * It halves when a spin found nothing and doubles when one did, so
+	 * on a machine with more runnable tasks than cores - where spinning
+	 * takes the core the driver needs - it falls to nothing. */
+	uint32_t spin_window_ns;
+	unsigned spin_probe;
 	struct server_snapshot_store own_store; /* when nobody gave one */
 	struct server_snapshot_store *store;
 };
@@ -172,11 +180,11 @@ static void backlog_push(struct isolde_server *s, struct server_io *sio)
 	s->backlog_len++;
 }
 
-static unsigned pieces_of(const struct server_io *sio, uint64_t piece_max)
+static uint64_t pieces_of(const struct server_io *sio, uint64_t piece_max)
 {
-	if (sio->op == ISOLDE_BLK_OP_FLUSH || sio->len == 0)
+	if (piece_max == 0 || sio->len == 0)
 		return 1;
-	return (unsigned)((sio->len + piece_max - 1) / piece_max);
+	return (sio->len + piece_max - 1) / piece_max;
 }
 
 /*
@@ -186,13 +194,11 @@ static unsigned pieces_of(const struct server_io *sio, uint64_t piece_max)
  */
 static void submit_backlog(struct isolde_server *s)
 {
-	size_t max_io = isolde_blk_max_io(s->dev);
-
 	while (s->backlog_head) {
 		struct server_io *sio = s->backlog_head;
 		bool data = sio->op == ISOLDE_BLK_OP_READ || sio->op == ISOLDE_BLK_OP_WRITE;
-		uint64_t piece_max = data ? max_io : (1u << 30);
-		unsigned npieces = pieces_of(sio, piece_max);
+		uint64_t piece_max = isolde_blk_piece_max(s->dev, sio->op);
+		uint64_t npieces = pieces_of(sio, piece_max);
 
 		while (sio->pieces_next < npieces) {
 			if (isolde_blk_inflight(s->dev) >= isolde_blk_queue_depth(s->dev))
@@ -205,7 +211,7 @@ static void submit_backlog(struct isolde_server *s)
 			p->io.op = sio->op;
 			p->io.flags = sio->flags;
 			p->io.offset = sio->offset + off;
-			p->io.len = sio->op == ISOLDE_BLK_OP_FLUSH ? 0
+			p->io.len = piece_max == 0 ? 0
 				    : (uint32_t)(sio->len - off < piece_max ? sio->len - off : piece_max);
 			p->io.buf = data ? (unsigned char *)sio->buf + off : NULL;
 			p->io.user_data = p;
@@ -246,17 +252,24 @@ void server_submit(struct isolde_server *s, struct server_io *sio)
 		finish(s, sio);
 		return;
 	}
+	/* A range beyond the device is refused here, before it is split
+	 * into more pieces than there could be requests of it. */
+	if (sio->len > isolde_blk_size(s->dev) || sio->offset > isolde_blk_size(s->dev) - sio->len) {
+		sio->result = -EINVAL;
+		finish(s, sio);
+		return;
+	}
 	sio->result = 0;
 	sio->pieces_next = 0;
-	sio->pieces_left = pieces_of(sio, (sio->op == ISOLDE_BLK_OP_READ || sio->op == ISOLDE_BLK_OP_WRITE)
-					      ? isolde_blk_max_io(s->dev) : (1u << 30));
+	sio->pieces_left = pieces_of(sio, isolde_blk_piece_max(s->dev, sio->op));
 	backlog_push(s, sio);
 	submit_backlog(s);
 }
 
-static void collect(struct isolde_server *s)
+static unsigned collect(struct isolde_server *s)
 {
 	struct isolde_blk_io *done[128];
+	unsigned total = 0;
 	int n;
 
 	do {
@@ -269,9 +282,11 @@ static void collect(struct isolde_server *s)
 			s->inflight_pieces--;
 			parent_piece_done(s, sio, result);
 		}
+		total += n > 0 ? (unsigned)n : 0;
 		submit_backlog(s);
 	} while (n == 128);
 	isolde_blk_push(s->dev);
+	return total;
 }
 
 /* ---- events ---- */
@@ -315,6 +330,7 @@ struct isolde_server *server_create(struct isolde_loop *loop, struct isolde_blk 
 		return NULL;
 	}
 	s->loop = loop;
+	s->spin_window_ns = HYBRID_SPIN_MAX_NS;
 	s->dev = dev;
 	snprintf(s->name, sizeof s->name, "%s", name ? name : "disk");
 	server_snapshot_store_init(&s->own_store);
@@ -448,10 +464,15 @@ static int sleep_ms(struct isolde_server *s, uint64_t *spin_since)
 	}
 	if (isolde_blk_notify_mode(s->dev) == ISOLDE_NOTIFY_HYBRID) {
 		uint64_t now = isolde_now_ns();
-		if (*spin_since == 0)
+		if (*spin_since == 0) {
+			if (s->spin_window_ns == 0 && ++s->spin_probe % HYBRID_PROBE_EVERY == 0)
+				s->spin_window_ns = HYBRID_SPIN_MIN_NS;
 			*spin_since = now;
-		if (now - *spin_since < HYBRID_SPIN_NS)
+		}
+		if (now - *spin_since < s->spin_window_ns)
 			return 0;
+		/* The window passed without an answer: spinning did not pay. */
+		s->spin_window_ns = s->spin_window_ns / 2 >= HYBRID_SPIN_MIN_NS ? s->spin_window_ns / 2 : 0;
 	}
 	if (!isolde_blk_prepare_sleep(s->dev))
 		return 0;
@@ -474,17 +495,28 @@ static bool drained(struct isolde_server *s, uint64_t *deadline)
 	return false;
 }
 
+/* An answer came while the loop spun for it: a longer spin may pay too. */
+static void spin_paid(struct isolde_server *s, uint64_t *spin_since)
+{
+	uint32_t grown = s->spin_window_ns ? s->spin_window_ns * 2 : HYBRID_SPIN_MIN_NS;
+
+	s->spin_window_ns = grown < HYBRID_SPIN_MAX_NS ? grown : HYBRID_SPIN_MAX_NS;
+	*spin_since = 0;
+}
+
 int server_run(struct isolde_server *s)
 {
 	uint64_t spin_since = 0, drain_deadline = 0;
 
 	for (;;) {
-		collect(s);
+		if (collect(s) && spin_since)
+			spin_paid(s, &spin_since);
 		finish_removals(s);
 		if (s->stopping && drained(s, &drain_deadline))
 			break;
 		bool pollers_spin = loop_run_pollers(s->loop);
-		collect(s);
+		if (collect(s) && spin_since)
+			spin_paid(s, &spin_since);
 		if (isolde_now_ns() - s->published_ns >= PUBLISH_EVERY_NS && s->active_ns >= s->published_ns)
 			server_publish(s);
 		int n = loop_once(s->loop, pollers_spin ? 0 : sleep_ms(s, &spin_since));

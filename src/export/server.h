@@ -50,15 +50,17 @@ struct server_io {
 	uint8_t op;              /* ISOLDE_BLK_OP_* */
 	uint16_t flags;          /* ISOLDE_BLK_F_* */
 	void *buf;               /* READ/WRITE data, len bytes; valid until done */
-	uint32_t len;            /* READ/WRITE: up to SERVER_MAX_REQUEST */
+	uint64_t len;            /* READ/WRITE: up to SERVER_MAX_REQUEST; DISCARD and
+				  * WRITE_ZEROES: any range of the device (the
+				  * server splits what the ring cannot carry) */
 	uint64_t offset;
 	server_io_done done;     /* called once, in the loop thread */
 	void *ctx;
 	/* Set before done is called. */
 	int result;              /* 0 or -errno */
 	/* Private to the server. */
-	unsigned pieces_left;    /* pieces not yet completed */
-	unsigned pieces_next;    /* next piece to put on the ring */
+	uint64_t pieces_left;    /* pieces not yet completed */
+	uint64_t pieces_next;    /* next piece to put on the ring */
 	uint64_t submitted_ns;
 	struct server_io *next;
 };

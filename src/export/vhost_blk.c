@@ -181,10 +181,10 @@ static void io_done(struct server_io *sio)
 	if (sio->op == ISOLDE_BLK_OP_READ || sio->op == ISOLDE_BLK_OP_WRITE)
 		blk->bytes_in_flight -= sio->len;
 	if (sio->result) {
-		vhost_user_log(blk->vu, "queue %u: %s of %u bytes at %llu failed: %s", r->vr->queue,
+		vhost_user_log(blk->vu, "queue %u: %s of %llu bytes at %llu failed: %s", r->vr->queue,
 			       sio->op == ISOLDE_BLK_OP_READ ? "read" : sio->op == ISOLDE_BLK_OP_WRITE ? "write"
 			       : sio->op == ISOLDE_BLK_OP_FLUSH ? "flush" : "discard or write-zeroes",
-			       sio->len, (unsigned long long)sio->offset, strerror(-sio->result));
+			       (unsigned long long)sio->len, (unsigned long long)sio->offset, strerror(-sio->result));
 	} else if (sio->op == ISOLDE_BLK_OP_READ) {
 		copy_to_segments(e->iov + e->nout, e->nin, r->bounce, sio->len);
 		written = sio->len;
@@ -204,7 +204,8 @@ static void submit(struct blk_request *r)
 		/* Page-aligned, so that an O_DIRECT image could take it as is. */
 		size_t cap = (sio->len + 4095u) & ~(size_t)4095u;
 		if (!(r->bounce = aligned_alloc(4096, cap ? cap : 4096))) {
-			vhost_user_log(blk->vu, "out of memory for a %u-byte request", sio->len);
+			vhost_user_log(blk->vu, "out of memory for a %llu-byte request",
+				       (unsigned long long)sio->len);
 			finish(r, VIRTIO_BLK_S_IOERR, 0);
 			return;
 		}

@@ -858,198 +858,311 @@ static struct vq_slot *vring_fd(struct vhost_conn *c, int *fd, enum outcome *o)
 	return s;
 }
 
-static enum outcome dispatch(struct vhost_conn *c)
+/* ---- the requests: a handler each, and one table of their rules ---- */
+
+static enum outcome on_get_features(struct vhost_conn *c)
 {
-	struct vhost_user *vu = c->vu;
-	uint32_t req = c->in.hdr.request;
+	return reply_u64(c, c->in.hdr.request, offered_features(c->vu)) ? MALFORMED : REPLIED;
+}
+
+static enum outcome on_set_features(struct vhost_conn *c)
+{
+	uint64_t f = payload_u64(c);
+
+	if (f & ~offered_features(c->vu))
+		return malformed(c, "features 0x%llx were not offered",
+				 (unsigned long long)(f & ~offered_features(c->vu)));
+	c->features = f;
+	set_vq_features(c);
+	return DONE;
+}
+
+static enum outcome on_get_protocol_features(struct vhost_conn *c)
+{
+	return reply_u64(c, c->in.hdr.request, PROTOCOL_FEATURES) ? MALFORMED : REPLIED;
+}
+
+static enum outcome on_set_protocol_features(struct vhost_conn *c)
+{
+	uint64_t f = payload_u64(c);
+
+	if (f & ~PROTOCOL_FEATURES)
+		return malformed(c, "protocol features 0x%llx were not offered",
+				 (unsigned long long)(f & ~PROTOCOL_FEATURES));
+	c->protocol_features = f;
+	return DONE;
+}
+
+static enum outcome on_get_queue_num(struct vhost_conn *c)
+{
+	return reply_u64(c, c->in.hdr.request, c->vu->ops->max_queues) ? MALFORMED : REPLIED;
+}
+
+static enum outcome on_set_owner(struct vhost_conn *c)
+{
+	(void)c;
+	return DONE;
+}
+
+static enum outcome on_reset_owner(struct vhost_conn *c)
+{
+	reset_queues(c);
+	return DONE;
+}
+
+/* A vring-state request's queue (its payload copied into st), or NULL. */
+static struct vq_slot *state_queue(struct vhost_conn *c, struct vu_vring_state *st, enum outcome *o)
+{
+	memcpy(st, payload(c), sizeof *st);
+	return queue_at(c, st->index, o);
+}
+
+static enum outcome on_set_vring_num(struct vhost_conn *c)
+{
 	enum outcome o = MALFORMED;
 	struct vu_vring_state st;
+	struct vq_slot *s = state_queue(c, &st, &o);
+
+	if (!s)
+		return o;
+	if (st.num == 0 || st.num > VQ_MAX_SIZE || (st.num & (st.num - 1)))
+		return malformed(c, "queue %u: size %u is not a power of two up to %u", st.index, st.num,
+				 VQ_MAX_SIZE);
+	if (s->started)
+		return malformed(c, "queue %u is running", st.index);
+	s->vq.num = st.num;
+	/* SET_VRING_ADDR places the rings for this size. */
+	s->vq.desc = NULL;
+	s->vq.avail = NULL;
+	s->vq.used = NULL;
+	s->vq.addr_set = false;
+	return DONE;
+}
+
+static enum outcome on_set_vring_addr(struct vhost_conn *c)
+{
+	enum outcome o = MALFORMED;
+	struct vu_vring_addr a;
+	struct vq_slot *s;
+
+	memcpy(&a, payload(c), sizeof a);
+	if (!(s = queue_at(c, a.index, &o)))
+		return o;
+	if (s->vq.num == 0)
+		return malformed(c, "queue %u has no size yet (SET_VRING_NUM)", a.index);
+	if (!c->mem)
+		return malformed(c, "queue %u: no memory table yet (SET_MEM_TABLE)", a.index);
+	s->vq.desc_uva = a.desc;
+	s->vq.avail_uva = a.avail;
+	s->vq.used_uva = a.used;
+	s->vq.addr_set = true;
+	if (!vq_map_rings(&s->vq, c->mem)) {
+		s->vq.addr_set = false;
+		return malformed(c, "%s", s->vq.broken_reason);
+	}
+	slot_kickoff(s);
+	return DONE;
+}
+
+static enum outcome on_set_vring_base(struct vhost_conn *c)
+{
+	enum outcome o = MALFORMED;
+	struct vu_vring_state st;
+	struct vq_slot *s = state_queue(c, &st, &o);
+
+	if (!s)
+		return o;
+	if (st.num > 0xffff)
+		return malformed(c, "queue %u: base %u does not fit a split ring's 16 bits", st.index, st.num);
+	if (s->started)
+		return malformed(c, "queue %u is running", st.index);
+	s->vq.last_avail = (uint16_t)st.num;
+	s->vq.used_idx = (uint16_t)st.num;
+	return DONE;
+}
+
+static enum outcome on_get_vring_base(struct vhost_conn *c)
+{
+	enum outcome o = MALFORMED;
+	struct vu_vring_state st;
+	struct vq_slot *s = state_queue(c, &st, &o);
+
+	if (!s)
+		return o;
+	slot_stop(c, s);
+	if (s->inflight) {
+		c->waiting_queue = (int)st.index;
+		server_modify(c->vu->srv, c->fd, 0);
+		return DEFERRED;
+	}
+	st.num = s->vq.last_avail;
+	return send_reply(c, c->in.hdr.request, &st, sizeof st) ? MALFORMED : REPLIED;
+}
+
+static enum outcome on_set_vring_kick(struct vhost_conn *c)
+{
+	struct vhost_user *vu = c->vu;
+	enum outcome o = MALFORMED;
 	struct vq_slot *s;
 	int fd;
 
-	if (req != VU_SET_MEM_TABLE && req != VU_SET_VRING_KICK && req != VU_SET_VRING_CALL &&
-	    req != VU_SET_VRING_ERR && req != VU_SET_LOG_FD && !no_fds(c, &o))
+	if (!(s = vring_fd(c, &fd, &o)))
 		return o;
-	switch (req) {
-	case VU_GET_FEATURES:
-		if (!size_empty(c, &o))
-			return o;
-		return reply_u64(c, req, offered_features(vu)) ? MALFORMED : REPLIED;
-	case VU_SET_FEATURES: {
-		uint64_t f;
-		if (!size_is(c, sizeof f, &o))
-			return o;
-		f = payload_u64(c);
-		if (f & ~offered_features(vu))
-			return malformed(c, "features 0x%llx were not offered",
-					 (unsigned long long)(f & ~offered_features(vu)));
-		c->features = f;
-		set_vq_features(c);
-		return DONE;
-	}
-	case VU_GET_PROTOCOL_FEATURES:
-		if (!size_empty(c, &o))
-			return o;
-		return reply_u64(c, req, PROTOCOL_FEATURES) ? MALFORMED : REPLIED;
-	case VU_SET_PROTOCOL_FEATURES: {
-		uint64_t f;
-		if (!size_is(c, sizeof f, &o))
-			return o;
-		f = payload_u64(c);
-		if (f & ~PROTOCOL_FEATURES)
-			return malformed(c, "protocol features 0x%llx were not offered",
-					 (unsigned long long)(f & ~PROTOCOL_FEATURES));
-		c->protocol_features = f;
-		return DONE;
-	}
-	case VU_GET_QUEUE_NUM:
-		if (!size_empty(c, &o))
-			return o;
-		return reply_u64(c, req, vu->ops->max_queues) ? MALFORMED : REPLIED;
-	case VU_SET_OWNER:
-		return size_is(c, 0, &o) ? DONE : o;
-	case VU_RESET_OWNER:
-		if (!size_is(c, 0, &o))
-			return o;
-		reset_queues(c);
-		return DONE;
-	case VU_SET_MEM_TABLE:
-		return on_set_mem_table(c);
-	case VU_SET_VRING_NUM:
-		if (!size_is(c, sizeof st, &o))
-			return o;
-		memcpy(&st, payload(c), sizeof st);
-		if (!(s = queue_at(c, st.index, &o)))
-			return o;
-		if (st.num == 0 || st.num > VQ_MAX_SIZE || (st.num & (st.num - 1)))
-			return malformed(c, "queue %u: size %u is not a power of two up to %u", st.index,
-					 st.num, VQ_MAX_SIZE);
-		if (s->started)
-			return malformed(c, "queue %u is running", st.index);
-		s->vq.num = st.num;
-		/* SET_VRING_ADDR places the rings for this size. */
-		s->vq.desc = NULL;
-		s->vq.avail = NULL;
-		s->vq.used = NULL;
-		s->vq.addr_set = false;
-		return DONE;
-	case VU_SET_VRING_ADDR: {
-		struct vu_vring_addr a;
-		if (!size_is(c, sizeof a, &o))
-			return o;
-		memcpy(&a, payload(c), sizeof a);
-		if (!(s = queue_at(c, a.index, &o)))
-			return o;
-		if (s->vq.num == 0)
-			return malformed(c, "queue %u has no size yet (SET_VRING_NUM)", a.index);
-		if (!c->mem)
-			return malformed(c, "queue %u: no memory table yet (SET_MEM_TABLE)", a.index);
-		s->vq.desc_uva = a.desc;
-		s->vq.avail_uva = a.avail;
-		s->vq.used_uva = a.used;
-		s->vq.addr_set = true;
-		if (!vq_map_rings(&s->vq, c->mem)) {
-			s->vq.addr_set = false;
-			return malformed(c, "%s", s->vq.broken_reason);
-		}
-		slot_kickoff(s);
-		return DONE;
-	}
-	case VU_SET_VRING_BASE:
-		if (!size_is(c, sizeof st, &o))
-			return o;
-		memcpy(&st, payload(c), sizeof st);
-		if (!(s = queue_at(c, st.index, &o)))
-			return o;
-		if (st.num > 0xffff)
-			return malformed(c, "queue %u: base %u does not fit a split ring's 16 bits", st.index, st.num);
-		if (s->started)
-			return malformed(c, "queue %u is running", st.index);
-		s->vq.last_avail = (uint16_t)st.num;
-		s->vq.used_idx = (uint16_t)st.num;
-		return DONE;
-	case VU_GET_VRING_BASE:
-		if (!size_is(c, sizeof st, &o))
-			return o;
-		memcpy(&st, payload(c), sizeof st);
-		if (!(s = queue_at(c, st.index, &o)))
-			return o;
-		slot_stop(c, s);
-		if (s->inflight) {
-			c->waiting_queue = (int)st.index;
-			server_modify(vu->srv, c->fd, 0);
-			return DEFERRED;
-		}
-		st.num = s->vq.last_avail;
-		return send_reply(c, req, &st, sizeof st) ? MALFORMED : REPLIED;
-	case VU_SET_VRING_KICK:
-		if (!(s = vring_fd(c, &fd, &o)))
-			return o;
-		slot_stop(c, s);
-		s->kick_fd = fd;
-		s->started = true;
-		s->vq.broken = false;
-		s->reported_broken = false;
-		s->vq.signalled_used_valid = false;
-		/* Without protocol features a queue runs once it has a kick. */
-		if (!((c->features >> VHOST_USER_F_PROTOCOL_FEATURES) & 1))
-			s->enabled = true;
-		if (s->kick_fd >= 0 && vu->poll != ISOLDE_NOTIFY_SPIN &&
-		    server_watch(vu->srv, s->kick_fd, EPOLLIN, kick_cb, s) != 0)
-			return malformed(c, "queue %u: cannot watch the kick fd %d", s->vq.index, s->kick_fd);
-		slot_kickoff(s);
-		return DONE;
-	case VU_SET_VRING_CALL:
-		if (!(s = vring_fd(c, &fd, &o)))
-			return o;
-		close_fd(&s->call_fd);
-		s->call_fd = fd;
-		return DONE;
-	case VU_SET_VRING_ERR:
-		if (!(s = vring_fd(c, &fd, &o)))
-			return o;
-		close_fd(&s->err_fd);
-		s->err_fd = fd;
-		return DONE;
-	case VU_SET_VRING_ENABLE:
-		if (!size_is(c, sizeof st, &o))
-			return o;
-		memcpy(&st, payload(c), sizeof st);
-		if (!(s = queue_at(c, st.index, &o)))
-			return o;
-		if (st.num > 1)
-			return malformed(c, "queue %u: enable is %u, not 0 or 1", st.index, st.num);
-		s->enabled = st.num;
-		slot_kickoff(s);
-		return DONE;
-	case VU_GET_CONFIG: {
-		struct vu_config_head ch;
-		uint8_t config[VU_CONFIG_MAX] = { 0 }, reply[sizeof ch + VU_CONFIG_MAX];
-		if (c->in.hdr.size < sizeof ch)
-			return malformed(c, "payload of %u bytes, shorter than its %zu-byte head", c->in.hdr.size,
-					 sizeof ch);
-		memcpy(&ch, payload(c), sizeof ch);
-		if (ch.size > VU_CONFIG_MAX || ch.offset > VU_CONFIG_MAX - ch.size)
-			return malformed(c, "offset %u and size %u go past the %u-byte config space", ch.offset,
-					 ch.size, VU_CONFIG_MAX);
-		if (!size_is(c, (uint32_t)sizeof ch + ch.size, &o))
-			return o;
-		vu->ops->get_config(vu->dev, config, sizeof config);
-		memcpy(reply, &ch, sizeof ch);
-		memcpy(reply + sizeof ch, config + ch.offset, ch.size);
-		return send_reply(c, req, reply, (uint32_t)sizeof ch + ch.size) ? MALFORMED : REPLIED;
-	}
-	case VU_SET_CONFIG:
-		vhost_user_log(vu, "SET_CONFIG: refused: the config space is read-only");
-		return REFUSED;
-	case VU_SET_LOG_BASE:
-	case VU_SET_LOG_FD:
-		vhost_user_log(vu, "%s: refused: dirty logging was not offered", request_name(req));
-		return REFUSED;
-	default:
-		vhost_user_log(vu, "unknown request %u (%u bytes); refused", req, c->in.hdr.size);
+	slot_stop(c, s);
+	s->kick_fd = fd;
+	s->started = true;
+	s->vq.broken = false;
+	s->reported_broken = false;
+	s->vq.signalled_used_valid = false;
+	/* Without protocol features a queue runs once it has a kick. */
+	if (!((c->features >> VHOST_USER_F_PROTOCOL_FEATURES) & 1))
+		s->enabled = true;
+	if (s->kick_fd >= 0 && vu->poll != ISOLDE_NOTIFY_SPIN &&
+	    server_watch(vu->srv, s->kick_fd, EPOLLIN, kick_cb, s) != 0)
+		return malformed(c, "queue %u: cannot watch the kick fd %d", s->vq.index, s->kick_fd);
+	slot_kickoff(s);
+	return DONE;
+}
+
+static enum outcome on_set_vring_call(struct vhost_conn *c)
+{
+	enum outcome o = MALFORMED;
+	struct vq_slot *s;
+	int fd;
+
+	if (!(s = vring_fd(c, &fd, &o)))
+		return o;
+	close_fd(&s->call_fd);
+	s->call_fd = fd;
+	return DONE;
+}
+
+static enum outcome on_set_vring_err(struct vhost_conn *c)
+{
+	enum outcome o = MALFORMED;
+	struct vq_slot *s;
+	int fd;
+
+	if (!(s = vring_fd(c, &fd, &o)))
+		return o;
+	close_fd(&s->err_fd);
+	s->err_fd = fd;
+	return DONE;
+}
+
+static enum outcome on_set_vring_enable(struct vhost_conn *c)
+{
+	enum outcome o = MALFORMED;
+	struct vu_vring_state st;
+	struct vq_slot *s = state_queue(c, &st, &o);
+
+	if (!s)
+		return o;
+	if (st.num > 1)
+		return malformed(c, "queue %u: enable is %u, not 0 or 1", st.index, st.num);
+	s->enabled = st.num;
+	slot_kickoff(s);
+	return DONE;
+}
+
+static enum outcome on_get_config(struct vhost_conn *c)
+{
+	enum outcome o = MALFORMED;
+	struct vu_config_head ch;
+	uint8_t config[VU_CONFIG_MAX] = { 0 }, reply[sizeof ch + VU_CONFIG_MAX];
+
+	if (c->in.hdr.size < sizeof ch)
+		return malformed(c, "payload of %u bytes, shorter than its %zu-byte head", c->in.hdr.size,
+				 sizeof ch);
+	memcpy(&ch, payload(c), sizeof ch);
+	if (ch.size > VU_CONFIG_MAX || ch.offset > VU_CONFIG_MAX - ch.size)
+		return malformed(c, "offset %u and size %u go past the %u-byte config space", ch.offset,
+				 ch.size, VU_CONFIG_MAX);
+	if (!size_is(c, (uint32_t)sizeof ch + ch.size, &o))
+		return o;
+	c->vu->ops->get_config(c->vu->dev, config, sizeof config);
+	memcpy(reply, &ch, sizeof ch);
+	memcpy(reply + sizeof ch, config + ch.offset, ch.size);
+	return send_reply(c, c->in.hdr.request, reply, (uint32_t)sizeof ch + ch.size) ? MALFORMED : REPLIED;
+}
+
+static enum outcome on_set_config(struct vhost_conn *c)
+{
+	vhost_user_log(c->vu, "SET_CONFIG: refused: the config space is read-only");
+	return REFUSED;
+}
+
+static enum outcome on_dirty_log(struct vhost_conn *c)
+{
+	vhost_user_log(c->vu, "%s: refused: dirty logging was not offered", request_name(c->in.hdr.request));
+	return REFUSED;
+}
+
+enum size_rule {
+	SIZE_EMPTY,   /* nothing, or the zero u64 some front ends send */
+	SIZE_EXACT,   /* exactly .bytes */
+	SIZE_OWN,     /* the handler checks (variable-sized payloads) */
+};
+
+enum fd_rule {
+	FDS_NONE,     /* a message with fds is malformed */
+	FDS_OWN,      /* the handler takes or refuses them */
+};
+
+/*
+ * Every request the back end knows: what its payload and fds must be, and
+ * who handles it. The checks run before the handler, which may then read
+ * the payload it was promised. A request not here is refused (with its
+ * "no" when the front end waits for one), unless it came with fds.
+ */
+static const struct request_rule {
+	uint32_t request;
+	enum size_rule size;
+	uint32_t bytes;
+	enum fd_rule fds;
+	enum outcome (*handle)(struct vhost_conn *c);
+} request_rules[] = {
+	{ VU_GET_FEATURES, SIZE_EMPTY, 0, FDS_NONE, on_get_features },
+	{ VU_SET_FEATURES, SIZE_EXACT, sizeof(uint64_t), FDS_NONE, on_set_features },
+	{ VU_GET_PROTOCOL_FEATURES, SIZE_EMPTY, 0, FDS_NONE, on_get_protocol_features },
+	{ VU_SET_PROTOCOL_FEATURES, SIZE_EXACT, sizeof(uint64_t), FDS_NONE, on_set_protocol_features },
+	{ VU_GET_QUEUE_NUM, SIZE_EMPTY, 0, FDS_NONE, on_get_queue_num },
+	{ VU_SET_OWNER, SIZE_EXACT, 0, FDS_NONE, on_set_owner },
+	{ VU_RESET_OWNER, SIZE_EXACT, 0, FDS_NONE, on_reset_owner },
+	{ VU_SET_MEM_TABLE, SIZE_OWN, 0, FDS_OWN, on_set_mem_table },
+	{ VU_SET_VRING_NUM, SIZE_EXACT, sizeof(struct vu_vring_state), FDS_NONE, on_set_vring_num },
+	{ VU_SET_VRING_ADDR, SIZE_EXACT, sizeof(struct vu_vring_addr), FDS_NONE, on_set_vring_addr },
+	{ VU_SET_VRING_BASE, SIZE_EXACT, sizeof(struct vu_vring_state), FDS_NONE, on_set_vring_base },
+	{ VU_GET_VRING_BASE, SIZE_EXACT, sizeof(struct vu_vring_state), FDS_NONE, on_get_vring_base },
+	{ VU_SET_VRING_KICK, SIZE_OWN, 0, FDS_OWN, on_set_vring_kick },
+	{ VU_SET_VRING_CALL, SIZE_OWN, 0, FDS_OWN, on_set_vring_call },
+	{ VU_SET_VRING_ERR, SIZE_OWN, 0, FDS_OWN, on_set_vring_err },
+	{ VU_SET_VRING_ENABLE, SIZE_EXACT, sizeof(struct vu_vring_state), FDS_NONE, on_set_vring_enable },
+	{ VU_GET_CONFIG, SIZE_OWN, 0, FDS_NONE, on_get_config },
+	{ VU_SET_CONFIG, SIZE_OWN, 0, FDS_NONE, on_set_config },
+	{ VU_SET_LOG_BASE, SIZE_OWN, 0, FDS_NONE, on_dirty_log },
+	{ VU_SET_LOG_FD, SIZE_OWN, 0, FDS_OWN, on_dirty_log },
+};
+
+static enum outcome dispatch(struct vhost_conn *c)
+{
+	uint32_t req = c->in.hdr.request;
+	enum outcome o = MALFORMED;
+	const struct request_rule *rule = NULL;
+
+	for (size_t i = 0; i < sizeof request_rules / sizeof request_rules[0] && !rule; i++)
+		if (request_rules[i].request == req)
+			rule = &request_rules[i];
+	if ((!rule || rule->fds == FDS_NONE) && !no_fds(c, &o))
+		return o;
+	if (!rule) {
+		vhost_user_log(c->vu, "unknown request %u (%u bytes); refused", req, c->in.hdr.size);
 		return REFUSED;
 	}
+	if ((rule->size == SIZE_EMPTY && !size_empty(c, &o)) ||
+	    (rule->size == SIZE_EXACT && !size_is(c, rule->bytes, &o)))
+		return o;
+	return rule->handle(c);
 }
 
 static void handle_message(struct vhost_conn *c)

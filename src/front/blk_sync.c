@@ -8,13 +8,10 @@
 #include <errno.h>
 #include <stdbool.h>
 
-/* Largest DISCARD/WRITE_ZEROES piece: lengths on the ring are 32-bit. */
-#define RANGE_PIECE (1u << 30)
-
 static int run_pieces(struct isolde_blk *dev, uint8_t op, uint16_t flags, unsigned char *buf,
 		      uint64_t len, uint64_t offset)
 {
-	uint64_t piece_max = buf ? dev->max_io : RANGE_PIECE;
+	uint64_t piece_max = isolde_blk_piece_max(dev, op);
 	uint64_t queued = 0;
 	unsigned inflight = 0, nfree = 0;
 	bool flush_queued = false;

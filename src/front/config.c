@@ -26,9 +26,30 @@ static int fail(char *err, size_t errlen, const char *fmt, ...)
 	return -1;
 }
 
-static int parse_field(struct isolde_blk_config *cfg, char *key, char *value, char *err, size_t errlen)
+#define CONFIG_MAX_DRIVER_ARGS 16
+
+/* What a parse owns: the spec's copy, into which the fields point, and the
+ * driver's extra argv. */
+struct parsed_config {
+	char *driver_args[CONFIG_MAX_DRIVER_ARGS + 1];
+	unsigned ndriver_args;
+	char copy[];
+};
+
+static int parse_field(struct isolde_blk_config *cfg, struct parsed_config *pc, char *key, char *value,
+		       char *err, size_t errlen)
 {
 	uint64_t v;
+
+	if (strcmp(key, "driver_arg") == 0) {
+		if (!value || !*value)
+			return fail(err, errlen, "field 'driver_arg' needs a value");
+		if (pc->ndriver_args == CONFIG_MAX_DRIVER_ARGS)
+			return fail(err, errlen, "field 'driver_arg': at most %d", CONFIG_MAX_DRIVER_ARGS);
+		pc->driver_args[pc->ndriver_args++] = value;
+		cfg->driver_args = pc->driver_args;
+		return 0;
+	}
 
 	if (strcmp(key, "image") == 0 || strcmp(key, "driver") == 0 || strcmp(key, "policy") == 0) {
 		if (!value || !*value)
@@ -87,25 +108,28 @@ static int parse_field(struct isolde_blk_config *cfg, char *key, char *value, ch
 		return 0;
 	}
 	return fail(err, errlen, "unknown field '%s' (known: image, driver, notify, qd, max_io, "
-		    "timeout_ms, policy, readonly, direct, shield, uring_without_namespaces)", key);
+		    "timeout_ms, policy, readonly, direct, shield, uring_without_namespaces, driver_arg)", key);
 }
 
 int isolde_blk_config_parse(struct isolde_blk_config *cfg, const char *spec, char *err, size_t errlen)
 {
-	char *copy = strdup(spec);
-	char *save = NULL;
+	size_t len = strlen(spec);
+	struct parsed_config *pc = calloc(1, sizeof *pc + len + 1);
+	char *copy, *save = NULL;
 	bool first = true;
 
-	if (!copy)
+	if (!pc)
 		return fail(err, errlen, "out of memory");
+	copy = memcpy(pc->copy, spec, len + 1);
 	if (cfg->owned) {
 		/* Fields of an earlier parse point into the memory freed here. */
 		isolde_blk_config_free(cfg);
 		cfg->image = NULL;
 		cfg->driver = "blk-file";
 		cfg->policy = NULL;
+		cfg->driver_args = NULL;
 	}
-	cfg->owned = copy;
+	cfg->owned = pc;
 	for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save), first = false) {
 		char *eq = strchr(tok, '=');
 		if (!eq && first && strcmp(tok, "readonly") && strcmp(tok, "direct") && strcmp(tok, "shield")) {
@@ -114,7 +138,7 @@ int isolde_blk_config_parse(struct isolde_blk_config *cfg, const char *spec, cha
 		}
 		if (eq)
 			*eq = '\0';
-		if (parse_field(cfg, tok, eq ? eq + 1 : NULL, err, errlen))
+		if (parse_field(cfg, pc, tok, eq ? eq + 1 : NULL, err, errlen))
 			return -1;
 	}
 	if (!cfg->image)

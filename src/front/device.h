@@ -89,7 +89,7 @@ void isolde_recovery_event(struct isolde_blk *dev, const struct isolde_blk_event
 void isolde_fail_device(struct isolde_blk *dev, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 const char *isolde_dev_state_name(enum isolde_dev_state s);
 
-/* blk.c: put shadow entry idx on the ring, granting its buffer. */
+/* io.c: put shadow entry idx on the ring, granting its buffer. */
 void isolde_front_post(struct isolde_blk *dev, uint32_t idx);
 
 #endif

@@ -39,6 +39,10 @@ static void print_field(const char *label, json_t *obj, const char *key, const c
 
 	if (sub)
 		v = json_object_get(v, sub);
+	if (json_is_string(v)) { /* a name or a message: as it is, not quoted */
+		printf("%-22s %s\n", label, json_string_value(v));
+		return;
+	}
 	text = v ? json_dumps(v, JSON_ENCODE_ANY) : NULL;
 	printf("%-22s %s\n", label, text ? text : "?");
 	free(text);

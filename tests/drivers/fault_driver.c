@@ -46,6 +46,9 @@
  *   corrupt-read    answer a READ correctly but flip one byte of its data:
  *                   a perfectly well-formed lie only the integrity shield
  *                   can catch (a non-READ request at --after is served as is)
+ *   start-hang      never become ready, from generation --after on (so with
+ *                   --after=2 the first driver serves and every restart is
+ *                   stuck in its start until the launcher gives up on it)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -73,6 +76,7 @@ static const char *const known_faults[] = {
 	"bad-status", "wrong-op", "prod-overflow", "exit", "segfault", "grant-write", "sigill",
 	"sigfpe", "abort", "hang", "spin-hang", "slow", "syscall", "syscall-kill", "wild-write", "leak",
 	"corrupt-read", "lie-ioerr", "lie-invalid", "grow-image", "flush-and-die", "corrupt-write",
+	"start-hang",
 };
 
 static int parse_arg(struct isolde_driver *drv, const char *key, const char *value)
@@ -243,10 +247,20 @@ static void handle(struct isolde_driver *drv, const struct isolde_blk_request *r
 	last_completed_id = rsp.id;
 }
 
+static int init(struct isolde_driver *drv)
+{
+	if (is("start-hang") && drv->params.generation >= after) {
+		isolde_driver_log(drv, "injecting fault start-hang in generation %u", drv->params.generation);
+		for (;;)
+			sleep_ms(1000000);
+	}
+	return blk_file_init(drv);
+}
+
 static const struct isolde_driver_ops fault_driver_ops = {
 	.name = "fault-driver",
 	.parse_arg = parse_arg,
-	.init = blk_file_init,
+	.init = init,
 	.io = blk_file_io,
 	.handle = handle,
 };

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import assert_no_sanitizer_report, driver_children, stop
+from conftest import FAULT_POLICY, assert_no_sanitizer_report, driver_children, stop
 from nbd_helpers import MiB, need_tools, unix_uri
 
 READY = re.compile(r"device (\S+): .* through driver \S+ pid (\d+), notify")
@@ -165,6 +165,48 @@ def test_a_hung_driver_does_not_delay_another_device(any_isolde, images, tmp_pat
     finally:
         if hung:
             os.kill(hung, signal.SIGCONT)
+        d.close()
+
+
+def test_a_driver_stuck_in_its_start_does_not_delay_another_device(any_isolde, images, tmp_path):
+    """Device a's driver is killed and every restart of it hangs before it
+    becomes ready (fault-driver start-hang from generation 2): while a is
+    stuck in `starting`, with a read of it waiting, device b serves its
+    whole image, three times, and a's read has still not been answered."""
+    isolde = any_isolde
+    need_tools("nbdcopy")
+    a, b = images
+    fault = isolde.build.fault_driver
+    d = Daemon(isolde, "--device", f"a,image={a},driver={fault},policy={FAULT_POLICY},notify=event,"
+               "driver_arg=--fault=start-hang,driver_arg=--after=2",
+               "--device", f"b,image={b},notify=event",
+               "--export", "nbd:unix:@/a.sock,device=a", "--export", "nbd:unix:@/b.sock,device=b",
+               "--control", "@/ctl.sock")
+    a_copy = None
+    try:
+        d.wait_ready()
+        pids = d.driver_pids()
+        os.kill(pids["a"], signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while d.status("a")["state"] != "starting":
+            assert time.monotonic() < deadline, d.status("a")
+            time.sleep(0.02)
+        a_copy = subprocess.Popen(["nbdcopy", unix_uri(d.sock("a.sock")), str(tmp_path / "a.out")],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        b_out = tmp_path / "b.out"
+        for _ in range(3):
+            p = nbdcopy_out(d.sock("b.sock"), b_out)
+            assert p.returncode == 0, p.stderr
+            assert b_out.read_bytes() == b.read_bytes()
+        sa = d.status("a")
+        assert sa["state"] == "starting", sa
+        assert a_copy.poll() is None, "a answered while its driver had not started"
+        assert d.status("b")["restarts"] == 0
+        assert "injecting fault start-hang in generation 2" in d.stderr
+    finally:
+        if a_copy and a_copy.poll() is None:
+            a_copy.kill()
+            a_copy.wait()
         d.close()
 
 

@@ -275,6 +275,32 @@ def test_failed_device_answers_eio_and_keeps_serving(serve, any_isolde, builds):
     assert_no_sanitizer_report(srv.stderr)
 
 
+def test_zeroes_and_trims_larger_than_a_ring_request(serve, tmp_path):
+    """One WRITE_ZEROES and one TRIM of almost 3 GiB each: the server splits
+    them into 1 GiB pieces on the ring; every piece lands (blocks at the
+    piece boundaries read back as zeroes) and nothing beyond the range is
+    touched."""
+    img = tmp_path / "big.img"
+    size = 3 << 30
+    with open(img, "wb") as f:
+        f.truncate(size)
+    srv = serve(img=img)
+    GiB = 1 << 30
+    marks = [0, GiB - 4096, GiB, 2 * GiB - 4096, 2 * GiB, size - 4096]
+    with RawNbd(srv.sock).handshake() as c:
+        for cmd in (CMD_WRITE_ZEROES, CMD_TRIM):
+            for i, off in enumerate(marks):
+                assert c.write(off, bytes([0x41 + i]) * 4096) == 0
+            err, _ = c.call(cmd, 4096, size - 8192)
+            assert err == 0, err
+            assert c.read(0, 4096) == b"A" * 4096
+            assert c.read(size - 4096, 4096) == bytes([0x41 + len(marks) - 1]) * 4096
+            for off in marks[1:-1]:
+                assert c.read(off, 4096) == bytes(4096), f"{cmd} missed {off}"
+    st = srv.status()
+    assert st["restarts"] == 0 and st["error"] is None
+
+
 # ---- status and shutdown ----
 
 def test_status_describes_the_export(serve):

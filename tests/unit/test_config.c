@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -191,6 +192,41 @@ static void test_missing_image(void **state)
 	expect_error(",,,", "image");
 }
 
+/* driver_arg: each one element of the driver's argv, in order, values
+ * with '=' kept whole; at most 16; none means NULL. */
+static void test_driver_args(void **state)
+{
+	(void)state;
+	struct isolde_blk_config c;
+	char err[256], spec[1024];
+
+	isolde_blk_config_default(&c);
+	assert_int_equal(isolde_blk_config_parse(&c, "x.img", err, sizeof err), 0);
+	assert_null(c.driver_args);
+	assert_int_equal(isolde_blk_config_parse(&c, "x.img,driver_arg=--fault=hang,qd=4,driver_arg=--after=2",
+						 err, sizeof err), 0);
+	assert_non_null(c.driver_args);
+	assert_string_equal(c.driver_args[0], "--fault=hang");
+	assert_string_equal(c.driver_args[1], "--after=2");
+	assert_null(c.driver_args[2]);
+	assert_int_equal(c.queue_depth, 4);
+	/* A reparse forgets them. */
+	assert_int_equal(isolde_blk_config_parse(&c, "y.img", err, sizeof err), 0);
+	assert_null(c.driver_args);
+	int n = snprintf(spec, sizeof spec, "x.img");
+	for (int i = 0; i < 16; i++)
+		n += snprintf(spec + n, sizeof spec - (size_t)n, ",driver_arg=a%d", i);
+	assert_int_equal(isolde_blk_config_parse(&c, spec, err, sizeof err), 0);
+	assert_string_equal(c.driver_args[15], "a15");
+	assert_null(c.driver_args[16]);
+	snprintf(spec + n, sizeof spec - (size_t)n, ",driver_arg=one-more");
+	assert_int_equal(isolde_blk_config_parse(&c, spec, err, sizeof err), -1);
+	assert_non_null(strstr(err, "driver_arg"));
+	isolde_blk_config_free(&c);
+	expect_error("x,driver_arg=", "driver_arg");
+	expect_error("x,driver_arg", "driver_arg");
+}
+
 /* Parsing again into the same config frees the first parse's strings and
  * does not keep its image. */
 static void test_reparse(void **state)
@@ -298,6 +334,7 @@ int main(void)
 		cmocka_unit_test(test_unknown_field),
 		cmocka_unit_test(test_missing_image),
 		cmocka_unit_test(test_reparse),
+		cmocka_unit_test(test_driver_args),
 		cmocka_unit_test(test_parse_size),
 		cmocka_unit_test(test_parse_u64),
 	};

@@ -800,7 +800,7 @@ static void test_written_blocks_persist(void **state)
 
 	make_image(f, 16);
 	assert_int_equal(shield_open(f), 0);
-	/* A write of blocks 6-7 through the front end: what blk.c does. */
+	/* A write of blocks 6-7 through the front end: what io.c does. */
 	fill_block(buf, 6, 2);
 	fill_block(buf + BLOCK, 7, 2);
 	isolde_shield_write_begin(&f->sh, 6 * BLOCK, 2 * BLOCK);

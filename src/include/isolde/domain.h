@@ -123,10 +123,6 @@ struct isolde_domain {
  */
 int isolde_driver_resolve(const char *driver, char *path, size_t len, char *err, size_t errlen);
 
-/* Is the running executable inside the build tree isolde was built in?
- * Then drivers and policies are taken from the tree, not the install. */
-bool isolde_running_from_build_tree(void);
-
 /* Create shared memory and eventfds; does not start the driver. */
 int isolde_domain_create(struct isolde_domain *d, const struct isolde_domain_params *p,
 			 char *err, size_t errlen);
