@@ -379,7 +379,9 @@ static void opened(void *ctx)
 		free_rec(rec);
 		return;
 	}
+	pthread_mutex_lock(&d->lock); /* daemon_snapshots reads it from other threads */
 	rec->state = REC_SERVING;
+	pthread_mutex_unlock(&d->lock);
 	announce(rec);
 	if (rec->add_reply) {
 		char *ret = NULL;
