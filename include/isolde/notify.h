@@ -37,6 +37,11 @@ struct isolde_waiter {
 	int peer_fd;    /* eventfd that signals the peer (EFD_NONBLOCK) */
 	int watch_fd;   /* optional second fd that ends a wait when readable
 			 * (the front end watches the driver's pidfd); -1 if none */
+	short watch_events;      /* poll() events on watch_fd that end a wait; 0 means
+				  * POLLIN (a socket driver adds POLLOUT while a send
+				  * waits for room) */
+	uint32_t watch_spin_ns;  /* a spinning wait polls watch_fd this often; 0
+				  * means about once a millisecond */
 	uint32_t spin_ns;     /* current hybrid window */
 	uint32_t spin_min_ns;
 	uint32_t spin_max_ns;
@@ -71,9 +76,10 @@ enum isolde_wait_result {
 };
 
 /*
- * Wait until ops->pending says there is work, the watch fd fires, or
- * timeout_ns passes (-1: no deadline). A spinning side reads the clock every
- * 64 polls (a vDSO call) and polls the watch fd about once a millisecond, so
+ * Wait until ops->pending says there is work, the watch fd fires (one of
+ * watch_events, or an error or hang-up), or timeout_ns passes (-1: no
+ * deadline). A spinning side reads the clock every 64 polls (a vDSO call)
+ * and polls the watch fd about once a millisecond (watch_spin_ns if set), so
  * the fast path makes no system call.
  *
  * Hybrid: spin for spin_ns, then arm and sleep. A sleep that ends within

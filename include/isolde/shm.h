@@ -27,6 +27,8 @@
 /* device_flags */
 #define ISOLDE_DEV_READONLY 0x1u
 #define ISOLDE_DEV_BLOCKDEV 0x2u /* the device fd is a block device, not a file */
+#define ISOLDE_DEV_REMOTE 0x4u   /* the driver reaches the device (fd 6 says how); it
+				    reports the size (reported_size) */
 
 /* driver_state values (written by the driver, informational only) */
 #define ISOLDE_DRIVER_STARTING 0u
@@ -67,6 +69,21 @@ struct isolde_shm_header {
 	uint64_t heartbeat;       /* incremented once per service-loop pass */
 	uint64_t requests_done;
 	uint64_t batches;         /* service-loop passes that found requests */
+	/*
+	 * A remote device (blk-nbd, blk-rbd) is only known to its driver:
+	 * before it reports ready, a driver whose device_size above is 0
+	 * writes the size and ISOLDE_DEV_READONLY of what it reached here.
+	 * The launcher copies them once, at ready; the first generation's
+	 * answer becomes the device's size, and every later generation must
+	 * give the same or it failed to start (docs/PROTOCOL.md §1.7).
+	 */
+	uint64_t reported_size;
+	uint32_t reported_flags;
+	uint32_t reserved1;
+	/* The driver's session with its remote (a librados instance id), so
+	 * that the next generation can take over what a dead one held (its
+	 * exclusive lock). 0 for none. */
+	uint64_t session_id;
 };
 
 _Static_assert(sizeof(struct isolde_shm_header) <= ISOLDE_PAGE_SIZE, "header fits a page");

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #define _GNU_SOURCE
 #include "landlock.h"
+#include "libraries.h"
 
 #include <errno.h>
 #include <stdint.h>
@@ -22,6 +23,7 @@
 
 #define CREATE_RULESET_VERSION (1u << 0)
 #define RULE_PATH_BENEATH 1
+#define RULE_NET_PORT 2
 
 #define FS_EXECUTE (1ull << 0)
 #define FS_READ_FILE (1ull << 2)
@@ -45,13 +47,56 @@ struct path_beneath_attr {
 	int32_t parent_fd;
 } __attribute__((packed));
 
+struct net_port_attr {
+	uint64_t allowed_access;
+	uint64_t port;
+};
+
 int isolde_landlock_abi(void)
 {
 	long abi = syscall(__NR_landlock_create_ruleset, NULL, 0, CREATE_RULESET_VERSION);
 	return abi > 0 ? (int)abi : 0;
 }
 
-int isolde_landlock_ruleset(int abi, int binary_fd, char *err, size_t errlen)
+static int add_path_rule(int ruleset, int fd, uint64_t access, const char *what, char *err, size_t errlen)
+{
+	struct path_beneath_attr rule = { .allowed_access = access, .parent_fd = fd };
+
+	if (syscall(__NR_landlock_add_rule, ruleset, RULE_PATH_BENEATH, &rule, 0) == 0)
+		return 0;
+	snprintf(err, errlen, "landlock: cannot allow %s: %s", what, strerror(errno));
+	return -1;
+}
+
+static int add_library_rules(int ruleset, const struct isolde_libraries *l, char *err, size_t errlen)
+{
+	if (l->interpreter_fd >= 0 &&
+	    add_path_rule(ruleset, l->interpreter_fd, FS_EXECUTE | FS_READ_FILE, "executing the loader", err, errlen))
+		return -1;
+	for (unsigned i = 0; i < l->nread_fds; i++)
+		if (add_path_rule(ruleset, l->read_fds[i], FS_READ_FILE, "reading a library", err, errlen))
+			return -1;
+	return 0;
+}
+
+static int add_port_rules(int ruleset, const struct isolde_port_range *connect, unsigned n, char *err,
+			  size_t errlen)
+{
+	for (unsigned i = 0; i < n; i++) {
+		for (uint32_t port = connect[i].lo; port <= connect[i].hi; port++) {
+			struct net_port_attr rule = { .allowed_access = NET_CONNECT_TCP, .port = port };
+			if (syscall(__NR_landlock_add_rule, ruleset, RULE_NET_PORT, &rule, 0) != 0) {
+				snprintf(err, errlen, "landlock: cannot allow connecting to TCP port %u: %s",
+					 (unsigned)port, strerror(errno));
+				return -1;
+			}
+		}
+	}
+	return 0;
+}
+
+int isolde_landlock_ruleset(int abi, int binary_fd, const struct isolde_libraries *libraries,
+			    const struct isolde_port_range *connect, unsigned nconnect, char *err, size_t errlen)
 {
 	struct ruleset_attr attr = { .handled_access_fs = FS_ABI1_ALL };
 	size_t attr_size = sizeof attr.handled_access_fs;
@@ -72,6 +117,12 @@ int isolde_landlock_ruleset(int abi, int binary_fd, char *err, size_t errlen)
 		attr.scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL;
 		attr_size = sizeof attr;
 	}
+	if (nconnect && abi < 4) {
+		snprintf(err, errlen, "the policy lets the driver connect to TCP ports, which needs Landlock "
+			 "ABI 4 (Linux 6.7) to bound; this kernel has ABI %d: refusing to run it with any port open",
+			 abi);
+		return -1;
+	}
 	int fd = (int)syscall(__NR_landlock_create_ruleset, &attr, attr_size, 0);
 	if (fd < 0) {
 		snprintf(err, errlen, "landlock: cannot create a ruleset (ABI %d): %s", abi, strerror(errno));
@@ -80,6 +131,11 @@ int isolde_landlock_ruleset(int abi, int binary_fd, char *err, size_t errlen)
 	if (syscall(__NR_landlock_add_rule, fd, RULE_PATH_BENEATH, &exec_rule, 0) != 0) {
 		snprintf(err, errlen, "landlock: cannot allow executing the driver binary: %s",
 			 strerror(errno));
+		close(fd);
+		return -1;
+	}
+	if ((libraries && add_library_rules(fd, libraries, err, errlen)) ||
+	    add_port_rules(fd, connect, nconnect, err, errlen)) {
 		close(fd);
 		return -1;
 	}

@@ -25,9 +25,17 @@
 /* The Landlock ABI this kernel offers: 0 if none. */
 int isolde_landlock_abi(void);
 
-/* A ruleset fd (close-on-exec) for a driver executed from binary_fd, or -1
- * with err. abi must be >= 1. */
-int isolde_landlock_ruleset(int abi, int binary_fd, char *err, size_t errlen);
+/*
+ * A ruleset fd (close-on-exec) for a driver executed from binary_fd, or -1
+ * with err. abi must be >= 1. What it allows beyond executing the binary:
+ * reading its libraries and executing their loader (libraries, or NULL),
+ * and connecting to the TCP ports of connect[] (which needs ABI 4: an
+ * error below it, never a driver with more than its policy says).
+ */
+struct isolde_libraries;
+struct isolde_port_range;
+int isolde_landlock_ruleset(int abi, int binary_fd, const struct isolde_libraries *libraries,
+			    const struct isolde_port_range *connect, unsigned nconnect, char *err, size_t errlen);
 
 /* In the child (async-signal-safe): enforce the ruleset on this process and
  * everything it executes. Requires no_new_privs. 0, or -1 with errno. */

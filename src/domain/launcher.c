@@ -9,8 +9,12 @@
 #include "driver_log.h"
 #include "landlock.h"
 #include "sandbox.h"
+#include "libraries.h"
 
 #include <errno.h>
+#include <sys/uio.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <linux/sched.h>
 #include <linux/seccomp.h>
 #include <sched.h>
@@ -130,23 +134,30 @@ static char **copy_args(char *const *extra)
 	return copy;
 }
 
-/* argv[0], the fd options, the ring's (if any), then the driver's own. */
-static char **build_argv(const char *path, char **extra, const char *uring_params)
+/* argv[0], the fd options, the ring's (if any), the session to take over
+ * (if any), then the driver's own. */
+static char **build_argv(const char *path, char **extra, const char *uring_params, uint64_t session)
 {
 	const char *fixed[] = {
 		"--shm-fd", "3", "--kick-fd", "4", "--call-fd", "5", "--device-fd", "6",
 		"--uring-fd", "7", "--uring-params", uring_params,
 	};
 	size_t nfixed = uring_params ? 12 : 8, nextra = 0, k = 0;
+	char session_text[24];
 
+	snprintf(session_text, sizeof session_text, "%llu", (unsigned long long)session);
 	while (extra && extra[nextra])
 		nextra++;
-	char **argv = calloc(1 + nfixed + nextra + 1, sizeof *argv);
+	char **argv = calloc(1 + nfixed + 2 + nextra + 1, sizeof *argv);
 	if (!argv)
 		return NULL;
 	bool ok = (argv[k++] = strdup(path)) != NULL;
 	for (size_t i = 0; ok && i < nfixed; i++)
 		ok = (argv[k++] = strdup(fixed[i])) != NULL;
+	if (ok && session) {
+		ok = (argv[k++] = strdup("--take-over-session")) != NULL;
+		ok = ok && (argv[k++] = strdup(session_text)) != NULL;
+	}
 	for (size_t i = 0; ok && i < nextra; i++)
 		ok = (argv[k++] = strdup(extra[i])) != NULL;
 	if (!ok) {
@@ -236,6 +247,15 @@ int isolde_domain_create(struct isolde_domain *d, const struct isolde_domain_par
 	d->binary_fd = open(d->driver_path, O_PATH | O_CLOEXEC);
 	if (d->binary_fd < 0)
 		goto fail_errno;
+	if (d->policy.libraries) {
+		if (!(d->libraries = calloc(1, sizeof *d->libraries)))
+			goto fail_errno;
+		if (isolde_libraries_find(d->libraries, d->driver_path, &d->policy, err, errlen)) {
+			free(d->libraries);
+			d->libraries = NULL;
+			goto fail;
+		}
+	}
 	d->watch_fd = epoll_create1(EPOLL_CLOEXEC);
 	if (d->watch_fd < 0)
 		goto fail_errno;
@@ -284,6 +304,7 @@ int isolde_domain_create(struct isolde_domain *d, const struct isolde_domain_par
 
 fail_errno:
 	set_err(err, errlen, "cannot create the shared memory or event channels: %s", strerror(errno));
+fail:
 	isolde_domain_destroy(d);
 	return -1;
 }
@@ -437,7 +458,8 @@ static pid_t clone_driver(struct isolde_domain *d, struct isolde_sandbox *sb, in
 		memset(&args, 0, sizeof args);
 		args.flags = CLONE_PIDFD;
 		if (sb->namespaces)
-			args.flags |= CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS;
+			args.flags |= CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS |
+				      (sb->host_network ? 0 : CLONE_NEWNET);
 		if (sb->user_namespace)
 			args.flags |= CLONE_NEWUSER;
 		args.pidfd = (uint64_t)(uintptr_t)pidfd;
@@ -498,6 +520,53 @@ static void kill_for_policy(struct isolde_domain *d, const char *why)
 
 #define ANSWERS_PER_SERVICE 64u /* a flood of refused calls cannot hold the caller */
 
+static bool port_allowed(const struct isolde_policy *p, unsigned port)
+{
+	for (unsigned i = 0; i < p->nconnect; i++)
+		if (port >= p->connect[i].lo && port <= p->connect[i].hi)
+			return true;
+	return false;
+}
+
+/*
+ * A 'net' driver's connect comes here so that one outside its ports is
+ * reported, not only refused: Landlock is what enforces the ports (a
+ * connect let through here still meets it, so a thread that changes the
+ * address after this look gains nothing), this only reads the address to
+ * say what was refused. True: let it go on to Landlock.
+ */
+static bool connect_in_policy(struct isolde_domain *d, const struct seccomp_notif *req, char *what, size_t len)
+{
+	struct sockaddr_storage ss;
+	size_t n = req->data.args[2] < sizeof ss ? (size_t)req->data.args[2] : sizeof ss;
+	struct iovec local = { &ss, n }, remote = { (void *)(uintptr_t)req->data.args[1], n };
+	char addr[INET6_ADDRSTRLEN] = "?";
+	unsigned port = 0;
+
+	memset(&ss, 0, sizeof ss);
+	if (n < sizeof(sa_family_t) || process_vm_readv((pid_t)req->pid, &local, 1, &remote, 1, 0) != (ssize_t)n ||
+	    ioctl(d->listener_fd, SECCOMP_IOCTL_NOTIF_ID_VALID, &req->id) != 0) {
+		snprintf(what, len, "a connection to an address it did not let the launcher read");
+		return false;
+	}
+	if (ss.ss_family == AF_INET && n >= sizeof(struct sockaddr_in)) {
+		struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+		inet_ntop(AF_INET, &in->sin_addr, addr, sizeof addr);
+		port = ntohs(in->sin_port);
+	} else if (ss.ss_family == AF_INET6 && n >= sizeof(struct sockaddr_in6)) {
+		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+		inet_ntop(AF_INET6, &in6->sin6_addr, addr, sizeof addr);
+		port = ntohs(in6->sin6_port);
+	} else {
+		snprintf(what, len, "a connection to an address of family %u", (unsigned)ss.ss_family);
+		return false;
+	}
+	if (port_allowed(&d->policy, port))
+		return true;
+	snprintf(what, len, "a TCP connection to %s port %u, which is not among its 'connect' ports", addr, port);
+	return false;
+}
+
 static unsigned answer_syscalls(struct isolde_domain *d)
 {
 	struct isolde_generation *g = d->gen;
@@ -516,6 +585,27 @@ static unsigned answer_syscalls(struct isolde_domain *d)
 		memset(&resp, 0, sizeof resp);
 		resp.id = req.id;
 		resp.error = -EPERM;
+		char what[160];
+		if (req.data.nr == SYS_connect && d->policy.nconnect) {
+			if (connect_in_policy(d, &req, what, sizeof what)) {
+				resp.error = 0;
+				resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
+				ioctl(d->listener_fd, SECCOMP_IOCTL_NOTIF_SEND, &resp);
+				answered++;
+				continue;
+			}
+			/* What Landlock would answer. */
+			resp.error = -EACCES;
+			d->denials++;
+			g->denials++;
+			isolde_limited_log(&g->log_limit, "policy %s denied driver %s (pid %d) %s: refused with "
+					   "EACCES", d->policy.source, d->driver_name, (int)req.pid, what);
+			ioctl(d->listener_fd, SECCOMP_IOCTL_NOTIF_SEND, &resp);
+			answered++;
+			if (g->denials >= ISOLDE_DENIALS_PER_GENERATION)
+				kill_for_policy(d, "keeps making system calls its policy refuses");
+			continue;
+		}
 		char *name = isolde_sandbox_syscall_name(req.data.nr);
 		d->denials++;
 		g->denials++;
@@ -557,16 +647,28 @@ static int prepare_generation(struct isolde_domain *d, int log_pipe[2], char *er
 	g->denials = 0;
 	g->killed_for_denials = false;
 	g->kill_sent = false;
-	isolde_sandbox_plan(&g->sb, &d->policy, d->layout.total_size, d->header_template.device_size,
-			    blockdev);
-	if ((g->device_fd = d->open_device(d->open_device_ctx, err, errlen)) < 0)
+	/* A remote device is no file of the driver's: it may grow none
+	 * (RLIMIT_FSIZE 0). */
+	bool remote = (d->header_template.device_flags & ISOLDE_DEV_REMOTE) != 0;
+	isolde_sandbox_plan(&g->sb, &d->policy, d->libraries, d->layout.total_size,
+			    remote ? 0 : d->header_template.device_size, blockdev);
+	if (g->sb.nconnect && g->sb.landlock_abi == 0) {
+		set_err(err, errlen, "policy %s lets driver %s connect to TCP ports, which needs Landlock to "
+			"bound; this kernel has none: refusing to run it with any port open", d->policy.source,
+			d->driver_name);
 		return -1;
+	}
+	d->open_failed = false;
+	if ((g->device_fd = d->open_device(d->open_device_ctx, err, errlen)) < 0) {
+		d->open_failed = true;
+		return -1;
+	}
 	if (g->sb.uring) {
 		if (isolde_domain_uring_create(&g->uring, d->layout.ring_slots, g->device_fd, err, errlen))
 			return -1;
 		isolde_domain_uring_params_hex(&g->uring, params, sizeof params);
 	}
-	if (!(g->argv = build_argv(d->driver_path, d->extra_args, g->sb.uring ? params : NULL))) {
+	if (!(g->argv = build_argv(d->driver_path, d->extra_args, g->sb.uring ? params : NULL, d->session_id))) {
 		set_err(err, errlen, "out of memory");
 		return -1;
 	}
@@ -578,7 +680,8 @@ static int prepare_generation(struct isolde_domain *d, int log_pipe[2], char *er
 	}
 	g->log_write_fd = log_pipe[1];
 	if (g->sb.landlock_abi > 0 &&
-	    (g->landlock_fd = isolde_landlock_ruleset(g->sb.landlock_abi, d->binary_fd, err, errlen)) < 0) {
+	    (g->landlock_fd = isolde_landlock_ruleset(g->sb.landlock_abi, d->binary_fd, g->sb.libraries,
+						      g->sb.connect, g->sb.nconnect, err, errlen)) < 0) {
 		close(log_pipe[0]);
 		return -1;
 	}
@@ -801,6 +904,46 @@ static int phase_execed(struct isolde_domain *d, char *err, size_t errlen)
 	return 0;
 }
 
+/*
+ * A remote device's driver said what it reached: copied once, here, and
+ * checked. The first answer is the device's; a later generation that
+ * reaches another size, or a read-only device where a writable one was,
+ * failed to start. Its session is what the next generation takes over.
+ */
+static int take_report(struct isolde_domain *d, char *err, size_t errlen)
+{
+	uint64_t size = __atomic_load_n(&d->header->reported_size, __ATOMIC_RELAXED);
+	uint32_t flags = __atomic_load_n(&d->header->reported_flags, __ATOMIC_RELAXED);
+	uint64_t session = __atomic_load_n(&d->header->session_id, __ATOMIC_RELAXED);
+	uint64_t known = d->header_template.device_size;
+
+	if (size == 0 || size % 512 || size > (UINT64_C(1) << 62)) {
+		set_err(err, errlen, "driver %s reported a device size of %llu bytes, which is not a "
+			"multiple of 512 in 512..2^62", d->driver_name, (unsigned long long)size);
+		return -1;
+	}
+	if (known && size != known) {
+		set_err(err, errlen, "driver %s reached a device of %llu bytes, not the %llu it had: the "
+			"remote device changed", d->driver_name, (unsigned long long)size,
+			(unsigned long long)known);
+		return -1;
+	}
+	if (flags & ~ISOLDE_DEV_READONLY) {
+		set_err(err, errlen, "driver %s reported unknown device flags 0x%x", d->driver_name, flags);
+		return -1;
+	}
+	if ((flags & ISOLDE_DEV_READONLY) && !(d->header_template.device_flags & ISOLDE_DEV_READONLY)) {
+		set_err(err, errlen, "driver %s reached a read-only device; open it read-only", d->driver_name);
+		return -1;
+	}
+	d->reported_size = size;
+	d->reported_flags = flags;
+	d->session_id = session;
+	if (!known)
+		d->header_template.device_size = size;
+	return 0;
+}
+
 static int phase_ready(struct isolde_domain *d, char *err, size_t errlen)
 {
 	uint64_t v;
@@ -808,6 +951,8 @@ static int phase_ready(struct isolde_domain *d, char *err, size_t errlen)
 	(void)!read(d->call_fd, &v, sizeof v);
 	isolde_domain_service(d);
 	if (__atomic_load_n(&d->header->driver_state, __ATOMIC_ACQUIRE) == ISOLDE_DRIVER_READY) {
+		if ((d->header_template.device_flags & ISOLDE_DEV_REMOTE) && take_report(d, err, errlen))
+			return -1;
 		d->gen->phase = START_NONE;
 		return 1;
 	}
@@ -936,6 +1081,12 @@ bool isolde_domain_reap(struct isolde_domain *d)
 			info.si_code == CLD_DUMPED ? ", core dumped" : "");
 	}
 	note_launcher_kill(d);
+	/* A generation that died in its start may already have had a
+	 * session, and taken over its predecessor's lock with it: the next
+	 * one takes over from that session. */
+	uint64_t session = __atomic_load_n(&d->header->session_id, __ATOMIC_RELAXED);
+	if ((d->header_template.device_flags & ISOLDE_DEV_REMOTE) && session)
+		d->session_id = session;
 	close_start_channels(d->gen, d);
 	release_process(d);
 	return true;
@@ -1057,6 +1208,21 @@ void isolde_domain_kill(struct isolde_domain *d)
 		;
 }
 
+void isolde_domain_stop(struct isolde_domain *d, int wait_ms)
+{
+	if (d->pid > 0 && d->pidfd >= 0 && syscall(SYS_pidfd_send_signal, d->pidfd, SIGTERM, NULL, 0) == 0) {
+		uint64_t deadline = isolde_now_ns() + (uint64_t)wait_ms * 1000000u;
+		while (!isolde_domain_reap(d)) {
+			uint64_t now = isolde_now_ns();
+			struct pollfd p = { .fd = d->pidfd, .events = POLLIN };
+			if (now >= deadline)
+				break;
+			poll(&p, 1, (int)((deadline - now) / 1000000u) + 1);
+		}
+	}
+	isolde_domain_kill(d);
+}
+
 void isolde_domain_destroy(struct isolde_domain *d)
 {
 	if (d->gen)
@@ -1079,6 +1245,11 @@ void isolde_domain_destroy(struct isolde_domain *d)
 		close(d->binary_fd);
 	free_argv(d->extra_args);
 	free(d->gen);
+	if (d->libraries) {
+		isolde_libraries_free(d->libraries);
+		free(d->libraries);
+		d->libraries = NULL;
+	}
 	d->extra_args = NULL;
 	d->gen = NULL;
 	d->shm = NULL;

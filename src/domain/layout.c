@@ -61,7 +61,7 @@ const char *isolde_shm_header_check(const struct isolde_shm_header *h, uint64_t 
 		return "data_offset";
 	if (h->notify_mode > ISOLDE_NOTIFY_HYBRID)
 		return "notify_mode";
-	if (h->device_flags & ~(uint32_t)(ISOLDE_DEV_READONLY | ISOLDE_DEV_BLOCKDEV))
+	if (h->device_flags & ~(uint32_t)(ISOLDE_DEV_READONLY | ISOLDE_DEV_BLOCKDEV | ISOLDE_DEV_REMOTE))
 		return "device_flags";
 	if (h->spin_min_ns > h->spin_max_ns)
 		return "spin_min_ns";

@@ -20,18 +20,20 @@
 #endif
 
 #define MAX_POLICY_BYTES 65536
+/* A key and its values: 'connect' and 'libraries' take the most. */
+#define MAX_WORDS (1 + ISOLDE_POLICY_MAX_PORT_RANGES)
 
 /* The first K_REQUIRED keys must be given; the others have defaults. */
 enum key { K_DRIVER, K_DEVICE, K_SYSCALLS, K_MEMORY, K_FILES, K_HEARTBEAT, K_RESTART, K_CRASH_LOOP,
-	   K_REQUIRED, K_PROGRESS = K_REQUIRED, K_THREADS, K_CPU, K_LOG, K_COUNT };
+	   K_REQUIRED, K_PROGRESS = K_REQUIRED, K_THREADS, K_CPU, K_LOG, K_LIBRARIES, K_CONNECT, K_UNREACHABLE, K_COUNT };
 
 static const char *const key_names[K_COUNT] = {
 	"driver", "device", "syscalls", "memory", "files", "heartbeat", "restart", "crash-loop",
-	"progress", "threads", "cpu", "log",
+	"progress", "threads", "cpu", "log", "libraries", "connect", "unreachable",
 };
 
 #define KNOWN_KEYS "driver, device, syscalls, memory, files, heartbeat, restart, crash-loop, " \
-		   "progress, threads, cpu, log"
+		   "progress, threads, cpu, log, libraries, connect, unreachable"
 
 static const struct {
 	const char *name;
@@ -41,7 +43,11 @@ static const struct {
 	{ "io", ISOLDE_SYSCALLS_IO },
 	{ "sync", ISOLDE_SYSCALLS_SYNC },
 	{ "uring", ISOLDE_SYSCALLS_URING },
+	{ "stream", ISOLDE_SYSCALLS_STREAM },
+	{ "net", ISOLDE_SYSCALLS_NET },
 };
+
+#define KNOWN_GROUPS "base, io, sync, uring, stream, net"
 
 const char *isolde_syscall_group_name(uint32_t group)
 {
@@ -133,6 +139,62 @@ static int parse_percent(const char *s, uint64_t *v)
 	return isolde_parse_u64(num, v);
 }
 
+/* 'loaded [PATH...]': absolute, normalised paths only, so that what the
+ * policy says is what the sandbox grants. */
+static int parse_libraries(struct isolde_policy *p, struct parse_ctx *c, char **w, int n)
+{
+	if (n < 1 || strcmp(w[0], "loaded") != 0)
+		return fail(c, "libraries", "expected 'loaded', then optionally paths the driver may also "
+			    "read, like 'loaded /usr/lib/x86_64-linux-gnu/ceph'");
+	if (n - 1 > ISOLDE_POLICY_MAX_LIBRARY_PATHS)
+		return fail(c, "libraries", "more than %d paths", ISOLDE_POLICY_MAX_LIBRARY_PATHS);
+	p->libraries = true;
+	for (int i = 1; i < n; i++) {
+		const char *path = w[i];
+		if (path[0] != '/' || strstr(path, "//") || strstr(path, "/./") || strstr(path, "/../") ||
+		    (strlen(path) > 1 && path[strlen(path) - 1] == '/') ||
+		    (strlen(path) >= 3 && strcmp(path + strlen(path) - 3, "/..") == 0) ||
+		    (strlen(path) >= 2 && strcmp(path + strlen(path) - 2, "/.") == 0) || strcmp(path, "/") == 0)
+			return fail(c, "libraries", "'%s' is not an absolute, normalised path below /", path);
+		if (strlen(path) >= sizeof p->library_paths[0])
+			return fail(c, "libraries", "path '%s' is too long", path);
+		snprintf(p->library_paths[p->nlibrary_paths++], sizeof p->library_paths[0], "%s", path);
+	}
+	return 0;
+}
+
+static int parse_port(const char *s, uint16_t *port)
+{
+	uint64_t v;
+
+	if (isolde_parse_u64(s, &v) || v < 1 || v > 65535)
+		return -1;
+	*port = (uint16_t)v;
+	return 0;
+}
+
+/* 'PORT|LO-HI ...' */
+static int parse_connect(struct isolde_policy *p, struct parse_ctx *c, char **w, int n)
+{
+	if (n < 1)
+		return fail(c, "connect", "expected TCP ports or ranges, like '3300 6789 6800-7300'");
+	for (int i = 0; i < n; i++) {
+		struct isolde_port_range r;
+		char lo[8], *dash = strchr(w[i], '-');
+		size_t len = dash ? (size_t)(dash - w[i]) : strlen(w[i]);
+
+		if (len == 0 || len >= sizeof lo)
+			return fail(c, "connect", "'%s' is not a port (1-65535) or a range LO-HI", w[i]);
+		memcpy(lo, w[i], len);
+		lo[len] = '\0';
+		if (parse_port(lo, &r.lo) || (dash ? parse_port(dash + 1, &r.hi) : (r.hi = r.lo, 0)) ||
+		    r.hi < r.lo)
+			return fail(c, "connect", "'%s' is not a port (1-65535) or a range LO-HI", w[i]);
+		p->connect[p->nconnect++] = r;
+	}
+	return 0;
+}
+
 static int parse_value(struct isolde_policy *p, struct parse_ctx *c, enum key k, char **w, int n)
 {
 	const char *key = key_names[k];
@@ -154,7 +216,7 @@ static int parse_value(struct isolde_policy *p, struct parse_ctx *c, enum key k,
 		return 0;
 	case K_SYSCALLS:
 		if (n == 0)
-			return fail(c, key, "expected one or more groups (base, io, sync, uring)");
+			return fail(c, key, "expected one or more groups (" KNOWN_GROUPS ")");
 		p->syscalls = 0;
 		for (int i = 0; i < n; i++) {
 			uint32_t bit = 0;
@@ -162,7 +224,7 @@ static int parse_value(struct isolde_policy *p, struct parse_ctx *c, enum key k,
 				if (strcmp(w[i], groups[g].name) == 0)
 					bit = groups[g].bit;
 			if (!bit)
-				return fail(c, key, "unknown group '%s' (known: base, io, sync, uring)", w[i]);
+				return fail(c, key, "unknown group '%s' (known: " KNOWN_GROUPS ")", w[i]);
 			p->syscalls |= bit;
 		}
 		if (!(p->syscalls & ISOLDE_SYSCALLS_BASE))
@@ -220,6 +282,15 @@ static int parse_value(struct isolde_policy *p, struct parse_ctx *c, enum key k,
 		p->log_lines = (uint32_t)v;
 		p->log_window_s = (uint32_t)(ms / 1000);
 		return 0;
+	case K_UNREACHABLE:
+		if (n != 1 || parse_duration_ms(w[0], &ms) || ms < 1000 || ms > 3600000)
+			return fail(c, key, "expected a duration between 1s and 3600s, like 60s");
+		p->unreachable_ms = (uint32_t)ms;
+		return 0;
+	case K_LIBRARIES:
+		return parse_libraries(p, c, w, n);
+	case K_CONNECT:
+		return parse_connect(p, c, w, n);
 	default:
 		return -1;
 	}
@@ -238,6 +309,7 @@ int isolde_policy_parse(struct isolde_policy *p, const char *name, const char *t
 	p->cpu_percent = ISOLDE_POLICY_DEFAULT_CPU_PERCENT;
 	p->log_lines = ISOLDE_POLICY_DEFAULT_LOG_LINES;
 	p->log_window_s = 1;
+	p->unreachable_ms = ISOLDE_POLICY_DEFAULT_UNREACHABLE_MS;
 	snprintf(p->source, sizeof p->source, "%s", name);
 	if (!copy) {
 		snprintf(err, errlen, "%s: out of memory", name);
@@ -245,7 +317,7 @@ int isolde_policy_parse(struct isolde_policy *p, const char *name, const char *t
 	}
 	/* strtok_r would skip empty lines and lose the count; walk by hand. */
 	for (line = copy; line; line = save) {
-		char *words[8];
+		char *words[MAX_WORDS + 1];
 		char *hash;
 		int n;
 
@@ -255,10 +327,10 @@ int isolde_policy_parse(struct isolde_policy *p, const char *name, const char *t
 		c.line++;
 		if ((hash = strchr(line, '#')))
 			*hash = '\0';
-		n = split(line, words, 6);
+		n = split(line, words, MAX_WORDS);
 		if (n == 0)
 			continue;
-		if (n > 6) {
+		if (n > MAX_WORDS) {
 			fail(&c, NULL, "too many words");
 			goto out;
 		}
@@ -283,6 +355,16 @@ int isolde_policy_parse(struct isolde_policy *p, const char *name, const char *t
 			snprintf(err, errlen, "%s: missing required key '%s'", name, key_names[i]);
 			goto out;
 		}
+	}
+	if (p->nconnect && !(p->syscalls & ISOLDE_SYSCALLS_NET)) {
+		snprintf(err, errlen, "%s: field 'connect': needs the system-call group 'net' (a driver "
+			 "without it cannot make a socket)", name);
+		goto out;
+	}
+	if ((p->syscalls & ISOLDE_SYSCALLS_NET) && !p->nconnect) {
+		snprintf(err, errlen, "%s: field 'syscalls': group 'net' needs 'connect' with the TCP ports "
+			 "the driver may reach", name);
+		goto out;
 	}
 	rc = 0;
 out:
@@ -342,6 +424,30 @@ int isolde_policy_find(const char *driver_name, char *path, size_t len, char *er
 	return 0;
 }
 
+/* The optional keys that have no default line: libraries, connect. */
+static void format_extras(const struct isolde_policy *p, char *buf, size_t len)
+{
+	size_t n = strlen(buf);
+
+	if (p->libraries) {
+		n += (size_t)snprintf(buf + n, len > n ? len - n : 0, "libraries  loaded");
+		for (unsigned i = 0; i < p->nlibrary_paths; i++)
+			n += (size_t)snprintf(buf + n, len > n ? len - n : 0, " %s", p->library_paths[i]);
+		n += (size_t)snprintf(buf + n, len > n ? len - n : 0, "\n");
+	}
+	if (p->nconnect) {
+		n += (size_t)snprintf(buf + n, len > n ? len - n : 0, "connect   ");
+		for (unsigned i = 0; i < p->nconnect; i++) {
+			if (p->connect[i].lo == p->connect[i].hi)
+				n += (size_t)snprintf(buf + n, len > n ? len - n : 0, " %u", p->connect[i].lo);
+			else
+				n += (size_t)snprintf(buf + n, len > n ? len - n : 0, " %u-%u", p->connect[i].lo,
+						      p->connect[i].hi);
+		}
+		snprintf(buf + n, len > n ? len - n : 0, "\n");
+	}
+}
+
 void isolde_policy_format(const struct isolde_policy *p, char *buf, size_t len)
 {
 	char sys[64] = "", mem[32];
@@ -375,9 +481,11 @@ void isolde_policy_format(const struct isolde_policy *p, char *buf, size_t len)
 		 "progress   %u\n"
 		 "threads    %u\n"
 		 "cpu        %u%%\n"
-		 "log        %u per %us\n",
+		 "log        %u per %us\n"
+		 "unreachable %us\n",
 		 p->source, p->driver, p->device_writable ? "read-write" : "read-only", sys,
 		 mem, p->max_files, p->heartbeat_ms,
 		 p->restart_max, p->restart_window_s, p->crash_loop_max, p->progress_min, p->threads,
-		 p->cpu_percent, p->log_lines, p->log_window_s);
+		 p->cpu_percent, p->log_lines, p->log_window_s, p->unreachable_ms / 1000);
+	format_extras(p, buf, len);
 }

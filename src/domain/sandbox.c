@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "sandbox.h"
 #include "landlock.h"
+#include "libraries.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -11,6 +12,8 @@
 #include <linux/fs.h>
 #include <linux/seccomp.h>
 #include <linux/filter.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sched.h>
 #include <seccomp.h>
 #include <signal.h>
@@ -46,6 +49,27 @@ static const char *const group_io[] = {
 static const char *const group_sync[] = { "fsync", "fdatasync", "sync_file_range" };
 /* The ring is the launcher's (domain_uring.h); the driver only enters it. */
 static const char *const group_uring[] = { "io_uring_enter" };
+/* Talking over the socket the launcher connected (fd 6), and nothing else:
+ * these are allowed on fd 6 only (add_stream_filters). */
+static const char *const group_stream[] = {
+	"sendto", "recvfrom", "sendmsg", "recvmsg", "shutdown", "getsockopt", "setsockopt",
+	"getsockname", "getpeername",
+};
+/* A client of its own network (librados): TCP sockets (socket() is filtered
+ * to AF_INET/AF_INET6 stream sockets, add_net_filters), and the event
+ * machinery of a threaded messenger. connect goes to the supervisor, which
+ * reports one to a port outside the policy and lets the rest meet Landlock,
+ * which allows only the policy's ports. No bind, listen or accept: those
+ * are refused and reported. */
+static const char *const group_net[] = {
+	"sendto", "recvfrom", "sendmsg", "recvmsg", "shutdown", "getsockopt", "setsockopt",
+	"getsockname", "getpeername", "epoll_create", "epoll_create1", "epoll_ctl", "epoll_wait",
+	"epoll_pwait", "eventfd2", "pipe2", "uname", "timerfd_create", "timerfd_settime", "timerfd_gettime",
+};
+/* A dynamic loader at work (policy 'libraries'): it opens its libraries
+ * read-only (openat is filtered to read-only flags; Landlock decides which
+ * files) and looks at them; executable mappings are filtered (add_loader_filters). */
+static const char *const group_loader[] = { "newfstatat", "pread64" };
 
 /* Calls with no business in a driver: asking for them is an attack, and the
  * driver is killed on the spot (SIGSYS). */
@@ -82,7 +106,8 @@ static void add_degraded(struct isolde_sandbox *sb, const char *what)
 }
 
 void isolde_sandbox_plan(struct isolde_sandbox *sb, const struct isolde_policy *p,
-			 uint64_t shm_size, uint64_t device_size, bool blockdev)
+			 const struct isolde_libraries *libraries, uint64_t shm_size, uint64_t device_size,
+			 bool blockdev)
 {
 	bool root = geteuid() == 0;
 	char why[128];
@@ -102,6 +127,13 @@ void isolde_sandbox_plan(struct isolde_sandbox *sb, const struct isolde_policy *
 	sb->threads = p->threads;
 	sb->device_size = device_size;
 	sb->uring = (p->syscalls & ISOLDE_SYSCALLS_URING) != 0;
+	sb->libraries = p->libraries ? libraries : NULL;
+	/* The root holds nothing but the way to the libraries, if any. */
+	snprintf(sb->root_options, sizeof sb->root_options, "size=%s,nr_inodes=%u,mode=0555",
+		 sb->libraries ? "64k" : "16k", 8 + (sb->libraries ? isolde_libraries_inodes(sb->libraries) : 0));
+	sb->host_network = p->nconnect > 0;
+	sb->nconnect = p->nconnect;
+	sb->connect = p->connect;
 	sb->cgroup.cpu_percent = p->cpu_percent;
 	sb->cgroup.tasks = sb->max_tasks;
 	sb->cgroups = isolde_cgroup_available(why, sizeof why);
@@ -146,7 +178,7 @@ static int add_list(scmp_filter_ctx ctx, uint32_t action, const char *const *nam
 		if (nr == __NR_SCMP_ERROR)
 			continue; /* not on this architecture */
 		int r = seccomp_rule_add(ctx, action, nr, 0);
-		if (r)
+		if (r && r != -EEXIST) /* two groups may share a call */
 			return fail_rule(err, errlen, names[i], r);
 	}
 	return 0;
@@ -155,11 +187,42 @@ static int add_list(scmp_filter_ctx ctx, uint32_t action, const char *const *nam
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 #define RULE(ctx, action, call, ...) seccomp_rule_add(ctx, action, SCMP_SYS(call), __VA_ARGS__)
 
-static int add_base_filters(scmp_filter_ctx ctx, pid_t driver_pid, char *err, size_t errlen)
+/*
+ * The fds a driver opens itself come after the launcher's (0-6, and 7 with
+ * 'uring'). A rule "fd >= 8" as one comparison would let 0x100000003
+ * through (the kernel reads an int: fd 3), so it is fd 7 exactly (without
+ * 'uring'), then one rule per power-of-two band, each comparing all 64
+ * bits: [8,16), [16,32), ... [32768,65536) (RLIMIT_NOFILE is at most 65536).
+ */
+#define OWN_FD_BANDS 13
+
+static int add_own_fd_rules(scmp_filter_ctx ctx, const struct isolde_sandbox *sb, int nr, const char *name,
+			    unsigned fd_arg, const struct scmp_arg_cmp *more, unsigned nmore, char *err,
+			    size_t errlen)
+{
+	for (int b = sb->uring ? 0 : -1; b < OWN_FD_BANDS; b++) {
+		uint64_t lo = b < 0 ? ISOLDE_DRIVER_FD_URING : UINT64_C(8) << b;
+		uint64_t mask = b < 0 ? ~UINT64_C(0) : ~(lo - 1);
+		struct scmp_arg_cmp cmp[4];
+		if (nmore)
+			memcpy(cmp, more, nmore * sizeof *more);
+		cmp[nmore] = (struct scmp_arg_cmp){ .arg = fd_arg, .op = SCMP_CMP_MASKED_EQ,
+						    .datum_a = mask, .datum_b = lo };
+		int r = seccomp_rule_add_array(ctx, SCMP_ACT_ALLOW, nr, nmore + 1, cmp);
+		if (r)
+			return fail_rule(err, errlen, name, r);
+	}
+	return 0;
+}
+
+static int add_base_filters(scmp_filter_ctx ctx, const struct isolde_sandbox *sb, pid_t driver_pid,
+			    char *err, size_t errlen)
 {
 	int r;
 
-	/* No executable mapping after exec: code the driver writes stays data. */
+	/* No executable mapping after exec: code the driver writes stays data.
+	 * (A dynamically linked driver's loader maps its libraries as code:
+	 * add_loader_filters.) */
 	if ((r = RULE(ctx, SCMP_ACT_ALLOW, mmap, 1, SCMP_A2(SCMP_CMP_MASKED_EQ, PROT_EXEC, 0))))
 		return fail_rule(err, errlen, "mmap", r);
 	if ((r = RULE(ctx, SCMP_ACT_ALLOW, mprotect, 1, SCMP_A2(SCMP_CMP_MASKED_EQ, PROT_EXEC, 0))))
@@ -167,9 +230,29 @@ static int add_base_filters(scmp_filter_ctx ctx, pid_t driver_pid, char *err, si
 	/* Flags of the fd itself only: F_SETFL (O_APPEND, O_DIRECT, O_ASYNC),
 	 * F_SETOWN/F_SETSIG (signals to anyone), leases and locks would
 	 * reach beyond this generation or this process. */
-	for (size_t i = 0; i < COUNT(fcntl_commands); i++)
+	for (size_t i = 0; i < COUNT(fcntl_commands); i++) {
+		if (sb->libraries && fcntl_commands[i] == F_DUPFD_CLOEXEC)
+			continue;
 		if ((r = RULE(ctx, SCMP_ACT_ALLOW, fcntl, 1, SCMP_A1(SCMP_CMP_EQ, fcntl_commands[i]))))
 			return fail_rule(err, errlen, "fcntl", r);
+	}
+	/* Where code may be mapped from files, no second fd of the shared
+	 * memory (or of anything else the launcher gave) may be made: the
+	 * driver could write code there and map it. Its own fds it may copy. */
+	if (sb->libraries) {
+		struct scmp_arg_cmp dupfd = SCMP_A1(SCMP_CMP_EQ, F_DUPFD_CLOEXEC);
+		if (add_own_fd_rules(ctx, sb, SCMP_SYS(dup), "dup", 0, NULL, 0, err, errlen) ||
+		    add_own_fd_rules(ctx, sb, SCMP_SYS(fcntl), "fcntl", 0, &dupfd, 1, err, errlen))
+			return -1;
+	}
+	/* F_SETFL on its own sockets: a client library makes them
+	 * non-blocking (O_NONBLOCK only). */
+	if (sb->syscalls & ISOLDE_SYSCALLS_NET) {
+		struct scmp_arg_cmp setfl[2] = { SCMP_A1(SCMP_CMP_EQ, F_SETFL),
+						 SCMP_A2(SCMP_CMP_MASKED_EQ, ~(uint64_t)(O_NONBLOCK | O_ACCMODE), 0) };
+		if (add_own_fd_rules(ctx, sb, SCMP_SYS(fcntl), "fcntl", 0, setfl, 2, err, errlen))
+			return -1;
+	}
 	/* Its own limits (pid 0) only. */
 	if ((r = RULE(ctx, SCMP_ACT_ALLOW, prlimit64, 1, SCMP_A0(SCMP_CMP_EQ, 0))))
 		return fail_rule(err, errlen, "prlimit64", r);
@@ -207,11 +290,79 @@ static int add_io_filters(scmp_filter_ctx ctx, const struct isolde_sandbox *sb, 
 	return 0;
 }
 
+/* The dynamic loader: read-only opens, code mapped from its own files
+ * (never from fds 0-6 or 0-7, never anonymous, never writable), and an
+ * answer for its questions. */
+static int add_loader_filters(scmp_filter_ctx ctx, const struct isolde_sandbox *sb, char *err, size_t errlen)
+{
+	const uint64_t allowed = O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_DIRECTORY | O_NONBLOCK | O_LARGEFILE |
+				 O_NOCTTY;
+	/* Executable and never writable: a private writable copy of a
+	 * library would be code the driver writes. */
+	struct scmp_arg_cmp code[2] = { SCMP_A2(SCMP_CMP_MASKED_EQ, PROT_EXEC | PROT_WRITE, PROT_EXEC),
+					SCMP_A3(SCMP_CMP_MASKED_EQ, MAP_ANONYMOUS, 0) };
+	int r;
+
+	if ((r = RULE(ctx, SCMP_ACT_ALLOW, openat, 1, SCMP_A2(SCMP_CMP_MASKED_EQ, ~allowed & 0xffffffffu, 0))))
+		return fail_rule(err, errlen, "openat", r);
+	if (add_own_fd_rules(ctx, sb, SCMP_SYS(mmap), "mmap", 4, code, 2, err, errlen))
+		return -1;
+	/* ld.so asks whether /etc/ld.so.preload exists, libselinux where
+	 * selinuxfs is mounted: nothing is, in this root. */
+	if ((r = RULE(ctx, SCMP_ACT_ERRNO(ENOENT), access, 0)))
+		return fail_rule(err, errlen, "access", r);
+	if ((r = RULE(ctx, SCMP_ACT_ERRNO(ENOENT), statfs, 0)))
+		return fail_rule(err, errlen, "statfs", r);
+	return 0;
+}
+
+/* Sockets of its own: TCP over IPv4 or IPv6, nothing else. */
+static int add_net_filters(scmp_filter_ctx ctx, char *err, size_t errlen)
+{
+	const int families[] = { AF_INET, AF_INET6 };
+	const int protocols[] = { 0, IPPROTO_TCP };
+	const uint64_t type_mask = 0xffffffffu & ~(uint64_t)(SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+	for (size_t f = 0; f < COUNT(families); f++) {
+		for (size_t p = 0; p < COUNT(protocols); p++) {
+			int r = RULE(ctx, SCMP_ACT_ALLOW, socket, 3, SCMP_A0(SCMP_CMP_EQ, families[f]),
+				     SCMP_A1(SCMP_CMP_MASKED_EQ, type_mask, SOCK_STREAM),
+				     SCMP_A2(SCMP_CMP_EQ, protocols[p]));
+			if (r)
+				return fail_rule(err, errlen, "socket", r);
+		}
+	}
+	return 0;
+}
+
+/* The stream group: each call on fd 6, the launcher's socket, only; and
+ * making it non-blocking. */
+static int add_stream_filters(scmp_filter_ctx ctx, char *err, size_t errlen)
+{
+	int r = RULE(ctx, SCMP_ACT_ALLOW, fcntl, 3, SCMP_A0(SCMP_CMP_EQ, ISOLDE_DRIVER_FD_DEVICE),
+		     SCMP_A1(SCMP_CMP_EQ, F_SETFL), SCMP_A2(SCMP_CMP_MASKED_EQ, ~(uint64_t)(O_NONBLOCK | O_ACCMODE), 0));
+	if (r)
+		return fail_rule(err, errlen, "fcntl", r);
+	for (size_t i = 0; i < COUNT(group_stream); i++) {
+		int nr = seccomp_syscall_resolve_name(group_stream[i]);
+		r = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, SCMP_A0(SCMP_CMP_EQ, ISOLDE_DRIVER_FD_DEVICE));
+		if (r)
+			return fail_rule(err, errlen, group_stream[i], r);
+	}
+	return 0;
+}
+
 static int add_thread_filter(scmp_filter_ctx ctx, char *err, size_t errlen)
 {
 	int r = RULE(ctx, SCMP_ACT_ALLOW, clone, 1,
 		     SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_FLAGS_CHECKED, THREAD_FLAGS_REQUIRED));
-	return r ? fail_rule(err, errlen, "clone", r) : 0;
+	if (r)
+		return fail_rule(err, errlen, "clone", r);
+	/* Threads name themselves (pthread_setname_np), nothing more. */
+	if ((r = RULE(ctx, SCMP_ACT_ALLOW, prctl, 1, SCMP_A0(SCMP_CMP_EQ, PR_SET_NAME))) ||
+	    (r = RULE(ctx, SCMP_ACT_ALLOW, prctl, 1, SCMP_A0(SCMP_CMP_EQ, PR_GET_NAME))))
+		return fail_rule(err, errlen, "prctl", r);
+	return 0;
 }
 
 static int build_rules(scmp_filter_ctx ctx, const struct isolde_sandbox *sb, pid_t driver_pid,
@@ -224,8 +375,23 @@ static int build_rules(scmp_filter_ctx ctx, const struct isolde_sandbox *sb, pid
 		snprintf(err, errlen, "seccomp: bad-arch action: %s", strerror(-r));
 		return -1;
 	}
-	if (add_list(ctx, SCMP_ACT_ALLOW, group_base, COUNT(group_base), err, errlen) ||
-	    add_base_filters(ctx, driver_pid, err, errlen))
+	for (size_t i = 0; i < COUNT(group_base); i++) {
+		if (sb->libraries && strcmp(group_base[i], "dup") == 0)
+			continue; /* filtered: add_base_filters */
+		if (add_list(ctx, SCMP_ACT_ALLOW, &group_base[i], 1, err, errlen))
+			return -1;
+	}
+	if (add_base_filters(ctx, sb, driver_pid, err, errlen))
+		return -1;
+	if (sb->libraries && (add_list(ctx, SCMP_ACT_ALLOW, group_loader, COUNT(group_loader), err, errlen) ||
+			      add_loader_filters(ctx, sb, err, errlen)))
+		return -1;
+	if ((sb->syscalls & ISOLDE_SYSCALLS_NET) &&
+	    (add_list(ctx, SCMP_ACT_ALLOW, group_net, COUNT(group_net), err, errlen) ||
+	     add_net_filters(ctx, err, errlen)))
+		return -1;
+	if ((sb->syscalls & ISOLDE_SYSCALLS_STREAM) && !(sb->syscalls & ISOLDE_SYSCALLS_NET) &&
+	    add_stream_filters(ctx, err, errlen))
 		return -1;
 	if ((sb->syscalls & ISOLDE_SYSCALLS_IO) &&
 	    (add_list(ctx, SCMP_ACT_ALLOW, group_io, COUNT(group_io), err, errlen) ||
@@ -313,15 +479,17 @@ int isolde_sandbox_map_user(const struct isolde_sandbox *sb, pid_t child, char *
 
 /* ---- in the child ---- */
 
-/* An empty, read-only tmpfs as /, the old root detached. */
-static int enter_empty_root(const char **stage)
+/* An empty, read-only tmpfs as /, the old root detached; a dynamically
+ * linked driver's libraries bound into it read-only (libraries.h). */
+static int enter_empty_root(const struct isolde_sandbox *sb, const char **stage)
 {
 	*stage = "make mounts private";
 	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL))
 		return -1;
 	*stage = "mount the empty root";
-	if (mount("isolde-driver-root", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-		  "size=16k,nr_inodes=8,mode=0555"))
+	if (mount("isolde-driver-root", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, sb->root_options))
+		return -1;
+	if (sb->libraries && isolde_libraries_mount(sb->libraries, "/tmp", stage))
 		return -1;
 	*stage = "pivot to the empty root";
 	if (chdir("/tmp") || syscall(SYS_pivot_root, ".", ".") || umount2(".", MNT_DETACH) || chdir("/"))
@@ -379,7 +547,7 @@ static int set_limit(int resource, uint64_t value)
 
 int isolde_sandbox_enter(const struct isolde_sandbox *sb, int landlock_fd, const char **stage)
 {
-	if (sb->namespaces && enter_empty_root(stage))
+	if (sb->namespaces && enter_empty_root(sb, stage))
 		return -1;
 	if (set_identity(sb, stage))
 		return -1;

@@ -73,6 +73,13 @@ struct isolde_sandbox {
 	uint32_t threads;
 	uint64_t device_size;   /* fallocate stays inside it */
 	bool uring;             /* the launcher makes the driver's io_uring */
+	/* 'libraries loaded': the root shows them; the loader may open files
+	 * read-only and map them as code. NULL for a static driver. */
+	const struct isolde_libraries *libraries;
+	char root_options[64];  /* the tmpfs root's mount options */
+	bool host_network;      /* 'connect': no network namespace of its own */
+	unsigned nconnect;      /* TCP ports it may connect to (Landlock) */
+	const struct isolde_port_range *connect;
 	char degraded[384];     /* what this host cannot enforce, for the warning */
 };
 
@@ -81,8 +88,10 @@ struct isolde_sandbox {
  * size of its shared memory and device, and what this host offers. What
  * cannot be enforced here is listed in sb->degraded.
  */
+struct isolde_libraries;
 void isolde_sandbox_plan(struct isolde_sandbox *sb, const struct isolde_policy *p,
-			 uint64_t shm_size, uint64_t device_size, bool blockdev);
+			 const struct isolde_libraries *libraries, uint64_t shm_size, uint64_t device_size,
+			 bool blockdev);
 
 /* clone3 refused the namespaces: plan without them (and say so). */
 void isolde_sandbox_drop_namespaces(struct isolde_sandbox *sb, int error);

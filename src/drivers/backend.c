@@ -3,6 +3,7 @@
 #include "backend.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -87,6 +88,17 @@ static int parse_args(struct isolde_driver *drv, int argc, char **argv, int fds[
 			}
 			if (arg[8] == 'p')
 				drv->uring_params_hex = value;
+			i++;
+			continue;
+		}
+		if (strcmp(arg, "--take-over-session") == 0) {
+			char *end;
+			errno = 0;
+			drv->previous_session = value ? strtoull(value, &end, 10) : 0;
+			if (!value || errno || *end || drv->previous_session == 0) {
+				isolde_driver_log(drv, "--take-over-session needs a session number");
+				return -1;
+			}
 			i++;
 			continue;
 		}
@@ -279,6 +291,14 @@ void isolde_driver_watch_fd(struct isolde_driver *drv, int fd)
 	drv->waiter.watch_fd = fd;
 }
 
+void isolde_driver_watch_fd_events(struct isolde_driver *drv, int fd, short events,
+				   uint32_t spin_poll_ns)
+{
+	drv->waiter.watch_fd = fd;
+	drv->waiter.watch_events = events;
+	drv->waiter.watch_spin_ns = spin_poll_ns;
+}
+
 static void handle_default(struct isolde_driver *drv, const struct isolde_blk_request *req)
 {
 	struct isolde_blk_response rsp;
@@ -287,14 +307,37 @@ static void handle_default(struct isolde_driver *drv, const struct isolde_blk_re
 	isolde_driver_respond(drv, &rsp);
 }
 
+/* SIGTERM: the device is being closed. The handler only notes it and
+ * kicks the service loop awake (whichever thread the signal reached). */
+static volatile sig_atomic_t stop_requested;
+
+static void on_stop_signal(int sig)
+{
+	uint64_t one = 1;
+
+	(void)sig;
+	stop_requested = 1;
+	(void)!write(ISOLDE_DRIVER_FD_KICK, &one, sizeof one);
+}
+
+static void stop_if_asked(struct isolde_driver *drv)
+{
+	if (!stop_requested)
+		return;
+	if (drv->ops->stop)
+		drv->ops->stop(drv);
+	exit(0);
+}
+
+/* A spinning wait looks at nothing but these: a stop must show here. */
 static bool requests_pending(void *ctx)
 {
-	return isolde_back_unconsumed_requests(ctx) != 0;
+	return isolde_back_unconsumed_requests(ctx) != 0 || stop_requested;
 }
 
 static bool requests_arm_check(void *ctx)
 {
-	return isolde_back_final_check_requests(ctx);
+	return isolde_back_final_check_requests(ctx) || stop_requested;
 }
 
 static const struct isolde_wait_ops request_wait = {
@@ -328,8 +371,11 @@ static void serve_forever(struct isolde_driver *drv)
 		uint32_t n = isolde_back_unconsumed_requests(&drv->ring);
 
 		__atomic_store_n(&drv->header->heartbeat, ++drv->heartbeat, __ATOMIC_RELAXED);
+		stop_if_asked(drv);
 		if (n == 0) {
 			if (isolde_wait(&drv->waiter, &request_wait, &drv->ring, -1) == ISOLDE_WAIT_ERROR) {
+				if (errno == EINTR)
+					continue;
 				isolde_driver_log(drv, "waiting for requests failed: %s", strerror(errno));
 				exit(1);
 			}
@@ -388,7 +434,7 @@ static bool async_pending(void *ctx)
 {
 	struct isolde_driver *drv = ctx;
 
-	return isolde_back_unconsumed_requests(&drv->ring) != 0 ||
+	return isolde_back_unconsumed_requests(&drv->ring) != 0 || stop_requested ||
 	       (drv->inflight && drv->ops->completion_pending(drv));
 }
 
@@ -399,7 +445,7 @@ static bool async_arm_check(void *ctx)
 {
 	struct isolde_driver *drv = ctx;
 
-	return isolde_back_final_check_requests(&drv->ring) ||
+	return isolde_back_final_check_requests(&drv->ring) || stop_requested ||
 	       (drv->inflight && drv->ops->completion_pending(drv));
 }
 
@@ -410,11 +456,16 @@ static const struct isolde_wait_ops async_wait = {
 
 static void serve_async(struct isolde_driver *drv)
 {
+	bool watched = false; /* the last wait ended because the watch fd fired */
+
 	for (;;) {
 		uint32_t n = isolde_back_unconsumed_requests(&drv->ring);
 		unsigned done = 0;
+		enum isolde_wait_result w;
 
 		__atomic_store_n(&drv->header->heartbeat, ++drv->heartbeat, __ATOMIC_RELAXED);
+		if (!drv->inflight)
+			stop_if_asked(drv);
 		if (n > 0) {
 			__atomic_store_n(&drv->header->batches, ++drv->batches, __ATOMIC_RELAXED);
 			for (uint32_t i = 0; i < n; i++) {
@@ -424,16 +475,28 @@ static void serve_async(struct isolde_driver *drv)
 				submit_checked(drv, &req);
 			}
 		}
-		if (drv->inflight)
+		/* Also with nothing in flight when the watch fd fired: a
+		 * socket's peer may have closed it (blk-nbd). */
+		if (drv->inflight || watched)
 			done = drv->ops->reap(drv);
+		watched = false;
 		/* As in serve_forever: each response was published at once,
 		 * the front end is called once for the pass. */
 		isolde_waiter_signal(&drv->waiter, drv->notify_pending);
 		drv->notify_pending = false;
-		if (n == 0 && done == 0 &&
-		    isolde_wait(&drv->waiter, &async_wait, drv, -1) == ISOLDE_WAIT_ERROR) {
-			isolde_driver_log(drv, "waiting for requests failed: %s", strerror(errno));
-			exit(1);
+		if (n == 0 && done == 0) {
+			/* Waiting on a slow device (a remote server) is not a
+			 * hang: with requests in flight the loop wakes to beat
+			 * its heart, and the front end's request-age limit (10
+			 * heartbeats) is what bounds a device that never answers. */
+			w = isolde_wait(&drv->waiter, &async_wait, drv, drv->inflight ? ISOLDE_DRIVER_BUSY_BEAT_NS : -1);
+			if (w == ISOLDE_WAIT_ERROR && errno == EINTR)
+				continue;
+			if (w == ISOLDE_WAIT_ERROR) {
+				isolde_driver_log(drv, "waiting for requests failed: %s", strerror(errno));
+				exit(1);
+			}
+			watched = w == ISOLDE_WAIT_WATCH;
 		}
 	}
 }
@@ -459,6 +522,35 @@ static int async_init(struct isolde_driver *drv)
 	return 0;
 }
 
+int isolde_driver_report_device(struct isolde_driver *drv, uint64_t size, bool readonly)
+{
+	bool want_writable = !(drv->params.device_flags & ISOLDE_DEV_READONLY);
+
+	if (size == 0 || size % 512) {
+		isolde_driver_log(drv, "the remote device's size %llu is not a positive multiple of 512",
+				  (unsigned long long)size);
+		return -1;
+	}
+	if (drv->params.device_size && drv->params.device_size != size) {
+		isolde_driver_log(drv, "the remote device is now %llu bytes, not the %llu it was opened with",
+				  (unsigned long long)size, (unsigned long long)drv->params.device_size);
+		return -1;
+	}
+	if (readonly && want_writable) {
+		isolde_driver_log(drv, "the remote device is read-only; open it read-only");
+		return -1;
+	}
+	drv->params.device_size = size;
+	drv->header->reported_size = size;
+	drv->header->reported_flags = readonly ? ISOLDE_DEV_READONLY : 0;
+	return 0;
+}
+
+void isolde_driver_report_session(struct isolde_driver *drv, uint64_t session_id)
+{
+	drv->header->session_id = session_id;
+}
+
 int isolde_driver_main(int argc, char **argv, const struct isolde_driver_ops *ops)
 {
 	static struct isolde_driver drv;
@@ -477,6 +569,9 @@ int isolde_driver_main(int argc, char **argv, const struct isolde_driver_ops *op
 		__atomic_store_n(&drv.header->driver_state, ISOLDE_DRIVER_FAILED, __ATOMIC_RELEASE);
 		return 1;
 	}
+	struct sigaction stop = { .sa_handler = on_stop_signal };
+	sigemptyset(&stop.sa_mask);
+	sigaction(SIGTERM, &stop, NULL);
 	drv.header->driver_pid = (uint32_t)getpid();
 	__atomic_store_n(&drv.header->driver_state, ISOLDE_DRIVER_READY, __ATOMIC_RELEASE);
 	/* Ready is always signalled, whatever the mode: the launcher waits on it. */

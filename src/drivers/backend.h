@@ -63,7 +63,20 @@ struct isolde_driver_ops {
 	unsigned (*reap)(struct isolde_driver *drv);
 	/* True if reap would find a completion; no system call. */
 	bool (*completion_pending)(struct isolde_driver *drv);
+
+	/*
+	 * Optional: the device is being closed (the launcher sent SIGTERM,
+	 * with nothing in flight): release what the device holds for this
+	 * driver - a remote image's lock - before the driver exits. Called on
+	 * the service loop's thread; the launcher kills the driver if it takes
+	 * longer than ISOLDE_DRIVER_STOP_MS.
+	 */
+	void (*stop)(struct isolde_driver *drv);
 };
+
+/* Asynchronous model: with requests in flight, the service loop beats its
+ * heart at least this often while it waits for the device. */
+#define ISOLDE_DRIVER_BUSY_BEAT_NS (100 * 1000000ll)
 
 /* submit's return value for "queued; reap will complete it". */
 #define ISOLDE_DRIVER_QUEUED (-1)
@@ -96,6 +109,9 @@ struct isolde_driver {
 	uint32_t *free_tags;
 	uint32_t nfree;
 	uint32_t inflight;
+	/* --take-over-session: the session of the generation before this
+	 * one (isolde_driver_report_session), or 0. */
+	uint64_t previous_session;
 	void *priv;                       /* driver-specific state */
 };
 
@@ -123,12 +139,36 @@ void isolde_driver_complete(struct isolde_driver *drv, uint32_t tag, uint8_t sta
 void isolde_driver_watch_fd(struct isolde_driver *drv, int fd);
 
 /*
+ * Asynchronous model, a driver whose completions arrive on a socket (blk-nbd):
+ * watch fd for the poll() events given (POLLIN; POLLOUT too while a send
+ * waits for room in the socket), and have a spinning wait poll it every
+ * spin_poll_ns (0: about once a millisecond) - its completions cannot be
+ * seen without a system call. A wait that ends because the fd fired is
+ * followed by reap even with nothing in flight, so a driver learns of a
+ * connection that closed while it was idle. Cheap: call it before each wait.
+ */
+void isolde_driver_watch_fd_events(struct isolde_driver *drv, int fd, short events,
+				   uint32_t spin_poll_ns);
+
+/*
  * The status for an errno the device gave. ISOLDE_BLK_S_INVALID is never
  * returned: it means the request broke the protocol, which the front end
  * treats as a lie about a request it checked; the OS refusing a well-formed
  * request (EINVAL included) is a device error.
  */
 uint8_t isolde_driver_status_from_errno(int e);
+
+/*
+ * A remote device's driver, in init: say what was reached. If the front end
+ * gave no size (params.device_size 0: the first generation), this one
+ * becomes the device's size; otherwise a different size is an error (-1,
+ * logged), because the device changed under the front end. A remote that is
+ * read-only must not be opened read-write (-1, logged).
+ */
+int isolde_driver_report_device(struct isolde_driver *drv, uint64_t size, bool readonly);
+
+/* Publish this generation's session with its remote (0 for none). */
+void isolde_driver_report_session(struct isolde_driver *drv, uint64_t session_id);
 
 /* Log a line (the launcher adds the driver's name and pid). */
 void isolde_driver_log(const struct isolde_driver *drv, const char *fmt, ...)

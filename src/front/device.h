@@ -15,6 +15,7 @@
 
 #include "buf_pool.h"
 #include "shadow.h"
+#include "remote.h"
 #include "shield.h"
 
 /* Where a device is in the life of its drivers (recovery.c). */
@@ -33,11 +34,14 @@ struct isolde_recovery {
 	uint64_t detected_ns;
 	uint64_t deadline_ns;        /* BACKOFF: when to start */
 	uint64_t kill_at_ns;         /* DOWN: when the driver gets SIGKILL */
+	uint64_t unreachable_said;   /* the last 10 s step of unreachability reported */
 };
 
 struct isolde_blk {
 	char image[PATH_MAX];
-	int device_fd;
+	int device_fd;             /* -1 for a remote image */
+	struct isolde_remote *remote; /* a remote image (remote.h), or NULL */
+	char **driver_args;        /* the config's, then the remote's */
 	uint64_t size;
 	bool readonly;
 	bool direct;

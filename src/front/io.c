@@ -242,6 +242,11 @@ static bool durability_op(const struct isolde_shadow_entry *e)
  */
 static int confirm_writeback(struct isolde_blk *dev)
 {
+	/* A remote device has no local description to ask: the replayed
+	 * flush's own answer, from the server, is all there is (ARCHITECTURE
+	 * §13). */
+	if (dev->device_fd < 0)
+		return 0;
 	return fdatasync(dev->device_fd) == 0 ? 0 : -errno;
 }
 

@@ -118,6 +118,54 @@ static int reopen_image(void *ctx, char *err, size_t errlen)
 	return fd;
 }
 
+/*
+ * A remote image (remote.h): its driver reaches it, the front end only
+ * parses the name and makes each generation's fd 6. The driver must be the
+ * one for the kind, and its arguments get the remote's.
+ */
+static int open_remote(struct isolde_blk *dev, const struct isolde_blk_config *cfg, uint32_t *flags,
+		       char *err, size_t errlen)
+{
+	enum isolde_remote_kind kind = isolde_remote_kind_of(cfg->image);
+	const char *want = isolde_remote_driver(kind);
+	size_t nargs = 0;
+
+	if (strcmp(base_name(cfg->driver), want) != 0) {
+		set_err(err, errlen, "image %s is served by driver %s, not %s", cfg->image, want, cfg->driver);
+		return -1;
+	}
+	if (cfg->direct || cfg->shield) {
+		set_err(err, errlen, "image %s is remote: %s applies to local images only", cfg->image,
+			cfg->direct ? "direct (O_DIRECT)" : "the integrity shield");
+		return -1;
+	}
+	if (!(dev->remote = calloc(1, sizeof *dev->remote))) {
+		set_err(err, errlen, "out of memory");
+		return -1;
+	}
+	if (isolde_remote_open(dev->remote, cfg->image, err, errlen))
+		return -1;
+	while (cfg->driver_args && cfg->driver_args[nargs])
+		nargs++;
+	if (!(dev->driver_args = calloc(nargs + 2, sizeof *dev->driver_args))) {
+		set_err(err, errlen, "out of memory");
+		return -1;
+	}
+	for (size_t i = 0; i < nargs; i++)
+		dev->driver_args[i] = cfg->driver_args[i];
+	if (dev->remote->driver_arg[0])
+		dev->driver_args[nargs] = dev->remote->driver_arg;
+	*flags = ISOLDE_DEV_REMOTE | (cfg->readonly ? ISOLDE_DEV_READONLY : 0);
+	dev->align = 1;
+	return 0;
+}
+
+static const char *local_driver_of_remote(const struct isolde_blk_config *cfg)
+{
+	const char *d = base_name(cfg->driver);
+	return strcmp(d, "blk-nbd") == 0 || strcmp(d, "blk-rbd") == 0 ? d : NULL;
+}
+
 /* The driver's policy: given, or the one shipped for it. It must name the
  * driver it is used with, and allow the device access asked for. */
 static int load_policy(struct isolde_blk *dev, const struct isolde_blk_config *cfg, char *err,
@@ -211,7 +259,17 @@ struct isolde_blk *isolde_blk_open(const struct isolde_blk_config *cfg, char *er
 	dev->queue_depth = cfg->queue_depth;
 	dev->max_io = cfg->max_io;
 
-	if (load_policy(dev, cfg, err, errlen) || open_image(dev, cfg, &dev_flags, err, errlen))
+	bool remote = isolde_remote_kind_of(cfg->image) != ISOLDE_REMOTE_NONE;
+	if (!remote && local_driver_of_remote(cfg)) {
+		set_err(err, errlen, "driver %s serves remote images (%s), not %s", local_driver_of_remote(cfg),
+			strcmp(local_driver_of_remote(cfg), "blk-nbd") == 0
+				? "nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH"
+				: "rbd:POOL/IMAGE[@SNAP][:conf=PATH][:id=CLIENT][:keyring=PATH]",
+			cfg->image);
+		goto fail;
+	}
+	if (load_policy(dev, cfg, err, errlen) ||
+	    (remote ? open_remote(dev, cfg, &dev_flags, err, errlen) : open_image(dev, cfg, &dev_flags, err, errlen)))
 		goto fail;
 	dev->hang_ms = cfg->timeout_ms ? cfg->timeout_ms : dev->policy.heartbeat_ms;
 	if (isolde_supervisor_init(&dev->supervisor, dev->policy.restart_max, dev->policy.restart_window_s,
@@ -219,6 +277,7 @@ struct isolde_blk *isolde_blk_open(const struct isolde_blk_config *cfg, char *er
 		set_err(err, errlen, "out of memory");
 		goto fail;
 	}
+	dev->supervisor.unreachable_limit_ms = dev->policy.unreachable_ms;
 
 	/* Data area: one bounce buffer of max_io per shadow entry for copy
 	 * mode, then the zero-copy pool. */
@@ -229,9 +288,9 @@ struct isolde_blk *isolde_blk_open(const struct isolde_blk_config *cfg, char *er
 
 	struct isolde_domain_params params = {
 		.driver = cfg->driver,
-		.driver_args = cfg->driver_args,
-		.open_device = reopen_image,
-		.open_device_ctx = dev,
+		.driver_args = dev->remote ? dev->driver_args : cfg->driver_args,
+		.open_device = dev->remote ? isolde_remote_device : reopen_image,
+		.open_device_ctx = dev->remote ? (void *)dev->remote : (void *)dev,
 		.device_size = dev->size,
 		.device_flags = dev_flags,
 		.ring_slots = next_pow2(cfg->queue_depth),
@@ -262,6 +321,9 @@ struct isolde_blk *isolde_blk_open(const struct isolde_blk_config *cfg, char *er
 		goto fail;
 	if (isolde_domain_start(&dev->domain, err, errlen))
 		goto fail;
+	/* A remote device's size is what its first driver reached. */
+	if (dev->remote)
+		dev->size = dev->domain.reported_size;
 	isolde_front_ring_attach(&dev->ring, dev->domain.sring, params.ring_slots, ISOLDE_BLK_SLOT_SIZE);
 	dev->ring.peer_sleeps = cfg->notify != ISOLDE_NOTIFY_SPIN;
 	isolde_waiter_init(&dev->waiter, cfg->notify, dev->domain.call_fd, dev->domain.kick_fd,
@@ -277,12 +339,21 @@ void isolde_blk_close(struct isolde_blk *dev)
 {
 	if (!dev)
 		return;
+	/* A remote device's driver holds what others wait for (an image's
+	 * lock): it is asked to let go first. */
+	if (dev->remote && !dev->failed && isolde_shadow_in_flight(&dev->shadow) == 0)
+		isolde_domain_stop(&dev->domain, ISOLDE_DRIVER_STOP_MS);
 	isolde_domain_destroy(&dev->domain);
 	if (dev->shield_on)
 		isolde_shield_close(&dev->shield);
 	free(dev->shield_sums);
 	if (dev->device_fd >= 0)
 		close(dev->device_fd);
+	if (dev->remote) {
+		isolde_remote_close(dev->remote);
+		free(dev->remote);
+	}
+	free(dev->driver_args);
 	isolde_shadow_fini(&dev->shadow);
 	isolde_buf_pool_fini(&dev->pool);
 	isolde_supervisor_fini(&dev->supervisor);

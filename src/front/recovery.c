@@ -159,6 +159,11 @@ static void resume(struct isolde_blk *dev)
 	dev->heartbeat_seen = 0;
 	dev->heartbeat_changed_ns = isolde_now_ns();
 	r->state = ISOLDE_DEV_RUNNING;
+	if (dev->supervisor.unreachable_since_ns) {
+		fprintf(stderr, "isolde: %s: the device is reachable again after %.1f s\n", dev->image,
+			(double)(isolde_now_ns() - dev->supervisor.unreachable_since_ns) / 1e9);
+		isolde_supervisor_reached(&dev->supervisor);
+	}
 	unsigned n = replay(dev);
 	dev->supervisor.stats.replayed += n;
 	dev->replayed_last = n;
@@ -173,7 +178,11 @@ static void give_up(struct isolde_blk *dev, enum isolde_verdict_kind kind)
 {
 	struct isolde_recovery *r = &dev->rec;
 
-	if (kind == ISOLDE_VERDICT_CRASH_LOOP)
+	if (kind == ISOLDE_VERDICT_UNREACHABLE)
+		isolde_fail_device(dev, "the device stayed unreachable for %u s (%s; limit of policy %s); "
+				   "pending and new I/O fails", dev->policy.unreachable_ms / 1000, r->why,
+				   dev->policy.source);
+	else if (kind == ISOLDE_VERDICT_CRASH_LOOP)
 		isolde_fail_device(dev, "driver %s failed (%s: %s) after %u restarts in a row in which it "
 				   "completed fewer than %u requests (crash-loop limit of policy %s); pending "
 				   "and new I/O fails", dev->domain.driver_name, isolde_failure_name(r->failure),
@@ -219,20 +228,33 @@ static bool step_down(struct isolde_blk *dev)
 		give_up(dev, v.kind);
 		return false;
 	}
-	fprintf(stderr, "isolde: driver %s failed (%s: %s); restart %llu, generation %u%s\n",
-		dev->domain.driver_name, isolde_failure_name(r->failure), r->why,
-		(unsigned long long)dev->supervisor.stats.restarts, dev->domain.generation + 1,
-		v.backoff_ns ? " after backoff" : "");
+	if (r->failure == ISOLDE_FAIL_UNREACHABLE) {
+		/* Said once when it goes away, then every ten seconds. */
+		uint64_t away = now - dev->supervisor.unreachable_since_ns;
+		if (dev->supervisor.unreachable_tries == 1 || away / 10000000000u != r->unreachable_said) {
+			r->unreachable_said = away / 10000000000u;
+			fprintf(stderr, "isolde: %s: the device is unreachable (%s) for %llu s; trying again, for "
+				"up to %u s\n", dev->image, r->why, (unsigned long long)(away / 1000000000u),
+				dev->policy.unreachable_ms / 1000);
+		}
+	} else {
+		fprintf(stderr, "isolde: driver %s failed (%s: %s); restart %llu, generation %u%s\n",
+			dev->domain.driver_name, isolde_failure_name(r->failure), r->why,
+			(unsigned long long)dev->supervisor.stats.restarts, dev->domain.generation + 1,
+			v.backoff_ns ? " after backoff" : "");
+	}
 	r->state = ISOLDE_DEV_BACKOFF;
 	r->deadline_ns = now + v.backoff_ns;
 	return true;
 }
 
-/* A start that did not come up is itself a failure, judged like any. */
+/* A start that did not come up is itself a failure, judged like any; a
+ * remote device that could not be reached is not the driver's. */
 static void start_failed(struct isolde_blk *dev, const char *err)
 {
 	snprintf(dev->rec.why, sizeof dev->rec.why, "%s", err);
-	enter_down(dev, ISOLDE_FAIL_START, START_FAILURE_GRACE_NS);
+	enter_down(dev, dev->remote && dev->domain.open_failed ? ISOLDE_FAIL_UNREACHABLE : ISOLDE_FAIL_START,
+		   START_FAILURE_GRACE_NS);
 }
 
 static bool step_backoff(struct isolde_blk *dev)

@@ -74,18 +74,24 @@ void isolde_waiter_signal(struct isolde_waiter *w, bool needed)
 		w->signals_sent++;
 }
 
-static bool watch_fired(int fd)
+static short watch_events(const struct isolde_waiter *w)
 {
-	struct pollfd p = { .fd = fd, .events = POLLIN };
+	return w->watch_events ? w->watch_events : POLLIN;
+}
 
-	return fd >= 0 && poll(&p, 1, 0) > 0;
+static bool watch_fired(const struct isolde_waiter *w)
+{
+	struct pollfd p = { .fd = w->watch_fd, .events = watch_events(w) };
+
+	return w->watch_fd >= 0 && poll(&p, 1, 0) > 0;
 }
 
 /* Spin until pending, the window ends or the watch fires. */
 static enum isolde_wait_result spin_until(struct isolde_waiter *w, const struct isolde_wait_ops *ops,
 					  void *ctx, uint64_t start, uint64_t until)
 {
-	uint64_t next_watch = start + SPIN_WATCH_EVERY_NS;
+	uint64_t watch_every = w->watch_spin_ns ? w->watch_spin_ns : SPIN_WATCH_EVERY_NS;
+	uint64_t next_watch = start + watch_every;
 
 	for (uint32_t i = 1;; i++) {
 		if (ops->pending(ctx))
@@ -97,9 +103,9 @@ static enum isolde_wait_result spin_until(struct isolde_waiter *w, const struct 
 		if (now >= until)
 			return ISOLDE_WAIT_TIMEOUT;
 		if (now >= next_watch) {
-			if (watch_fired(w->watch_fd))
+			if (watch_fired(w))
 				return ISOLDE_WAIT_WATCH;
-			next_watch = now + SPIN_WATCH_EVERY_NS;
+			next_watch = now + watch_every;
 		}
 	}
 }
@@ -121,7 +127,7 @@ static enum isolde_wait_result block_until(struct isolde_waiter *w, const struct
 
 	struct pollfd p[2] = {
 		{ .fd = w->wait_fd, .events = POLLIN },
-		{ .fd = w->watch_fd, .events = POLLIN },
+		{ .fd = w->watch_fd, .events = watch_events(w) },
 	};
 	nfds_t n = w->watch_fd >= 0 ? 2 : 1;
 	int timeout_ms = -1;

@@ -16,6 +16,7 @@ static const char *const failure_names[ISOLDE_FAIL_COUNT] = {
 	[ISOLDE_FAIL_START] = "start-failure",
 	[ISOLDE_FAIL_CORRUPTION] = "silent-corruption",
 	[ISOLDE_FAIL_ERROR_STATUS] = "error-status",
+	[ISOLDE_FAIL_UNREACHABLE] = "unreachable",
 };
 
 const char *isolde_failure_name(enum isolde_failure f)
@@ -112,10 +113,42 @@ uint64_t isolde_supervisor_record_restart(struct isolde_supervisor *s, enum isol
 	return ms * 1000000u;
 }
 
+/*
+ * A remote device that cannot be reached is not the driver's fault and no
+ * driver ran: it neither spends the restart budget nor makes a crash loop.
+ * The front end tries again, backing off to ISOLDE_UNREACHABLE_BACKOFF_MAX_MS,
+ * until the device has been unreachable for the policy's limit.
+ */
+static struct isolde_verdict judge_unreachable(struct isolde_supervisor *s, uint64_t now_ns)
+{
+	struct isolde_verdict v = { ISOLDE_VERDICT_RESTART, 0 };
+
+	s->stats.by_failure[ISOLDE_FAIL_UNREACHABLE]++;
+	if (!s->unreachable_since_ns)
+		s->unreachable_since_ns = now_ns;
+	if (now_ns - s->unreachable_since_ns >= (uint64_t)s->unreachable_limit_ms * 1000000u) {
+		v.kind = ISOLDE_VERDICT_UNREACHABLE;
+		return v;
+	}
+	uint32_t k = s->unreachable_tries++;
+	uint64_t ms = k >= 7 ? ISOLDE_UNREACHABLE_BACKOFF_MAX_MS : (uint64_t)10 << k;
+	v.backoff_ns = (ms > ISOLDE_UNREACHABLE_BACKOFF_MAX_MS ? ISOLDE_UNREACHABLE_BACKOFF_MAX_MS : ms) * 1000000u;
+	return v;
+}
+
+void isolde_supervisor_reached(struct isolde_supervisor *s)
+{
+	s->unreachable_since_ns = 0;
+	s->unreachable_tries = 0;
+}
+
 struct isolde_verdict isolde_supervisor_judge(struct isolde_supervisor *s, enum isolde_failure f,
 					      bool made_progress, uint64_t now_ns)
 {
 	struct isolde_verdict v = { ISOLDE_VERDICT_RESTART, 0 };
+
+	if (f == ISOLDE_FAIL_UNREACHABLE)
+		return judge_unreachable(s, now_ns);
 
 	if (!isolde_supervisor_may_restart(s, made_progress, now_ns)) {
 		v.kind = !made_progress && s->no_progress >= s->crash_loop_max ? ISOLDE_VERDICT_CRASH_LOOP

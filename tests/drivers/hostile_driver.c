@@ -23,6 +23,8 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -50,6 +52,7 @@ static const char *attack_name = "none";
 static const struct attack *attack;
 static unsigned long after = 10;
 static long target_pid;
+static long target_port = 9;
 static bool every_generation;
 static unsigned long seen;
 
@@ -219,6 +222,99 @@ static enum after_attack socket_connect(struct isolde_driver *drv)
 {
 	report(drv, "socket AF_INET", syscall(SYS_socket, AF_INET, SOCK_STREAM, 0));
 	report(drv, "socket AF_UNIX", syscall(SYS_socket, AF_UNIX, SOCK_STREAM, 0));
+	return SERVE;
+}
+
+/* ---- a network client's policy (built dynamically: hostile-remote-driver) ---- */
+
+static long tcp_socket(void)
+{
+	return syscall(SYS_socket, AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+}
+
+static enum after_attack listen_socket(struct isolde_driver *drv)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	long fd = tcp_socket();
+
+	report(drv, "socket AF_INET", fd);
+	report(drv, "bind 127.0.0.1", syscall(SYS_bind, fd, &a, sizeof a));
+	report(drv, "listen", syscall(SYS_listen, fd, 8));
+	report(drv, "accept", syscall(SYS_accept4, fd, NULL, NULL, 0));
+	if (fd >= 0)
+		close((int)fd);
+	return SERVE;
+}
+
+static enum after_attack connect_outside(struct isolde_driver *drv)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)target_port),
+				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	long fd = tcp_socket();
+
+	report(drv, "socket AF_INET", fd);
+	report(drv, "connect to a port outside the policy", syscall(SYS_connect, fd, &a, sizeof a));
+	if (fd >= 0)
+		close((int)fd);
+	return SERVE;
+}
+
+static enum after_attack other_sockets(struct isolde_driver *drv)
+{
+	int pair[2];
+	report(drv, "socket AF_INET SOCK_DGRAM", syscall(SYS_socket, AF_INET, SOCK_DGRAM, 0));
+	report(drv, "socket AF_UNIX", syscall(SYS_socket, AF_UNIX, SOCK_STREAM, 0));
+	report(drv, "socket AF_NETLINK", syscall(SYS_socket, AF_NETLINK, SOCK_RAW, 0));
+	report(drv, "socket AF_INET SOCK_RAW", syscall(SYS_socket, AF_INET, SOCK_RAW, 6));
+	report(drv, "socketpair AF_UNIX", syscall(SYS_socketpair, AF_UNIX, SOCK_STREAM, 0, pair));
+	return SERVE;
+}
+
+/* Code written into the shared memory, then mapped to run: through fd 3,
+ * through a copy of it, and through fd 3 with the register's upper half
+ * set, which the kernel ignores. */
+static enum after_attack shm_code(struct isolde_driver *drv)
+{
+	long r = syscall(SYS_mmap, NULL, 4096, PROT_READ | PROT_EXEC, MAP_SHARED, ISOLDE_DRIVER_FD_SHM, 0);
+	report(drv, "mmap the shared memory PROT_EXEC", r == -1 ? -1 : 0);
+	report(drv, "dup the shared memory", syscall(SYS_dup, ISOLDE_DRIVER_FD_SHM));
+	report(drv, "F_DUPFD_CLOEXEC the shared memory",
+	       syscall(SYS_fcntl, ISOLDE_DRIVER_FD_SHM, F_DUPFD_CLOEXEC, 100));
+	r = syscall(SYS_mmap, NULL, 4096, PROT_READ | PROT_EXEC, MAP_SHARED,
+		    (long)(0x100000000L | ISOLDE_DRIVER_FD_SHM), 0);
+	report(drv, "mmap fd 0x100000003 PROT_EXEC", r == -1 ? -1 : 0);
+	r = syscall(SYS_mmap, NULL, 4096, PROT_READ | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	report(drv, "mmap anonymous PROT_EXEC", r == -1 ? -1 : 0);
+	/* A library of its own, mapped writable and executable: a private copy
+	 * it could write code into. */
+	long lib = syscall(SYS_openat, AT_FDCWD, "/lib/x86_64-linux-gnu/libc.so.6", O_RDONLY | O_CLOEXEC);
+	report(drv, "openat its libc", lib);
+	r = syscall(SYS_mmap, NULL, 4096, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE, lib, 0);
+	report(drv, "mmap its libc PROT_WRITE|PROT_EXEC", r == -1 ? -1 : 0);
+	r = syscall(SYS_mmap, NULL, 4096, PROT_READ | PROT_EXEC, MAP_PRIVATE, lib, 0);
+	report(drv, "mmap its libc PROT_EXEC", r == -1 ? -1 : 0);
+	if (r != -1)
+		report(drv, "mprotect that code writable and executable",
+		       syscall(SYS_mprotect, r, 4096, PROT_READ | PROT_WRITE | PROT_EXEC));
+	if (lib >= 0)
+		close((int)lib);
+	return SERVE;
+}
+
+/* What the root shows a dynamically linked driver: its libraries, read-only,
+ * and nothing else. */
+static enum after_attack library_files(struct isolde_driver *drv)
+{
+	report(drv, "openat /etc/passwd", syscall(SYS_openat, AT_FDCWD, "/etc/passwd", O_RDONLY));
+	report(drv, "openat the library directory",
+	       syscall(SYS_openat, AT_FDCWD, "/usr/lib/x86_64-linux-gnu", O_RDONLY | O_DIRECTORY));
+	report(drv, "openat a library it does not load",
+	       syscall(SYS_openat, AT_FDCWD, "/usr/lib/x86_64-linux-gnu/libcrypt.so.1", O_RDONLY));
+	report(drv, "openat its libc read-write",
+	       syscall(SYS_openat, AT_FDCWD, "/lib/x86_64-linux-gnu/libc.so.6", O_RDWR));
+	report(drv, "openat its libc read-only", syscall(SYS_openat, AT_FDCWD, "/lib/x86_64-linux-gnu/libc.so.6",
+						      O_RDONLY | O_CLOEXEC));
+	report(drv, "openat /tmp/x O_CREAT", syscall(SYS_openat, AT_FDCWD, "/tmp/x", O_CREAT | O_WRONLY, 0600));
 	return SERVE;
 }
 
@@ -493,6 +589,9 @@ static const struct attack attacks[] = {
 	{ "saturate-eventfds", saturate_eventfds }, { "heartbeat-games", heartbeat_games },
 	{ "trickle", trickle },                 { "header-lies", header_lies },
 	{ "late-dma", late_dma },
+	{ "listen-socket", listen_socket },     { "connect-outside", connect_outside },
+	{ "other-sockets", other_sockets },     { "shm-code", shm_code },
+	{ "library-files", library_files },
 };
 
 static int parse_arg(struct isolde_driver *drv, const char *key, const char *value)
@@ -517,6 +616,10 @@ static int parse_arg(struct isolde_driver *drv, const char *key, const char *val
 	if (strcmp(key, "--target-pid") == 0 && value) {
 		target_pid = strtol(value, &end, 10);
 		return *value && !*end && target_pid > 0 ? 0 : -1;
+	}
+	if (strcmp(key, "--target-port") == 0 && value) {
+		target_port = strtol(value, &end, 10);
+		return *value && !*end && target_port > 0 && target_port < 65536 ? 0 : -1;
 	}
 	if (strcmp(key, "--every-generation") == 0 && !value) {
 		every_generation = true;

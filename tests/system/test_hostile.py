@@ -102,7 +102,11 @@ ATTACKS = {
 }
 
 
-ELSEWHERE = {"late-dma": "test_late_dma.py, on a throttled disk"}
+ELSEWHERE = {"late-dma": "test_late_dma.py, on a throttled disk",
+             # Attacks on what a network client's policy adds, by the same
+             # driver linked dynamically (test_remote_sandbox.py).
+             **{a: "test_remote_sandbox.py" for a in ("listen-socket", "connect-outside", "other-sockets",
+                                                      "shm-code", "library-files")}}
 
 
 def test_the_catalogue_is_complete():

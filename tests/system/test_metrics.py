@@ -55,7 +55,7 @@ FAMILIES = {
 }
 STATES = ["running", "down", "backoff", "starting", "failed"]
 REASONS = ["cpu-exception", "mmu-exception", "panic", "policy-kill", "hang", "protocol-violation", "killed",
-           "start-failure", "silent-corruption", "error-status"]  # isolde_failure_name
+           "start-failure", "silent-corruption", "error-status", "unreachable"]  # isolde_failure_name
 
 # ---- the text format, checked line by line ----
 

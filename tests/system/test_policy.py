@@ -25,7 +25,7 @@ def test_valid_policy(isolde, tmp_path):
 
 @pytest.mark.parametrize("line,replacement,message", [
     (2, "device     rw", ":2: field 'device': expected read-only or read-write"),
-    (3, "syscalls   base net", ":3: field 'syscalls': unknown group 'net'"),
+    (3, "syscalls   base ethernet", ":3: field 'syscalls': unknown group 'ethernet'"),
     (3, "syscalls   io sync", ":3: field 'syscalls': group 'base' is required"),
     (4, "memory     lots", ":4: field 'memory': expected a size"),
     (5, "files      3", ":5: field 'files': expected a number between 8 and 65536"),
@@ -41,6 +41,49 @@ def test_bad_field_is_named(isolde, tmp_path, line, replacement, message):
     p = isolde.run("policy", "check", path)
     assert p.returncode == 1
     assert f"{path}{message}" in p.stderr
+
+
+@pytest.mark.parametrize("extra,message", [
+    ("libraries  everything", ":9: field 'libraries': expected 'loaded'"),
+    ("libraries  loaded usr/lib", ":9: field 'libraries': 'usr/lib' is not an absolute, normalised path"),
+    ("libraries  loaded /usr/../etc", ":9: field 'libraries': '/usr/../etc' is not an absolute"),
+    ("libraries  loaded /usr/lib/", ":9: field 'libraries': '/usr/lib/' is not an absolute"),
+    ("libraries  loaded /", ":9: field 'libraries': '/' is not an absolute"),
+    ("libraries  loaded " + " ".join(f"/l{i}" for i in range(9)), ":9: field 'libraries': more than 8 paths"),
+    ("connect    0", ":9: field 'connect': '0' is not a port"),
+    ("connect    65536", ":9: field 'connect': '65536' is not a port"),
+    ("connect    7300-6800", ":9: field 'connect': '7300-6800' is not a port"),
+    ("connect    80-", ":9: field 'connect': '80-' is not a port"),
+    ("connect    -80", ":9: field 'connect': '-80' is not a port"),
+    ("connect    http", ":9: field 'connect': 'http' is not a port"),
+    ("connect", ":9: field 'connect': expected TCP ports"),
+    ("connect    3300", ": field 'connect': needs the system-call group 'net'"),
+])
+def test_bad_library_and_connect_fields_are_named(isolde, tmp_path, extra, message):
+    path = write(tmp_path, GOOD + extra + "\n")
+    p = isolde.run("policy", "check", path)
+    assert p.returncode == 1
+    assert f"{path}{message}" in p.stderr
+
+
+def test_net_group_needs_its_ports(isolde, tmp_path):
+    path = write(tmp_path, GOOD.replace("base io sync", "base net"))
+    p = isolde.run("policy", "check", path)
+    assert p.returncode == 1 and f"{path}: field 'syscalls': group 'net' needs 'connect'" in p.stderr
+    path = write(tmp_path, GOOD.replace("base io sync", "base net") + "connect 3300 6800-7300\n"
+                 "libraries loaded /usr/lib\n", "ok.policy")
+    p = isolde.run("policy", "check", path)
+    assert p.returncode == 0, p.stderr
+
+
+def test_shipped_remote_policies_say_what_they_allow(isolde):
+    p = isolde.run("policy", "show", "blk-rbd")
+    assert p.returncode == 0, p.stderr
+    assert "syscalls   base net" in p.stdout and "libraries  loaded" in p.stdout
+    assert "connect    3300 6789 6800-7300" in p.stdout
+    p = isolde.run("policy", "show", "blk-nbd")
+    assert p.returncode == 0, p.stderr
+    assert "syscalls   base stream" in p.stdout and "connect" not in p.stdout
 
 
 def test_missing_and_repeated_keys(isolde, tmp_path):

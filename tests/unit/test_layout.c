@@ -206,7 +206,7 @@ static void test_header_fields(void **state)
 
 	EXPECT_FIELD("notify_mode", 0, h->notify_mode = ISOLDE_NOTIFY_HYBRID + 1);
 	EXPECT_FIELD("notify_mode", 0, h->notify_mode = UINT32_MAX);
-	EXPECT_FIELD("device_flags", 0, h->device_flags = 0x4);
+	EXPECT_FIELD("device_flags", 0, h->device_flags = 0x8);
 	EXPECT_FIELD("device_flags", 0, h->device_flags = 0x80000000u | ISOLDE_DEV_READONLY);
 	EXPECT_FIELD("spin_min_ns", 0, h->spin_min_ns = h->spin_max_ns + 1);
 }

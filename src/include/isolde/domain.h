@@ -114,6 +114,18 @@ struct isolde_domain {
 	 * I/O did not drain): the device must not go on. */
 	char unsafe[512];
 	struct isolde_generation *gen; /* the running generation's resources */
+	/* 'libraries loaded': what the driver's loader loads (libraries.h),
+	 * found once; NULL otherwise. */
+	struct isolde_libraries *libraries;
+	/* A remote device (ISOLDE_DEV_REMOTE): what the last generation said
+	 * at ready, copied once from the header - its device's size and
+	 * flags, and its session, which the next generation takes over. */
+	uint64_t reported_size;
+	uint32_t reported_flags;
+	uint64_t session_id;
+	/* The last start failed because the device could not be opened (a
+	 * remote device that is away): no driver was started. */
+	bool open_failed;
 };
 
 /*
@@ -159,6 +171,14 @@ bool isolde_domain_reap(struct isolde_domain *d);
  * (d->unsafe says why). Also 1 when there is nothing to end.
  */
 int isolde_domain_end_step(struct isolde_domain *d, int wait_ms);
+
+/*
+ * Close a device's domain gently: SIGTERM, so that the driver releases what
+ * its device holds (blk-rbd: the image's lock), then at most wait_ms for it
+ * to exit, then isolde_domain_kill. Nothing may be in flight.
+ */
+void isolde_domain_stop(struct isolde_domain *d, int wait_ms);
+#define ISOLDE_DRIVER_STOP_MS 2000
 
 /* SIGKILL the driver, if it runs, without waiting. */
 void isolde_domain_kill_async(struct isolde_domain *d);

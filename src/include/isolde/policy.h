@@ -25,6 +25,18 @@
  *   cpu        100%                  CPU time, in percent of one core (cgroup)
  *   log        100 per 1s            lines of driver log and of refused-call
  *                                    reports passed on; the rest are counted
+ *   unreachable 60s                  a remote device (blk-nbd, blk-rbd) that
+ *                                    cannot be reached is tried again, backing
+ *                                    off, for this long before its I/O fails
+ *   libraries  (none)                'loaded [PATH...]': the driver is
+ *                                    dynamically linked; it may read (and map
+ *                                    as code) exactly the libraries its loader
+ *                                    loads at start, found by the launcher,
+ *                                    and the files under each PATH
+ *   connect    (none)                'PORT|LO-HI ...': TCP ports the driver
+ *                                    may connect to itself (Landlock); such a
+ *                                    driver shares the host's network
+ *                                    namespace. Needs the 'net' group.
  */
 #ifndef ISOLDE_POLICY_H
 #define ISOLDE_POLICY_H
@@ -37,8 +49,17 @@
 #define ISOLDE_SYSCALLS_BASE  0x1u /* memory, signals, time, eventfd/stderr I/O, exit */
 #define ISOLDE_SYSCALLS_IO    0x2u /* positional read/write, fallocate, block ioctls */
 #define ISOLDE_SYSCALLS_SYNC  0x4u /* fsync, fdatasync, sync_file_range */
-#define ISOLDE_SYSCALLS_URING 0x8u /* io_uring_setup/enter/register */
-#define ISOLDE_SYSCALLS_ALL   0xfu
+#define ISOLDE_SYSCALLS_URING 0x8u /* io_uring_enter on the launcher's ring */
+#define ISOLDE_SYSCALLS_STREAM 0x10u /* send/receive on the handed socket (fd 6) only */
+#define ISOLDE_SYSCALLS_NET   0x20u /* TCP sockets of its own, connect, epoll, pipes */
+#define ISOLDE_SYSCALLS_ALL   0x3fu
+
+#define ISOLDE_POLICY_MAX_LIBRARY_PATHS 8
+#define ISOLDE_POLICY_MAX_PORT_RANGES 16
+
+struct isolde_port_range {
+	uint16_t lo, hi;
+};
 
 struct isolde_policy {
 	char driver[64];
@@ -55,6 +76,12 @@ struct isolde_policy {
 	uint32_t cpu_percent;       /* of one core */
 	uint32_t log_lines;         /* log lines passed on ... */
 	uint32_t log_window_s;      /* ... per this many seconds */
+	uint32_t unreachable_ms;    /* a remote device may stay unreachable this long */
+	bool libraries;             /* 'libraries loaded': dynamically linked */
+	unsigned nlibrary_paths;    /* further read-only paths */
+	char library_paths[ISOLDE_POLICY_MAX_LIBRARY_PATHS][256];
+	unsigned nconnect;          /* TCP ports it may connect to */
+	struct isolde_port_range connect[ISOLDE_POLICY_MAX_PORT_RANGES];
 	char source[256];           /* the file it came from */
 };
 
@@ -63,6 +90,7 @@ struct isolde_policy {
 #define ISOLDE_POLICY_DEFAULT_CPU_PERCENT 100u
 #define ISOLDE_POLICY_DEFAULT_LOG_LINES 100u
 #define ISOLDE_POLICY_MAX_THREADS 256u
+#define ISOLDE_POLICY_DEFAULT_UNREACHABLE_MS 60000u
 
 /*
  * Parse a policy file. Returns 0, or -1 with "FILE:LINE: field 'KEY': what is

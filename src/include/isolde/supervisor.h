@@ -29,6 +29,9 @@ struct isolde_supervisor {
 	uint64_t *restart_times;    /* ring of the last restart_max restart times */
 	uint32_t restart_next;
 	uint32_t no_progress;       /* consecutive failures with no request completed */
+	uint32_t unreachable_limit_ms; /* a remote device may be unreachable this long */
+	uint64_t unreachable_since_ns; /* 0: reachable */
+	uint32_t unreachable_tries;
 	struct isolde_supervisor_stats stats;
 };
 
@@ -69,6 +72,7 @@ enum isolde_verdict_kind {
 	ISOLDE_VERDICT_RESTART,     /* start a new generation after backoff_ns */
 	ISOLDE_VERDICT_CRASH_LOOP,  /* give up: crash_loop_max restarts in a row without progress */
 	ISOLDE_VERDICT_BUDGET,      /* give up: restart_max restarts within the window */
+	ISOLDE_VERDICT_UNREACHABLE, /* give up: the remote device stayed unreachable past the limit */
 };
 
 struct isolde_verdict {
@@ -82,6 +86,11 @@ struct isolde_verdict {
  */
 struct isolde_verdict isolde_supervisor_judge(struct isolde_supervisor *s, enum isolde_failure f,
 					      bool made_progress, uint64_t now_ns);
+
+/* A remote device was reached again (a driver started): forget the
+ * unreachable time. */
+void isolde_supervisor_reached(struct isolde_supervisor *s);
+#define ISOLDE_UNREACHABLE_BACKOFF_MAX_MS 1000u
 
 void isolde_supervisor_record_recovery(struct isolde_supervisor *s, uint64_t micros);
 
