@@ -14,6 +14,11 @@ PACKAGES += qemu-system-x86 qemu-system-common cpio gzip xz-utils kmod
 PACKAGES += libjansson-dev libmicrohttpd-dev curl python3-prometheus-client
 # `make install`'s test checks the manual pages with groff and man.
 PACKAGES += groff-base man-db
+# The remote-storage drivers: blk-nbd links libnbd, blk-rbd librbd (both
+# shared-only in Debian); their tests run real servers: nbdkit, and a
+# single-node Ceph cluster (ceph-mon, ceph-osd with memstore, cephx), and
+# the benchmark qemu-storage-daemon's rbd driver (qemu-block-extra).
+PACKAGES += libnbd-dev librbd-dev librados-dev libssl-dev nbdkit ceph-mon ceph-osd ceph-common qemu-block-extra
 # The tools isolde is measured against, for `make bench`.
 BENCH_PACKAGES := fio nbdkit qemu-system-common
 BUILD := build
