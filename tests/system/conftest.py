@@ -138,14 +138,18 @@ def process_age(pid):
     return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
-def sigkill_storm(proc, seconds, min_age=0.0):
+def sigkill_storm(proc, seconds, min_age=0.0, age_of=None):
     """SIGKILL proc's drivers every few milliseconds for `seconds`, each once
-    it has run min_age seconds; returns how many kills landed."""
+    it has run min_age seconds - or, with age_of (a function of nothing), an
+    age of its own drawn from age_of when it is first seen; returns how
+    many kills landed."""
     kills = 0
+    ages = {}
     end = time.monotonic() + seconds
     while time.monotonic() < end and proc.poll() is None:
         for pid in driver_children(proc.pid):
-            if min_age and process_age(pid) < min_age:
+            age = ages.setdefault(pid, age_of()) if age_of else min_age
+            if age and process_age(pid) < age:
                 continue
             try:
                 os.kill(pid, signal.SIGKILL)

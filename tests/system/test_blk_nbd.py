@@ -208,8 +208,10 @@ def test_verify_queue_depth_1_and_large_blocks(isolde, nbd_servers, image, trans
 
 
 def test_driver_sandbox(isolde, nbd_servers, image):
-    """While it serves: one thread, its own uid, no capabilities, and nothing
-    open but the fds the launcher handed over (the socket is fd 6)."""
+    """While it serves: one thread, its own uid, no capabilities, seccomp and
+    no_new_privs, namespaces of its own, a root of nothing but its libraries
+    (read-only), and nothing open but the fds the launcher handed over (the
+    socket is fd 6)."""
     srv = nbd_servers("unix", image)
     v = Verify(isolde, srv.uri(), "--ops", 200000, "--qd", 32, "--notify", "event")
     try:
@@ -222,6 +224,15 @@ def test_driver_sandbox(isolde, nbd_servers, image):
         assert fds[6].startswith("socket:"), fds
         if os.geteuid() == 0:
             assert_own_identity(pid)
+        assert re.search(r"^Seccomp:\s+2$", status, re.M) and re.search(r"^NoNewPrivs:\s+1$", status, re.M)
+        # Namespaces of its own, the network's included: the socket it was
+        # handed is all the network it has.
+        for kind in ("mnt", "net", "ipc", "uts"):
+            assert os.readlink(f"/proc/{pid}/ns/{kind}") != os.readlink(f"/proc/self/ns/{kind}"), kind
+        root = sorted(os.listdir(f"/proc/{pid}/root"))
+        assert set(root) <= {"lib", "lib64", "usr"} and "usr" in root, root
+        binds = [line.split() for line in open(f"/proc/{pid}/mountinfo") if " /usr/" in line]
+        assert binds and all("ro" in b[5].split(",") for b in binds), binds
     finally:
         v.close()
 

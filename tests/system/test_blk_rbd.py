@@ -10,14 +10,14 @@ import os
 import random
 import re
 import shutil
-import signal
 import subprocess
 import threading
 import time
 
 import pytest
 
-from conftest import BUILD, MODES, ROOT, driver_children, kill_session, process_age, read_driver_pid, stop
+from conftest import (BUILD, MODES, ROOT, assert_own_identity, driver_children, kill_session, read_driver_pid,
+                      sigkill_storm, stop)
 from ceph_helpers import ceph_cluster  # noqa: F401  (the module's cluster)
 from nbd_helpers import (CMD_FLUSH, CMD_TRIM, CMD_WRITE_ZEROES, FLAG_FUA, FLAG_NO_HOLE, RawNbd, Served, fio,
                          need_tools, random_file, run, same_files)
@@ -222,20 +222,7 @@ def random_age_storm(proc, seconds, max_age, seed=1):
     [0, max_age): some while they connect, take the lock over or open the
     image, most while they serve. Returns how many kills landed."""
     rng = random.Random(seed)
-    when = {}
-    kills = 0
-    end = time.monotonic() + seconds
-    while time.monotonic() < end and proc.poll() is None:
-        for pid in driver_children(proc.pid):
-            if process_age(pid) < when.setdefault(pid, rng.uniform(0, max_age)):
-                continue
-            try:
-                os.kill(pid, signal.SIGKILL)
-                kills += 1
-            except ProcessLookupError:
-                pass
-        time.sleep(0.004)
-    return kills
+    return sigkill_storm(proc, seconds, age_of=lambda: rng.uniform(0, max_age))
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -411,6 +398,129 @@ def test_resources_while_serving(isolde, ceph_cluster, rbd_image, scratch):
         assert threads <= 1 + int(policy["threads"].split()[0])
         assert fds <= int(policy["files"].split()[0])
         assert srv.terminate() == 0, srv.stderr
+    finally:
+        srv.close()
+
+
+# ---- under fire: kills, a monitor restart ----
+
+def copy_round_trips(srv, scratch, src, until):
+    """nbdcopy src into the export and back, again and again until `until()`
+    says stop (at least once); every copy must come back the same."""
+    rounds = 0
+    while rounds == 0 or not until():
+        back = scratch / f"back{rounds}.img"
+        run(["nbdcopy", src, srv.uri], timeout=300)
+        run(["nbdcopy", srv.uri, back], timeout=300)
+        assert same_files(src, back), f"round {rounds}: what came back differs"
+        back.unlink()
+        rounds += 1
+    return rounds
+
+
+def test_nbd_export_under_a_kill_storm(isolde, ceph_cluster, rbd_image, scratch):
+    """The NBD export over blk-rbd, driven by nbdcopy and by fio (verified
+    writes), while every driver is SIGKILLed once it has run 150 ms - about
+    50 ms after it took the lock over and became ready (a start is some
+    100 ms): no client sees an error, every copy comes back the same."""
+    need_tools("nbdcopy", "fio")
+    src = scratch / "src.img"
+    random_file(src, IMAGE_MB * MiB, seed=11)
+    srv = served(isolde, ceph_cluster.image_spec(rbd_image))
+    try:
+        srv.wait_ready()
+        done = threading.Event()
+        out = {}
+
+        def workload():
+            try:
+                out["rounds"] = copy_round_trips(srv, scratch, src, done.is_set)
+                out["fio"] = fio(srv.uri, scratch, "storm", "--rw=randwrite", "--bs=4k", "--iodepth=16",
+                                 f"--size={IMAGE_MB}M", "--verify=crc32c", "--do_verify=1")
+            except Exception as e:  # noqa: BLE001 - reported below
+                out["error"] = e
+
+        load = threading.Thread(target=workload, daemon=True)
+        load.start()
+        kills = sigkill_storm(srv.proc, 6, min_age=0.15)
+        done.set()
+        load.join(timeout=600)
+        assert "error" not in out, f"{out.get('error')}\n{srv.stderr[-3000:]}"
+        assert out["rounds"] >= 1 and kills >= 10, (out, kills)
+        st = srv.status()
+        assert st["state"] == "running" and st["error"] is None, st
+        assert st["restarts_by_reason"]["killed"] >= 10, st
+        assert not denial_lines(srv.stderr), denial_lines(srv.stderr)
+        assert srv.terminate() == 0, srv.stderr[-3000:]
+    finally:
+        srv.close()
+
+
+def test_monitor_restart_under_load(isolde, ceph_cluster, rbd_image, scratch):
+    """The monitor is killed and started again, twice, while fio writes and
+    verifies through the export: librados hunts for it, the OSDs keep
+    serving, and the client sees no error."""
+    need_tools("fio")
+    srv = served(isolde, ceph_cluster.image_spec(rbd_image))
+    try:
+        srv.wait_ready()
+        out = {}
+
+        def workload():
+            try:
+                out["fio"] = fio(srv.uri, scratch, "mon", "--rw=randrw", "--bs=4k", "--iodepth=16",
+                                 "--time_based", "--runtime=8", f"--size={IMAGE_MB}M",
+                                 "--verify=crc32c", "--verify_backlog=64")
+            except Exception as e:  # noqa: BLE001 - reported below
+                out["error"] = e
+
+        load = threading.Thread(target=workload, daemon=True)
+        load.start()
+        for _ in range(2):
+            time.sleep(2)
+            ceph_cluster.restart_mon()
+        load.join(timeout=120)
+        assert "error" not in out, f"{out.get('error')}\n{srv.stderr[-3000:]}"
+        job = out["fio"]["jobs"][0]
+        assert job["write"]["io_bytes"] > 0 and job["read"]["io_bytes"] > 0
+        st = srv.status()
+        assert st["state"] == "running" and st["error"] is None, st
+        assert srv.terminate() == 0, srv.stderr[-3000:]
+    finally:
+        srv.close()
+
+
+# ---- the sandbox, from /proc ----
+
+def test_driver_sandbox_from_proc(isolde, ceph_cluster, rbd_image):
+    """While it serves: seccomp filter mode with one filter, no_new_privs, a
+    uid of its own, no capabilities; mount, IPC and UTS namespaces of its
+    own, the host's network namespace (its policy's 'connect'); a root that
+    holds nothing but the way to its libraries, bound read-only; its threads
+    within the policy."""
+    srv = served(isolde, ceph_cluster.image_spec(rbd_image))
+    try:
+        srv.wait_ready()
+        pid = driver_children(srv.proc.pid)[0]
+        with open(f"/proc/{pid}/status") as f:
+            st = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+        assert st["Seccomp"].strip() == "2" and st["Seccomp_filters"].strip() == "1", st
+        assert st["NoNewPrivs"].strip() == "1", st
+        if os.geteuid() == 0:
+            assert_own_identity(pid)
+        ns = lambda p, kind: os.readlink(f"/proc/{p}/ns/{kind}")  # noqa: E731
+        for kind in ("mnt", "ipc", "uts"):
+            assert ns(pid, kind) != ns("self", kind), f"{kind} namespace is the host's"
+        assert ns(pid, "net") == ns("self", "net"), "blk-rbd must reach its monitors and OSDs"
+        root = sorted(os.listdir(f"/proc/{pid}/root"))
+        assert set(root) <= {"lib", "lib64", "usr"} and "usr" in root, root
+        assert not os.path.exists(f"/proc/{pid}/root/etc"), "the driver's root shows /etc"
+        assert not os.path.exists(f"/proc/{pid}/root/proc"), "the driver's root shows /proc"
+        binds = [line.split() for line in open(f"/proc/{pid}/mountinfo") if " /usr/" in line]
+        assert binds and all("ro" in b[5].split(",") for b in binds), binds
+        policy_threads = int(re.search(r"^threads\s+(\d+)", POLICY.read_text(), re.M).group(1))
+        assert int(st["Threads"]) <= 1 + policy_threads
+        assert srv.terminate() == 0, srv.stderr[-3000:]
     finally:
         srv.close()
 
