@@ -53,6 +53,10 @@ def need_ceph():
     conftest.need_tools(*TOOLS, packages=PACKAGES)
 
 
+# How long a cluster waits for another to give the standard ports back.
+PORT_WAIT = 600
+
+
 def port_busy(port):
     """True if something on this host already listens on 127.0.0.1:port."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -96,7 +100,8 @@ class CephError(Exception):
 class CephCluster:
     """One monitor, one memstore OSD, pool `isolde` (rbd), client.isolde."""
 
-    def __init__(self, base_dir=None, timeout=START_TIMEOUT):
+    def __init__(self, base_dir=None, timeout=START_TIMEOUT, port_wait=PORT_WAIT):
+        self.port_wait = port_wait
         self.timeout = timeout  # seconds for any one step of the bring-up
         self.dir = Path(tempfile.mkdtemp(prefix="isolde-ceph-", dir=base_dir))
         self.fsid = str(uuid.uuid4())
@@ -224,12 +229,18 @@ keyring = {self.admin_keyring}
 keyring = {self.client_keyring}
 """)
 
-    def _check_ports(self):
+    def _check_ports(self, wait=PORT_WAIT):
+        """The monitor needs the standard ports (the drivers' policy allows
+        no others). One cluster a host at a time: a port held by another
+        (a benchmark's, another run's) is waited for, then named."""
+        deadline = time.monotonic() + wait
         for port in MON_PORTS:
-            if port_busy(port):
-                raise CephError(f"port {port} on 127.0.0.1 is already in use: the monitor needs the "
-                                f"standard ports {MON_PORTS[0]} and {MON_PORTS[1]} (is another Ceph "
-                                f"cluster running?)")
+            while port_busy(port):
+                if time.monotonic() > deadline:
+                    raise CephError(f"port {port} on 127.0.0.1 is already in use: the monitor needs the "
+                                    f"standard ports {MON_PORTS[0]} and {MON_PORTS[1]} (is another Ceph "
+                                    f"cluster running? waited {wait} s)")
+                time.sleep(1)
 
     def _spawn(self, name, argv):
         out = open(self.log_dir / f"{name}.stdout", "wb")
@@ -280,7 +291,7 @@ keyring = {self.client_keyring}
     def start(self):
         need_ceph()
         t0 = time.monotonic()
-        self._check_ports()
+        self._check_ports(self.port_wait)
         for sub in ("run", "log", "crash", "mon", "osd"):
             (self.dir / sub).mkdir()
         self.log_dir = self.dir / "log"

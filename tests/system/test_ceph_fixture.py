@@ -67,9 +67,9 @@ def test_failed_bring_up_cleans_up(monkeypatch):
 # ---- on the module's cluster ----
 
 def test_busy_port_is_named(ceph_cluster):
-    other = CephCluster()
+    other = CephCluster(port_wait=2)
     try:
-        with pytest.raises(CephError, match="port 3300 on 127.0.0.1 is already in use"):
+        with pytest.raises(CephError, match="port 3300 on 127.0.0.1 is already in use.*waited 2 s"):
             other.start()
     finally:
         other.stop()
