@@ -27,6 +27,8 @@ echo "== peers" >&2
 peers=$("$root/bench/peers.sh" "$isolde" "$image" 5)
 echo "== isolde serve with many devices" >&2
 daemon=$("$root/bench/daemon.py" "$isolde")
+echo "== remote storage: blk-rbd against a Ceph test cluster, blk-nbd against nbdkit" >&2
+remote=$("$root/bench/remote.py" "$isolde")
 echo "== a Linux guest through vhost-user-blk" >&2
 guest=$("$root/bench/guest.py" "$isolde" 3)
 echo "== fault-injection campaign (${FAULTS:=10000} faults)" >&2
@@ -143,6 +145,20 @@ teardown), as much as the same storm in another process does (the last two
 rows); tests/system/test_daemon.py shows the other device's requests never
 wait for the recovery. An idle device's loop wakes only for its exports'
 timers and once after each burst of activity to publish its snapshot.
+
+## 8. Remote storage: blk-nbd and blk-rbd
+
+blk-rbd (librbd) against fio's rbd engine and qemu-storage-daemon on the
+same image of a single-node Ceph test cluster (tests/system/ceph_helpers.py),
+blk-nbd against nbdkit, and recovery from a librbd crash. The Ceph figures
+are a memstore OSD on the same 2 cores as everything else: compare the rows
+with each other, not with a real cluster.
+
+\`\`\`
+bench/remote.py $isolde
+\`\`\`
+
+$remote
 EOT
 
 } >"$root/docs/EVALUATION.md"
