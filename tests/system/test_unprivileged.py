@@ -101,3 +101,39 @@ def test_blk_file_without_namespaces_runs_with_a_warning(isolde, nobody_image):
     assert p.returncode == 0 and r["errors"] == 0, p.stderr
     assert r["sandbox"]["namespaces"] is False
     assert "no namespaces or empty root" in p.stderr
+
+
+def test_unprivileged_remote_driver_sees_its_libraries(any_isolde, nobody_image):
+    """A dynamically linked driver without root: its user namespace can bind
+    its libraries read-only into its root just the same (the remount keeps
+    what the host's mount has), and it serves an NBD export of nbdkit's
+    running as the same user."""
+    if not shutil.which("nbdkit"):
+        pytest.fail("nbdkit is not installed (apt-get install nbdkit)")
+    d = os.path.dirname(nobody_image)
+    sock = os.path.join(d, "nbd.sock")
+    server = subprocess.Popen(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "nbdkit",
+                               "--foreground", "--exit-with-parent", "--unix", sock, "file", nobody_image],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = None
+    try:
+        for _ in range(500):
+            if os.path.exists(sock):
+                break
+            assert server.poll() is None, server.stderr.read()
+            subprocess.run(["sleep", "0.01"])
+        proc = subprocess.Popen(as_nobody(any_isolde, "verify", "--image", f"nbd+unix:///?socket={sock}",
+                                          "--driver", "blk-nbd", "--ops", 10**9, "--qd", 4, "--notify", "event"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True, env=sanitizer_env())
+        pid = read_driver_pid(proc)
+        st = proc_status(pid)
+        assert st["Seccomp"] == "2" and st["NoNewPrivs"] == "1"
+        assert st["Uid"].split() == [str(NOBODY)] * 4
+        assert os.readlink(f"/proc/{pid}/ns/user") != os.readlink("/proc/self/ns/user")
+        root = sorted(os.listdir(f"/proc/{pid}/root/"))
+        assert "usr" in root and set(root) <= {"lib", "lib64", "usr"}, root
+    finally:
+        if proc:
+            stop(proc)
+        stop(server)
