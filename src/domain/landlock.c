@@ -117,12 +117,6 @@ int isolde_landlock_ruleset(int abi, int binary_fd, const struct isolde_librarie
 		attr.scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL;
 		attr_size = sizeof attr;
 	}
-	if (nconnect && abi < 4) {
-		snprintf(err, errlen, "the policy lets the driver connect to TCP ports, which needs Landlock "
-			 "ABI 4 (Linux 6.7) to bound; this kernel has ABI %d: refusing to run it with any port open",
-			 abi);
-		return -1;
-	}
 	int fd = (int)syscall(__NR_landlock_create_ruleset, &attr, attr_size, 0);
 	if (fd < 0) {
 		snprintf(err, errlen, "landlock: cannot create a ruleset (ABI %d): %s", abi, strerror(errno));

@@ -29,8 +29,8 @@ int isolde_landlock_abi(void);
  * A ruleset fd (close-on-exec) for a driver executed from binary_fd, or -1
  * with err. abi must be >= 1. What it allows beyond executing the binary:
  * reading its libraries and executing their loader (libraries, or NULL),
- * and connecting to the TCP ports of connect[] (which needs ABI 4: an
- * error below it, never a driver with more than its policy says).
+ * and connecting to the TCP ports of connect[] (ABI 4 or later: the
+ * launcher runs no driver with ports on a kernel below it).
  */
 struct isolde_libraries;
 struct isolde_port_range;

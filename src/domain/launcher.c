@@ -585,37 +585,30 @@ static unsigned answer_syscalls(struct isolde_domain *d)
 			break; /* the caller died meanwhile */
 		memset(&resp, 0, sizeof resp);
 		resp.id = req.id;
-		resp.error = -EPERM;
+		answered++;
 		char what[160];
-		if (req.data.nr == SYS_connect && d->policy.nconnect) {
-			if (connect_in_policy(d, &req, what, sizeof what)) {
-				resp.error = 0;
-				resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
-				ioctl(d->listener_fd, SECCOMP_IOCTL_NOTIF_SEND, &resp);
-				answered++;
-				continue;
-			}
-			/* What Landlock would answer. */
-			resp.error = -EACCES;
-			d->denials++;
-			g->denials++;
-			isolde_limited_log(&g->log_limit, "policy %s denied driver %s (pid %d) %s: refused with "
-					   "EACCES", d->policy.source, d->driver_name, (int)req.pid, what);
+		bool is_connect = req.data.nr == SYS_connect && d->policy.nconnect;
+		if (is_connect && connect_in_policy(d, &req, what, sizeof what)) {
+			resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
 			ioctl(d->listener_fd, SECCOMP_IOCTL_NOTIF_SEND, &resp);
-			answered++;
-			if (g->denials >= ISOLDE_DENIALS_PER_GENERATION)
-				kill_for_policy(d, "keeps making system calls its policy refuses");
 			continue;
 		}
-		char *name = isolde_sandbox_syscall_name(req.data.nr);
 		d->denials++;
 		g->denials++;
-		isolde_limited_log(&g->log_limit, "policy %s denied driver %s (pid %d) system call %s (%d): "
-				   "refused with EPERM", d->policy.source, d->driver_name, (int)req.pid,
-				   name ? name : "?", req.data.nr);
-		free(name);
+		if (is_connect) {
+			/* What Landlock would answer. */
+			resp.error = -EACCES;
+			isolde_limited_log(&g->log_limit, "policy %s denied driver %s (pid %d) %s: refused with "
+					   "EACCES", d->policy.source, d->driver_name, (int)req.pid, what);
+		} else {
+			char *name = isolde_sandbox_syscall_name(req.data.nr);
+			resp.error = -EPERM;
+			isolde_limited_log(&g->log_limit, "policy %s denied driver %s (pid %d) system call %s (%d): "
+					   "refused with EPERM", d->policy.source, d->driver_name, (int)req.pid,
+					   name ? name : "?", req.data.nr);
+			free(name);
+		}
 		ioctl(d->listener_fd, SECCOMP_IOCTL_NOTIF_SEND, &resp);
-		answered++;
 		if (g->denials >= ISOLDE_DENIALS_PER_GENERATION)
 			kill_for_policy(d, "keeps making system calls its policy refuses");
 	}
@@ -653,10 +646,12 @@ static int prepare_generation(struct isolde_domain *d, int log_pipe[2], char *er
 	bool remote = (d->header_template.device_flags & ISOLDE_DEV_REMOTE) != 0;
 	isolde_sandbox_plan(&g->sb, &d->policy, d->libraries, d->layout.total_size,
 			    remote ? 0 : d->header_template.device_size, blockdev);
-	if (g->sb.nconnect && g->sb.landlock_abi == 0) {
-		set_err(err, errlen, "policy %s lets driver %s connect to TCP ports, which needs Landlock to "
-			"bound; this kernel has none: refusing to run it with any port open", d->policy.source,
-			d->driver_name);
+	/* Landlock's TCP rules (ABI 4) are what bound the ports: without
+	 * them the driver is not run at all. */
+	if (g->sb.nconnect && g->sb.landlock_abi < 4) {
+		set_err(err, errlen, "policy %s lets driver %s connect to TCP ports, which needs Landlock ABI 4 "
+			"(Linux 6.7) to bound; this kernel has ABI %d: refusing to run it with any port open",
+			d->policy.source, d->driver_name, g->sb.landlock_abi);
 		return -1;
 	}
 	d->open_failed = false;

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #define _GNU_SOURCE
 #include "libraries.h"
+#include "error.h"
 
 #include <elf.h>
 #include <errno.h>
@@ -18,15 +19,6 @@
 
 #define LIST_OUTPUT_MAX (256 * 1024)
 
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-	return -1;
-}
 
 /* The ELF interpreter (PT_INTERP) of a 64-bit binary, or "" if static. */
 static int read_interpreter(const char *binary, char *interp, size_t len, char *err, size_t errlen)
@@ -36,11 +28,11 @@ static int read_interpreter(const char *binary, char *interp, size_t len, char *
 
 	interp[0] = '\0';
 	if (fd < 0)
-		return fail(err, errlen, "cannot read driver %s: %s", binary, strerror(errno));
+		return isolde_fail(err, errlen, "cannot read driver %s: %s", binary, strerror(errno));
 	if (pread(fd, &eh, sizeof eh, 0) != sizeof eh || memcmp(eh.e_ident, ELFMAG, SELFMAG) ||
 	    eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_phentsize != sizeof(Elf64_Phdr) || eh.e_phnum > 256) {
 		close(fd);
-		return fail(err, errlen, "driver %s is not a 64-bit ELF executable", binary);
+		return isolde_fail(err, errlen, "driver %s is not a 64-bit ELF executable", binary);
 	}
 	for (unsigned i = 0; i < eh.e_phnum; i++) {
 		Elf64_Phdr ph;
@@ -52,7 +44,7 @@ static int read_interpreter(const char *binary, char *interp, size_t len, char *
 							     (ssize_t)ph.p_filesz || interp[ph.p_filesz - 1] != '\0' ||
 		    interp[0] != '/') {
 			close(fd);
-			return fail(err, errlen, "driver %s has a malformed ELF interpreter", binary);
+			return isolde_fail(err, errlen, "driver %s has a malformed ELF interpreter", binary);
 		}
 		break;
 	}
@@ -71,7 +63,7 @@ static int run_list(const char *interp, const char *binary, char *buf, size_t le
 	pid_t pid;
 
 	if (pipe2(out, O_CLOEXEC))
-		return fail(err, errlen, "cannot list the libraries of %s: %s", binary, strerror(errno));
+		return isolde_fail(err, errlen, "cannot list the libraries of %s: %s", binary, strerror(errno));
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_adddup2(&fa, out[1], 1);
 	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
@@ -80,7 +72,7 @@ static int run_list(const char *interp, const char *binary, char *buf, size_t le
 	close(out[1]);
 	if (r) {
 		close(out[0]);
-		return fail(err, errlen, "cannot run %s to list the libraries of %s: %s", interp, binary,
+		return isolde_fail(err, errlen, "cannot run %s to list the libraries of %s: %s", interp, binary,
 			    strerror(r));
 	}
 	for (;;) {
@@ -98,9 +90,9 @@ static int run_list(const char *interp, const char *binary, char *buf, size_t le
 	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
 		;
 	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-		return fail(err, errlen, "%s --list %s failed (status %d): %.200s", interp, binary, status, buf);
+		return isolde_fail(err, errlen, "%s --list %s failed (status %d): %.200s", interp, binary, status, buf);
 	if (used == len - 1)
-		return fail(err, errlen, "%s --list %s printed more than %zu bytes", interp, binary, len);
+		return isolde_fail(err, errlen, "%s --list %s printed more than %zu bytes", interp, binary, len);
 	return 0;
 }
 
@@ -126,7 +118,7 @@ static int add_op(struct isolde_libraries *l, enum isolde_library_op_kind kind, 
 		if (l->ops[i].kind == kind && strcmp(l->ops[i].path, path) == 0)
 			return 0;
 	if (l->nops == ISOLDE_LIBRARIES_MAX_OPS)
-		return fail(err, errlen, "the driver's libraries need more than %d directories and links",
+		return isolde_fail(err, errlen, "the driver's libraries need more than %d directories and links",
 			    ISOLDE_LIBRARIES_MAX_OPS);
 	struct isolde_library_op *op = &l->ops[l->nops++];
 	op->kind = kind;
@@ -178,7 +170,7 @@ static int mirror(struct isolde_libraries *l, const char *path, int depth, char 
 	const char *p = path;
 
 	if (depth > 16)
-		return fail(err, errlen, "too many symbolic links on the way to %s", path);
+		return isolde_fail(err, errlen, "too many symbolic links on the way to %s", path);
 	while (*p == '/')
 		p++;
 	while (*p) {
@@ -187,7 +179,7 @@ static int mirror(struct isolde_libraries *l, const char *path, int depth, char 
 		struct stat st;
 
 		if (n + 1 + (size_t)(end - p) >= sizeof cur)
-			return fail(err, errlen, "path too long: %s", path);
+			return isolde_fail(err, errlen, "path too long: %s", path);
 		cur[n] = '/';
 		memcpy(cur + n + 1, p, (size_t)(end - p));
 		cur[n + 1 + (end - p)] = '\0';
@@ -195,12 +187,12 @@ static int mirror(struct isolde_libraries *l, const char *path, int depth, char 
 		if (b >= 0 && strcmp(l->ops[b].path, cur) != 0)
 			return 0;
 		if (lstat(cur, &st) != 0)
-			return fail(err, errlen, "cannot find %s (on the way to %s): %s", cur, path, strerror(errno));
+			return isolde_fail(err, errlen, "cannot find %s (on the way to %s): %s", cur, path, strerror(errno));
 		if (S_ISLNK(st.st_mode)) {
 			char target[PATH_MAX], next[PATH_MAX];
 			ssize_t t = readlink(cur, target, sizeof target - 1);
 			if (t <= 0)
-				return fail(err, errlen, "cannot read the link %s: %s", cur, strerror(errno));
+				return isolde_fail(err, errlen, "cannot read the link %s: %s", cur, strerror(errno));
 			target[t] = '\0';
 			if (add_op(l, LIBRARY_SYMLINK, cur, target, err, errlen))
 				return -1;
@@ -208,7 +200,7 @@ static int mirror(struct isolde_libraries *l, const char *path, int depth, char 
 			int w = target[0] == '/' ? snprintf(next, sizeof next, "%s%s", target, end)
 						 : snprintf(next, sizeof next, "%s/%s%s", cur, target, end);
 			if (w < 0 || (size_t)w >= sizeof next)
-				return fail(err, errlen, "path too long: %s", path);
+				return isolde_fail(err, errlen, "path too long: %s", path);
 			return mirror(l, next, depth + 1, err, errlen);
 		}
 		/* Here b is -1, or the bind whose mount point cur is. */
@@ -224,10 +216,10 @@ static int mirror(struct isolde_libraries *l, const char *path, int depth, char 
 static int add_read_rule(struct isolde_libraries *l, const char *real, bool beneath, char *err, size_t errlen)
 {
 	if (l->nread_fds == sizeof l->read_fds / sizeof l->read_fds[0])
-		return fail(err, errlen, "the driver loads more than %d libraries", ISOLDE_LIBRARIES_MAX_FILES);
+		return isolde_fail(err, errlen, "the driver loads more than %d libraries", ISOLDE_LIBRARIES_MAX_FILES);
 	int fd = open(real, O_PATH | O_CLOEXEC);
 	if (fd < 0)
-		return fail(err, errlen, "cannot open %s: %s", real, strerror(errno));
+		return isolde_fail(err, errlen, "cannot open %s: %s", real, strerror(errno));
 	l->read_beneath[l->nread_fds] = beneath;
 	l->read_fds[l->nread_fds++] = fd;
 	return 0;
@@ -240,16 +232,16 @@ static int grant_path(struct isolde_libraries *l, const char *path, bool from_po
 	struct stat st;
 
 	if (!realpath(path, real) || stat(real, &st) != 0)
-		return fail(err, errlen, "cannot find %s%s: %s", from_policy ? "the policy's library path " : "",
+		return isolde_fail(err, errlen, "cannot find %s%s: %s", from_policy ? "the policy's library path " : "",
 			    path, strerror(errno));
 	bool is_dir = S_ISDIR(st.st_mode);
 	if (!is_dir && !S_ISREG(st.st_mode))
-		return fail(err, errlen, "%s is neither a file nor a directory", path);
+		return isolde_fail(err, errlen, "%s is neither a file nor a directory", path);
 	snprintf(dir, sizeof dir, "%s", real);
 	if (!is_dir) {
 		char *slash = strrchr(dir, '/');
 		if (slash == dir)
-			return fail(err, errlen, "%s is in the root directory, which is never shown", path);
+			return isolde_fail(err, errlen, "%s is in the root directory, which is never shown", path);
 		*slash = '\0';
 	}
 	if (add_bind(l, dir, err, errlen) || mirror(l, real, 0, err, errlen) || mirror(l, path, 0, err, errlen))
@@ -260,7 +252,7 @@ static int grant_path(struct isolde_libraries *l, const char *path, bool from_po
 static int add_file(struct isolde_libraries *l, const char *path, char *err, size_t errlen)
 {
 	if (l->nfiles == ISOLDE_LIBRARIES_MAX_FILES)
-		return fail(err, errlen, "the driver loads more than %d libraries", ISOLDE_LIBRARIES_MAX_FILES);
+		return isolde_fail(err, errlen, "the driver loads more than %d libraries", ISOLDE_LIBRARIES_MAX_FILES);
 	snprintf(l->files[l->nfiles++], PATH_MAX, "%s", path);
 	return grant_path(l, path, false, err, errlen);
 }
@@ -280,7 +272,7 @@ static int parse_list(struct isolde_libraries *l, char *text, const char *binary
 		else
 			continue; /* the vDSO: no file */
 		if (strncmp(path, "not found", 9) == 0)
-			return fail(err, errlen, "driver %s needs %.*s, which is not installed", binary,
+			return isolde_fail(err, errlen, "driver %s needs %.*s, which is not installed", binary,
 				    (int)strcspn(line, " "), line);
 		char *end = strstr(path, " (");
 		if (end)
@@ -306,7 +298,7 @@ int isolde_libraries_find(struct isolde_libraries *l, const char *binary, const 
 	int rc = -1;
 
 	if (!l->files || !l->ops || !list) {
-		fail(err, errlen, "out of memory");
+		isolde_fail(err, errlen, "out of memory");
 		goto out;
 	}
 	if (read_interpreter(binary, l->interpreter, sizeof l->interpreter, err, errlen))

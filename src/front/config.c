@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 #include "isolde/blk.h"
+#include "error.h"
 #include "isolde/units.h"
 
 #include <stdarg.h>
@@ -16,15 +17,6 @@ void isolde_blk_config_default(struct isolde_blk_config *cfg)
 	cfg->max_io = ISOLDE_BLK_DEFAULT_MAX_IO;
 }
 
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-	return -1;
-}
 
 #define CONFIG_MAX_DRIVER_ARGS 16
 
@@ -43,9 +35,9 @@ static int parse_field(struct isolde_blk_config *cfg, struct parsed_config *pc, 
 
 	if (strcmp(key, "driver_arg") == 0) {
 		if (!value || !*value)
-			return fail(err, errlen, "field 'driver_arg' needs a value");
+			return isolde_fail(err, errlen, "field 'driver_arg' needs a value");
 		if (pc->ndriver_args == CONFIG_MAX_DRIVER_ARGS)
-			return fail(err, errlen, "field 'driver_arg': at most %d", CONFIG_MAX_DRIVER_ARGS);
+			return isolde_fail(err, errlen, "field 'driver_arg': at most %d", CONFIG_MAX_DRIVER_ARGS);
 		pc->driver_args[pc->ndriver_args++] = value;
 		cfg->driver_args = pc->driver_args;
 		return 0;
@@ -53,7 +45,7 @@ static int parse_field(struct isolde_blk_config *cfg, struct parsed_config *pc, 
 
 	if (strcmp(key, "image") == 0 || strcmp(key, "driver") == 0 || strcmp(key, "policy") == 0) {
 		if (!value || !*value)
-			return fail(err, errlen, "field '%s' needs a value", key);
+			return isolde_fail(err, errlen, "field '%s' needs a value", key);
 		if (key[0] == 'i')
 			cfg->image = value;
 		else if (key[0] == 'd')
@@ -64,20 +56,20 @@ static int parse_field(struct isolde_blk_config *cfg, struct parsed_config *pc, 
 	}
 	if (strcmp(key, "notify") == 0) {
 		if (!value || isolde_notify_mode_parse(value, &cfg->notify))
-			return fail(err, errlen, "field 'notify': '%s' is not event, spin or hybrid",
+			return isolde_fail(err, errlen, "field 'notify': '%s' is not event, spin or hybrid",
 				    value ? value : "");
 		return 0;
 	}
 	if (strcmp(key, "qd") == 0) {
 		if (!value || isolde_parse_u64(value, &v) || v == 0 || v > ISOLDE_BLK_MAX_QUEUE_DEPTH)
-			return fail(err, errlen, "field 'qd': '%s' is not a queue depth in 1..%u",
+			return isolde_fail(err, errlen, "field 'qd': '%s' is not a queue depth in 1..%u",
 				    value ? value : "", ISOLDE_BLK_MAX_QUEUE_DEPTH);
 		cfg->queue_depth = (unsigned)v;
 		return 0;
 	}
 	if (strcmp(key, "max_io") == 0) {
 		if (!value || isolde_parse_size(value, &v) || v < 4096 || v > (64u << 20) || v % 4096)
-			return fail(err, errlen,
+			return isolde_fail(err, errlen,
 				    "field 'max_io': '%s' is not a multiple of 4k between 4k and 64M",
 				    value ? value : "");
 		cfg->max_io = (size_t)v;
@@ -85,14 +77,14 @@ static int parse_field(struct isolde_blk_config *cfg, struct parsed_config *pc, 
 	}
 	if (strcmp(key, "timeout_ms") == 0) {
 		if (!value || isolde_parse_u64(value, &v) || v == 0 || v > 3600000)
-			return fail(err, errlen, "field 'timeout_ms': '%s' is not in 1..3600000",
+			return isolde_fail(err, errlen, "field 'timeout_ms': '%s' is not in 1..3600000",
 				    value ? value : "");
 		cfg->timeout_ms = (unsigned)v;
 		return 0;
 	}
 	if (strcmp(key, "readonly") == 0 || strcmp(key, "direct") == 0 || strcmp(key, "shield") == 0) {
 		if (value)
-			return fail(err, errlen, "field '%s' takes no value", key);
+			return isolde_fail(err, errlen, "field '%s' takes no value", key);
 		if (key[0] == 'r')
 			cfg->readonly = true;
 		else if (key[0] == 'd')
@@ -103,11 +95,11 @@ static int parse_field(struct isolde_blk_config *cfg, struct parsed_config *pc, 
 	}
 	if (strcmp(key, "uring_without_namespaces") == 0) {
 		if (value)
-			return fail(err, errlen, "field '%s' takes no value", key);
+			return isolde_fail(err, errlen, "field '%s' takes no value", key);
 		cfg->uring_without_namespaces = true;
 		return 0;
 	}
-	return fail(err, errlen, "unknown field '%s' (known: image, driver, notify, qd, max_io, "
+	return isolde_fail(err, errlen, "unknown field '%s' (known: image, driver, notify, qd, max_io, "
 		    "timeout_ms, policy, readonly, direct, shield, uring_without_namespaces, driver_arg)", key);
 }
 
@@ -119,7 +111,7 @@ int isolde_blk_config_parse(struct isolde_blk_config *cfg, const char *spec, cha
 	bool first = true;
 
 	if (!pc)
-		return fail(err, errlen, "out of memory");
+		return isolde_fail(err, errlen, "out of memory");
 	copy = memcpy(pc->copy, spec, len + 1);
 	if (cfg->owned) {
 		/* Fields of an earlier parse point into the memory freed here. */
@@ -142,7 +134,7 @@ int isolde_blk_config_parse(struct isolde_blk_config *cfg, const char *spec, cha
 			return -1;
 	}
 	if (!cfg->image)
-		return fail(err, errlen, "no image given (image=PATH)");
+		return isolde_fail(err, errlen, "no image given (image=PATH)");
 	return 0;
 }
 

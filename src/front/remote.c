@@ -6,6 +6,7 @@
  */
 #define _GNU_SOURCE
 #include "remote.h"
+#include "error.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -30,15 +31,6 @@
 #define CONNECT_TIMEOUT_MS 1000
 #define CEPH_FILE_MAX (64 * 1024)
 
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-	return -1;
-}
 
 enum isolde_remote_kind isolde_remote_kind_of(const char *image)
 {
@@ -90,7 +82,7 @@ static int parse_nbd(struct isolde_remote *r, const char *uri, char *err, size_t
 	const char *rest, *slash, *query;
 
 	if (strncmp(uri, "nbds", 4) == 0)
-		return fail(err, errlen, "image %.200s: NBD over TLS (nbds) is not supported; use nbd:// or "
+		return isolde_fail(err, errlen, "image %.200s: NBD over TLS (nbds) is not supported; use nbd:// or "
 			    "nbd+unix:// on a network you trust", uri);
 	if (strncmp(uri, "nbd://", 6) == 0 || strncmp(uri, "nbd+tcp://", 10) == 0) {
 		rest = uri + (uri[3] == '+' ? 10 : 6);
@@ -98,7 +90,7 @@ static int parse_nbd(struct isolde_remote *r, const char *uri, char *err, size_t
 		r->unix_socket = true;
 		rest = uri + 11;
 	} else {
-		return fail(err, errlen, "image %.200s: expected nbd://HOST[:PORT]/EXPORT or "
+		return isolde_fail(err, errlen, "image %.200s: expected nbd://HOST[:PORT]/EXPORT or "
 			    "nbd+unix:///EXPORT?socket=PATH", uri);
 	}
 	slash = strchr(rest, '/');
@@ -108,19 +100,19 @@ static int parse_nbd(struct isolde_remote *r, const char *uri, char *err, size_t
 	const char *authority_end = slash ? slash : query ? query : rest + strlen(rest);
 	if (r->unix_socket) {
 		if (authority_end != rest)
-			return fail(err, errlen, "image %.200s: nbd+unix:// takes no host (three slashes: "
+			return isolde_fail(err, errlen, "image %.200s: nbd+unix:// takes no host (three slashes: "
 				    "nbd+unix:///EXPORT?socket=PATH)", uri);
 	} else {
 		const char *host = rest, *colon = NULL, *host_end = authority_end;
 		if (*host == '[') {
 			const char *close = memchr(host, ']', (size_t)(authority_end - host));
 			if (!close)
-				return fail(err, errlen, "image %.200s: unclosed '[' in the host", uri);
+				return isolde_fail(err, errlen, "image %.200s: unclosed '[' in the host", uri);
 			host++;
 			host_end = close;
 			if (close + 1 < authority_end) {
 				if (close[1] != ':')
-					return fail(err, errlen, "image %.200s: junk after the host", uri);
+					return isolde_fail(err, errlen, "image %.200s: junk after the host", uri);
 				colon = close + 1;
 			}
 		} else {
@@ -129,21 +121,21 @@ static int parse_nbd(struct isolde_remote *r, const char *uri, char *err, size_t
 				host_end = colon;
 		}
 		if (host_end == host)
-			return fail(err, errlen, "image %.200s: no host", uri);
+			return isolde_fail(err, errlen, "image %.200s: no host", uri);
 		if ((size_t)(host_end - host) >= sizeof r->host)
-			return fail(err, errlen, "image %.200s: host name too long", uri);
+			return isolde_fail(err, errlen, "image %.200s: host name too long", uri);
 		memcpy(r->host, host, (size_t)(host_end - host));
 		r->host[host_end - host] = '\0';
 		if (colon) {
 			size_t plen = (size_t)(authority_end - colon - 1);
 			char *end;
 			if (plen == 0 || plen >= sizeof r->port)
-				return fail(err, errlen, "image %.200s: bad port", uri);
+				return isolde_fail(err, errlen, "image %.200s: bad port", uri);
 			memcpy(r->port, colon + 1, plen);
 			r->port[plen] = '\0';
 			long port = strtol(r->port, &end, 10);
 			if (*end || port < 1 || port > 65535)
-				return fail(err, errlen, "image %.200s: port '%s' is not in 1..65535", uri, r->port);
+				return isolde_fail(err, errlen, "image %.200s: port '%s' is not in 1..65535", uri, r->port);
 		} else {
 			snprintf(r->port, sizeof r->port, "%s", NBD_DEFAULT_PORT);
 		}
@@ -151,7 +143,7 @@ static int parse_nbd(struct isolde_remote *r, const char *uri, char *err, size_t
 	if (slash) {
 		const char *name = slash + 1, *end = query ? query : name + strlen(name);
 		if (decode(name, (size_t)(end - name), r->export_name, sizeof r->export_name))
-			return fail(err, errlen, "image %.200s: bad export name (percent-encoding, NUL or length)", uri);
+			return isolde_fail(err, errlen, "image %.200s: bad export name (percent-encoding, NUL or length)", uri);
 	}
 	if (query) {
 		char params[PATH_MAX + 64];
@@ -159,26 +151,26 @@ static int parse_nbd(struct isolde_remote *r, const char *uri, char *err, size_t
 		for (char *save = NULL, *kv = strtok_r(params, "&", &save); kv; kv = strtok_r(NULL, "&", &save)) {
 			char *eq = strchr(kv, '=');
 			if (!eq)
-				return fail(err, errlen, "image %.200s: query parameter '%s' has no value", uri, kv);
+				return isolde_fail(err, errlen, "image %.200s: query parameter '%s' has no value", uri, kv);
 			*eq = '\0';
 			if (strcmp(kv, "socket") == 0 && r->unix_socket) {
 				struct sockaddr_un *sun = (struct sockaddr_un *)&r->addr;
 				char path[PATH_MAX];
 				if (decode(eq + 1, strlen(eq + 1), path, sizeof path) || !path[0] ||
 				    strlen(path) >= sizeof sun->sun_path)
-					return fail(err, errlen, "image %.200s: socket path empty or longer than %zu bytes",
+					return isolde_fail(err, errlen, "image %.200s: socket path empty or longer than %zu bytes",
 						    uri, sizeof sun->sun_path - 1);
 				sun->sun_family = AF_UNIX;
 				memcpy(sun->sun_path, path, strlen(path) + 1);
 				r->addr_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(path) + 1);
 			} else {
-				return fail(err, errlen, "image %.200s: unknown query parameter '%s' (known: socket, "
+				return isolde_fail(err, errlen, "image %.200s: unknown query parameter '%s' (known: socket, "
 					    "for nbd+unix)", uri, kv);
 			}
 		}
 	}
 	if (r->unix_socket && r->addr_len == 0)
-		return fail(err, errlen, "image %.200s: nbd+unix:// needs ?socket=PATH", uri);
+		return isolde_fail(err, errlen, "image %.200s: nbd+unix:// needs ?socket=PATH", uri);
 	snprintf(r->driver_arg, sizeof r->driver_arg, "--export=%s", r->export_name);
 	return 0;
 }
@@ -191,7 +183,7 @@ static int resolve_nbd(struct isolde_remote *r, const char *uri, char *err, size
 		return 0;
 	int e = getaddrinfo(r->host, r->port, &hints, &res);
 	if (e)
-		return fail(err, errlen, "image %.200s: cannot resolve host %s: %s", uri, r->host, gai_strerror(e));
+		return isolde_fail(err, errlen, "image %.200s: cannot resolve host %s: %s", uri, r->host, gai_strerror(e));
 	memcpy(&r->addr, res->ai_addr, res->ai_addrlen);
 	r->addr_len = res->ai_addrlen;
 	freeaddrinfo(res);
@@ -204,7 +196,7 @@ static int connect_nbd(struct isolde_remote *r, char *err, size_t errlen)
 	const char *where = r->unix_socket ? ((struct sockaddr_un *)&r->addr)->sun_path : r->host;
 
 	if (fd < 0)
-		return fail(err, errlen, "NBD server %s: socket: %s", where, strerror(errno));
+		return isolde_fail(err, errlen, "NBD server %s: socket: %s", where, strerror(errno));
 	if (connect(fd, (struct sockaddr *)&r->addr, r->addr_len) != 0) {
 		int e = errno;
 		struct pollfd pfd = { .fd = fd, .events = POLLOUT };
@@ -220,7 +212,7 @@ static int connect_nbd(struct isolde_remote *r, char *err, size_t errlen)
 		if (0) {
 refused:
 			close(fd);
-			return fail(err, errlen, "NBD server %s%s%s is not reachable: %s", where,
+			return isolde_fail(err, errlen, "NBD server %s%s%s is not reachable: %s", where,
 				    r->unix_socket ? "" : " port ", r->unix_socket ? "" : r->port, strerror(e));
 		}
 	}
@@ -233,7 +225,7 @@ refused:
 	int flags = fcntl(fd, F_GETFL);
 	if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
 		close(fd);
-		return fail(err, errlen, "NBD server %s: fcntl: %s", where, strerror(errno));
+		return isolde_fail(err, errlen, "NBD server %s: fcntl: %s", where, strerror(errno));
 	}
 	return fd;
 }
@@ -244,12 +236,12 @@ static int copy_field(char *dst, size_t len, const char *s, size_t n, const char
 		      char *err, size_t errlen)
 {
 	if (n == 0)
-		return fail(err, errlen, "image %.200s: empty %s", spec, what);
+		return isolde_fail(err, errlen, "image %.200s: empty %s", spec, what);
 	if (n >= len)
-		return fail(err, errlen, "image %.200s: %s longer than %zu bytes", spec, what, len - 1);
+		return isolde_fail(err, errlen, "image %.200s: %s longer than %zu bytes", spec, what, len - 1);
 	for (size_t i = 0; i < n; i++)
 		if ((unsigned char)s[i] < 0x21 || s[i] == '\\' || s[i] == '=')
-			return fail(err, errlen, "image %.200s: %s has a space, control character, '=' or '\\'",
+			return isolde_fail(err, errlen, "image %.200s: %s has a space, control character, '=' or '\\'",
 				    spec, what);
 	memcpy(dst, s, n);
 	dst[n] = '\0';
@@ -291,16 +283,16 @@ static int parse_rbd(struct isolde_remote *r, const char *spec, char *err, size_
 	int n = split_rbd(spec + 4, buf, sizeof buf, fields);
 
 	if (n < 0)
-		return fail(err, errlen, "image %.200s: too long, or more than %d options", spec, RBD_MAX_FIELDS - 1);
+		return isolde_fail(err, errlen, "image %.200s: too long, or more than %d options", spec, RBD_MAX_FIELDS - 1);
 	const char *name = fields[0], *slash = strchr(name, '/'), *at = strchr(name, '@');
 	if (!slash || (at && at < slash))
-		return fail(err, errlen, "image %.200s: expected rbd:POOL/IMAGE[@SNAP][:conf=PATH][:id=CLIENT]"
+		return isolde_fail(err, errlen, "image %.200s: expected rbd:POOL/IMAGE[@SNAP][:conf=PATH][:id=CLIENT]"
 			    "[:keyring=PATH][:mon_host=ADDRS]", spec);
 	if (copy_field(r->pool, sizeof r->pool, name, (size_t)(slash - name), spec, "pool", err, errlen))
 		return -1;
 	const char *img = slash + 1, *img_end = at ? at : img + strlen(img);
 	if (memchr(img, '/', (size_t)(img_end - img)))
-		return fail(err, errlen, "image %.200s: RBD namespaces (POOL/NAMESPACE/IMAGE) are not supported", spec);
+		return isolde_fail(err, errlen, "image %.200s: RBD namespaces (POOL/NAMESPACE/IMAGE) are not supported", spec);
 	if (copy_field(r->image, sizeof r->image, img, (size_t)(img_end - img), spec, "image name", err, errlen))
 		return -1;
 	if (at && copy_field(r->snap, sizeof r->snap, at + 1, strlen(at + 1), spec, "snapshot", err, errlen))
@@ -310,7 +302,7 @@ static int parse_rbd(struct isolde_remote *r, const char *spec, char *err, size_
 	for (int i = 1; i < n; i++) {
 		const char *opt = fields[i], *eq = strchr(opt, '=');
 		if (!eq)
-			return fail(err, errlen, "image %.200s: option '%.100s' has no value", spec, opt);
+			return isolde_fail(err, errlen, "image %.200s: option '%.100s' has no value", spec, opt);
 		size_t klen = (size_t)(eq - opt);
 		char *dst = NULL;
 		size_t dlen = 0;
@@ -323,7 +315,7 @@ static int parse_rbd(struct isolde_remote *r, const char *spec, char *err, size_
 		else if (klen == 8 && strncmp(opt, "mon_host", 8) == 0)
 			dst = r->mon_host, dlen = sizeof r->mon_host;
 		else
-			return fail(err, errlen, "image %.200s: unknown option '%.*s' (known: conf, id, keyring, "
+			return isolde_fail(err, errlen, "image %.200s: unknown option '%.*s' (known: conf, id, keyring, "
 				    "mon_host)", spec, (int)(klen > 64 ? 64 : klen), opt);
 		if (copy_field(dst, dlen, eq + 1, strlen(eq + 1), spec, "option value", err, errlen))
 			return -1;
@@ -340,14 +332,14 @@ static char *read_small_file(const char *path, const char *what, char *err, size
 	ssize_t n;
 
 	if (fd < 0) {
-		fail(err, errlen, "cannot read the Ceph %s %s: %s", what, path, strerror(errno));
+		isolde_fail(err, errlen, "cannot read the Ceph %s %s: %s", what, path, strerror(errno));
 		return NULL;
 	}
 	buf = malloc(CEPH_FILE_MAX + 1);
 	n = buf ? read(fd, buf, CEPH_FILE_MAX + 1) : -1;
 	close(fd);
 	if (n < 0 || n > CEPH_FILE_MAX) {
-		fail(err, errlen, "cannot read the Ceph %s %s: %s", what, path,
+		isolde_fail(err, errlen, "cannot read the Ceph %s %s: %s", what, path,
 		     n < 0 ? strerror(errno) : "larger than 64 KiB");
 		free(buf);
 		return NULL;
@@ -451,7 +443,7 @@ static int resolve_mon_host(struct isolde_remote *r, const char *spec, char *err
 			h = t + 1;
 			hend = strchr(h, ']');
 			if (!hend)
-				return fail(err, errlen, "image %.200s: bad monitor address '%s'", spec, tok);
+				return isolde_fail(err, errlen, "image %.200s: bad monitor address '%s'", spec, tok);
 			snprintf(rest, sizeof rest, "%s", hend + 1);
 		} else {
 			hend = strpbrk(t, ":/");
@@ -460,13 +452,13 @@ static int resolve_mon_host(struct isolde_remote *r, const char *spec, char *err
 			snprintf(rest, sizeof rest, "%s", hend);
 		}
 		if (hend == h || (size_t)(hend - h) >= sizeof host)
-			return fail(err, errlen, "image %.200s: bad monitor address '%s'", spec, tok);
+			return isolde_fail(err, errlen, "image %.200s: bad monitor address '%s'", spec, tok);
 		memcpy(host, h, (size_t)(hend - h));
 		host[hend - h] = '\0';
 		struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_family = AF_UNSPEC }, *res;
 		int e = getaddrinfo(host, NULL, &hints, &res);
 		if (e)
-			return fail(err, errlen, "image %.200s: cannot resolve monitor %s: %s", spec, host, gai_strerror(e));
+			return isolde_fail(err, errlen, "image %.200s: cannot resolve monitor %s: %s", spec, host, gai_strerror(e));
 		if (res->ai_family == AF_INET6) {
 			addr[0] = '[';
 			inet_ntop(AF_INET6, &((struct sockaddr_in6 *)res->ai_addr)->sin6_addr, addr + 1, sizeof addr - 2);
@@ -477,11 +469,11 @@ static int resolve_mon_host(struct isolde_remote *r, const char *spec, char *err
 		freeaddrinfo(res);
 		int w = snprintf(out + used, sizeof out - used, "%s%s%s%s", used ? "," : "", prefix, addr, rest);
 		if (w < 0 || (size_t)w >= sizeof out - used)
-			return fail(err, errlen, "image %.200s: monitor list too long", spec);
+			return isolde_fail(err, errlen, "image %.200s: monitor list too long", spec);
 		used += (size_t)w;
 	}
 	if (!used)
-		return fail(err, errlen, "image %.200s: no monitor address (mon_host)", spec);
+		return isolde_fail(err, errlen, "image %.200s: no monitor address (mon_host)", spec);
 	snprintf(r->mon_host, sizeof r->mon_host, "%s", out);
 	return 0;
 }
@@ -495,7 +487,7 @@ static int read_ceph_config(struct isolde_remote *r, const char *spec, char *err
 		return -1;
 	if (!r->mon_host[0] && !ini_get(conf, r->id, "mon_host", r->mon_host, sizeof r->mon_host)) {
 		free(conf);
-		return fail(err, errlen, "image %.200s: the Ceph configuration %s names no mon_host", spec, r->conf);
+		return isolde_fail(err, errlen, "image %.200s: the Ceph configuration %s names no mon_host", spec, r->conf);
 	}
 	if (!r->keyring[0]) {
 		if (ini_get(conf, r->id, "keyring", value, sizeof value))
@@ -505,7 +497,7 @@ static int read_ceph_config(struct isolde_remote *r, const char *spec, char *err
 	}
 	free(conf);
 	if (strstr(r->keyring, "$") || strchr(r->keyring, ','))
-		return fail(err, errlen, "image %.200s: keyring '%s': give one path, without $variables", spec,
+		return isolde_fail(err, errlen, "image %.200s: keyring '%s': give one path, without $variables", spec,
 			    r->keyring);
 	char *keyring = read_small_file(r->keyring, "keyring", err, errlen);
 	if (!keyring)
@@ -519,10 +511,10 @@ static int read_ceph_config(struct isolde_remote *r, const char *spec, char *err
 	explicit_bzero(keyring, strlen(keyring));
 	free(keyring);
 	if (!have || !r->key[0])
-		return fail(err, errlen, "image %.200s: the keyring %s has no key for client.%s", spec, r->keyring, r->id);
+		return isolde_fail(err, errlen, "image %.200s: the keyring %s has no key for client.%s", spec, r->keyring, r->id);
 	for (const char *k = r->key; *k; k++)
 		if (!isalnum((unsigned char)*k) && *k != '+' && *k != '/' && *k != '=')
-			return fail(err, errlen, "image %.200s: the key for client.%s in %s is not base64", spec, r->id,
+			return isolde_fail(err, errlen, "image %.200s: the key for client.%s in %s is not base64", spec, r->id,
 				    r->keyring);
 	return resolve_mon_host(r, spec, err, errlen);
 }
@@ -538,7 +530,7 @@ static int rbd_config_fd(struct isolde_remote *r, char *err, size_t errlen)
 		if (fd >= 0)
 			close(fd);
 		explicit_bzero(text, sizeof text);
-		return fail(err, errlen, "the RBD configuration is too long");
+		return isolde_fail(err, errlen, "the RBD configuration is too long");
 	}
 	if (fd < 0 || write(fd, text, (size_t)n) != n ||
 	    fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
@@ -546,7 +538,7 @@ static int rbd_config_fd(struct isolde_remote *r, char *err, size_t errlen)
 		explicit_bzero(text, sizeof text);
 		if (fd >= 0)
 			close(fd);
-		return fail(err, errlen, "cannot make the RBD configuration for the driver: %s", strerror(e));
+		return isolde_fail(err, errlen, "cannot make the RBD configuration for the driver: %s", strerror(e));
 	}
 	explicit_bzero(text, sizeof text);
 	/* The driver may only read it: a read-only description of it. */
@@ -555,7 +547,7 @@ static int rbd_config_fd(struct isolde_remote *r, char *err, size_t errlen)
 	int ro = open(path, O_RDONLY | O_CLOEXEC);
 	close(fd);
 	if (ro < 0)
-		return fail(err, errlen, "cannot reopen the RBD configuration read-only: %s", strerror(errno));
+		return isolde_fail(err, errlen, "cannot reopen the RBD configuration read-only: %s", strerror(errno));
 	return ro;
 }
 
@@ -571,7 +563,7 @@ int isolde_remote_open(struct isolde_remote *r, const char *image, char *err, si
 	case ISOLDE_REMOTE_RBD:
 		return parse_rbd(r, image, err, errlen) || read_ceph_config(r, image, err, errlen) ? -1 : 0;
 	default:
-		return fail(err, errlen, "image %.200s is not a remote image", image);
+		return isolde_fail(err, errlen, "image %.200s is not a remote image", image);
 	}
 }
 
