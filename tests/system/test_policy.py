@@ -58,6 +58,10 @@ def test_bad_field_is_named(isolde, tmp_path, line, replacement, message):
     ("connect    http", ":9: field 'connect': 'http' is not a port"),
     ("connect", ":9: field 'connect': expected TCP ports"),
     ("connect    3300", ": field 'connect': needs the system-call group 'net'"),
+    ("unreachable 500ms", ":9: field 'unreachable': expected a duration between 1s and 3600s"),
+    ("unreachable 3601s", ":9: field 'unreachable': expected a duration between 1s and 3600s"),
+    ("unreachable soon", ":9: field 'unreachable': expected a duration"),
+    ("unreachable 60s 60s", ":9: field 'unreachable': expected a duration"),
 ])
 def test_bad_library_and_connect_fields_are_named(isolde, tmp_path, extra, message):
     path = write(tmp_path, GOOD + extra + "\n")
