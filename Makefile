@@ -38,6 +38,7 @@ bench-deps:
 build: deps
 	@[ -f $(BUILD)/build.ninja ] || meson setup $(BUILD)
 	ninja -C $(BUILD)
+	./scripts/build-vm-guest.sh $(BUILD)/vm-guest
 
 # AddressSanitizer + UndefinedBehaviorSanitizer, used by `make check`.
 build-asan: deps

@@ -80,6 +80,9 @@ struct isolde_blk_config {
 	 * namespaces (not root, no user namespace), unless this is set: then
 	 * seccomp, Landlock and the launcher's restricted ring alone hold it. */
 	bool uring_without_namespaces;
+	/* What the driver runs in: "process" or "vm" (a QEMU virtual machine
+	 * with its own kernel); NULL: what its policy says ('domain'). */
+	const char *domain;
 	void *owned;                /* private: memory owned by isolde_blk_config_parse */
 };
 
@@ -284,6 +287,7 @@ struct isolde_enforcement {
 	bool cgroups;          /* CPU and task limits */
 	int landlock_abi;      /* 0: no Landlock */
 	bool restricted_uring; /* the launcher's io_uring (policy 'uring') */
+	bool vm;               /* a VM domain: the driver runs in a QEMU guest of its own */
 };
 
 /* How the running driver is confined. */

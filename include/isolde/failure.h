@@ -22,6 +22,7 @@ enum isolde_failure {
 	ISOLDE_FAIL_CORRUPTION = 8, /* a read the integrity shield caught lying */
 	ISOLDE_FAIL_ERROR_STATUS = 9, /* an I/O error a fresh driver is asked to confirm */
 	ISOLDE_FAIL_UNREACHABLE = 10, /* a remote device could not be reached: no driver was started */
+	ISOLDE_FAIL_KERNEL = 11,  /* a VM domain's own kernel failed (panicked) */
 	ISOLDE_FAIL_COUNT
 };
 

@@ -34,7 +34,11 @@ int isolde_notify_mode_parse(const char *name, enum isolde_notify_mode *m);
 struct isolde_waiter {
 	enum isolde_notify_mode mode;
 	int wait_fd;    /* eventfd this side blocks on (EFD_NONBLOCK) */
-	int peer_fd;    /* eventfd that signals the peer (EFD_NONBLOCK) */
+	int peer_fd;    /* eventfd that signals the peer (EFD_NONBLOCK); across a VM
+			 * boundary a doorbell socket or port, non-blocking too
+			 * (src/domain/vm.h): 8 bytes per signal */
+	bool peer_is_socket; /* signal with send(MSG_NOSIGNAL): a peer gone must
+			      * not raise SIGPIPE in the application */
 	int watch_fd;   /* optional second fd that ends a wait when readable
 			 * (the front end watches the driver's pidfd); -1 if none */
 	short watch_events;      /* poll() events on watch_fd that end a wait; 0 means
@@ -47,13 +51,18 @@ struct isolde_waiter {
 	uint32_t spin_max_ns;
 	/* Counters, private to this side. */
 	uint64_t signals_sent;     /* eventfd writes to the peer */
-	uint64_t signals_received; /* sum of eventfd counter values read */
+	uint64_t signals_received; /* sum of eventfd counter values read, or
+				    * 8-byte doorbell messages */
 	uint64_t sleeps;           /* times this side blocked in poll() */
 };
 
 void isolde_waiter_init(struct isolde_waiter *w, enum isolde_notify_mode mode,
 			int wait_fd, int peer_fd, int watch_fd,
 			uint32_t spin_min_ns, uint32_t spin_max_ns);
+
+/* Consume what signalled fd (an eventfd, or a doorbell port or socket),
+ * at most 64 bytes of it, and count it. */
+void isolde_waiter_drain(struct isolde_waiter *w, int fd);
 
 /* Signal the peer if `needed` and the mode uses signals (not spin). */
 void isolde_waiter_signal(struct isolde_waiter *w, bool needed);

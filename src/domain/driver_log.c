@@ -71,6 +71,9 @@ static void take(struct isolde_driver_log *l, const unsigned char *p, size_t n)
 			emit(l);
 			continue;
 		}
+		/* A serial console (a VM domain's) ends its lines with "\r\n". */
+		if (c == '\r' && i + 1 < n && p[i + 1] == '\n')
+			continue;
 		if (l->len == sizeof l->line) {
 			l->cut = true;
 			continue;

@@ -98,16 +98,19 @@ static int add_port_rules(int ruleset, const struct isolde_port_range *connect, 
 int isolde_landlock_ruleset(int abi, int binary_fd, const struct isolde_libraries *libraries,
 			    const struct isolde_port_range *connect, unsigned nconnect, char *err, size_t errlen)
 {
-	struct ruleset_attr attr = { .handled_access_fs = FS_ABI1_ALL };
+	/* QEMU (binary_fd -1) reopens the fds it is given by path, which
+	 * file rules would refuse: its files are bounded by its uid and a
+	 * read-only mount tree instead (sandbox.c). */
+	struct ruleset_attr attr = { .handled_access_fs = binary_fd >= 0 ? FS_ABI1_ALL : 0 };
 	size_t attr_size = sizeof attr.handled_access_fs;
 	struct path_beneath_attr exec_rule = { .allowed_access = FS_EXECUTE | FS_READ_FILE,
 					       .parent_fd = binary_fd };
 
-	if (abi >= 2)
+	if (abi >= 2 && binary_fd >= 0)
 		attr.handled_access_fs |= FS_REFER;
-	if (abi >= 3)
+	if (abi >= 3 && binary_fd >= 0)
 		attr.handled_access_fs |= FS_TRUNCATE;
-	if (abi >= 5)
+	if (abi >= 5 && binary_fd >= 0)
 		attr.handled_access_fs |= FS_IOCTL_DEV;
 	if (abi >= 4) {
 		attr.handled_access_net = NET_BIND_TCP | NET_CONNECT_TCP;
@@ -122,7 +125,7 @@ int isolde_landlock_ruleset(int abi, int binary_fd, const struct isolde_librarie
 		snprintf(err, errlen, "landlock: cannot create a ruleset (ABI %d): %s", abi, strerror(errno));
 		return -1;
 	}
-	if (syscall(__NR_landlock_add_rule, fd, RULE_PATH_BENEATH, &exec_rule, 0) != 0) {
+	if (binary_fd >= 0 && syscall(__NR_landlock_add_rule, fd, RULE_PATH_BENEATH, &exec_rule, 0) != 0) {
 		snprintf(err, errlen, "landlock: cannot allow executing the driver binary: %s",
 			 strerror(errno));
 		close(fd);

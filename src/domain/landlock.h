@@ -30,7 +30,9 @@ int isolde_landlock_abi(void);
  * with err. abi must be >= 1. What it allows beyond executing the binary:
  * reading its libraries and executing their loader (libraries, or NULL),
  * and connecting to the TCP ports of connect[] (ABI 4 or later: the
- * launcher runs no driver with ports on a kernel below it).
+ * launcher runs no driver with ports on a kernel below it). binary_fd -1
+ * (QEMU, for a VM domain; ABI 4 or later): no file rules at all, only TCP
+ * (none) and the scopes.
  */
 struct isolde_libraries;
 struct isolde_port_range;

@@ -10,6 +10,7 @@
 #include "landlock.h"
 #include "sandbox.h"
 #include "libraries.h"
+#include "vm.h"
 
 #include <errno.h>
 #include <sys/uio.h>
@@ -187,8 +188,10 @@ struct isolde_generation {
 	struct isolde_driver_log log;
 	struct isolde_domain_uring uring;
 	struct isolde_cgroup cgroup;
+	struct isolde_vm_generation vm; /* a VM domain's (vm.h) */
 	struct isolde_ratelimit log_limit;
 	uint32_t denials;             /* by this generation */
+	bool standby_taken;           /* a VM booted ahead as the warm standby */
 	bool killed_for_denials;
 	uint64_t lines_before;        /* logged by earlier generations */
 	/* The start, step by step (isolde_domain_start_step). */
@@ -211,11 +214,20 @@ static void close_fd(int *fd)
 	*fd = -1;
 }
 
+static void init_generation(struct isolde_generation *g)
+{
+	g->device_fd = g->log_write_fd = g->landlock_fd = -1;
+	g->status_fd = g->control_fd = -1;
+	g->log.fd = -1;
+	g->vm.initrd_fd = g->vm.kick_qemu = g->vm.call_qemu = g->vm.qmp_qemu = g->vm.control_qemu = -1;
+	g->vm.kick_fd = g->vm.control_fd = g->vm.call_fd = g->vm.qmp_fd = -1;
+}
+
 int isolde_domain_create(struct isolde_domain *d, const struct isolde_domain_params *p,
 			 char *err, size_t errlen)
 {
 	memset(d, 0, sizeof *d);
-	d->shm_fd = d->kick_fd = d->call_fd = d->pidfd = -1;
+	d->shm_fd = d->kick_fd = d->call_fd = d->pidfd = d->standby_pidfd = -1;
 	d->listener_fd = d->watch_fd = d->binary_fd = -1;
 	if (!p->policy || !p->open_device) {
 		set_err(err, errlen, "driver %s: no policy or no way to open its device", p->driver);
@@ -234,20 +246,46 @@ int isolde_domain_create(struct isolde_domain *d, const struct isolde_domain_par
 			(unsigned long long)p->data_size);
 		return -1;
 	}
+	/* ivshmem maps a power of two: the data area takes the rest. */
+	if (d->policy.domain == ISOLDE_DOMAIN_VM) {
+		uint64_t whole = isolde_vm_shm_size(d->layout.total_size);
+		if (isolde_shm_layout_compute(&d->layout, p->ring_slots,
+					      d->layout.data_size + whole - d->layout.total_size) ||
+		    d->layout.total_size != whole) {
+			set_err(err, errlen, "no VM domain layout for ring size %u and data area size %llu",
+				p->ring_slots, (unsigned long long)p->data_size);
+			return -1;
+		}
+	}
 	d->extra_args = copy_args(p->driver_args);
 	d->gen = calloc(1, sizeof *d->gen);
 	if (!d->extra_args || !d->gen)
 		goto fail_errno;
-	d->gen->device_fd = d->gen->log_write_fd = d->gen->landlock_fd = -1;
-	d->gen->status_fd = d->gen->control_fd = -1;
-	d->gen->log.fd = -1;
+	init_generation(d->gen);
 	isolde_ratelimit_init(&d->gen->log_limit, d->policy.log_lines, d->policy.log_window_s);
 	/* Executed by fd: the driver's root is empty, and a binary replaced on
 	 * disk after open does not change what restarts run. */
 	d->binary_fd = open(d->driver_path, O_PATH | O_CLOEXEC);
 	if (d->binary_fd < 0)
 		goto fail_errno;
-	if (d->policy.libraries) {
+	if (d->policy.domain == ISOLDE_DOMAIN_VM && (p->device_flags & ISOLDE_DEV_REMOTE)) {
+		set_err(err, errlen, "driver %s: a VM domain serves image files and block devices; a remote "
+			"image needs a process domain", d->driver_name);
+		goto fail;
+	}
+	if (d->policy.domain == ISOLDE_DOMAIN_VM) {
+		if (!(d->vm = calloc(1, sizeof *d->vm)) || !(d->standby = calloc(1, sizeof *d->standby)))
+			goto fail_errno;
+		init_generation(d->standby);
+		if (isolde_vm_find(d->vm, d->binary_fd, d->driver_name, d->layout.total_size,
+				   d->policy.guest_memory_bytes, (p->device_flags & ISOLDE_DEV_READONLY) != 0,
+				   (p->device_flags & ISOLDE_DEV_BLOCKDEV) != 0, err, errlen)) {
+			isolde_vm_free(d->vm);
+			free(d->vm);
+			d->vm = NULL;
+			goto fail;
+		}
+	} else if (d->policy.libraries) {
 		if (!(d->libraries = calloc(1, sizeof *d->libraries)))
 			goto fail_errno;
 		if (isolde_libraries_find(d->libraries, d->driver_path, &d->policy, err, errlen)) {
@@ -277,7 +315,18 @@ int isolde_domain_create(struct isolde_domain *d, const struct isolde_domain_par
 	d->grants = (struct isolde_grant *)(d->shm + d->layout.grant_offset);
 	d->data = d->shm + d->layout.data_offset;
 
-	d->kick_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	/* A VM's kick doorbell is a socket, replaced every generation
+	 * (isolde_vm_prepare) under this number; the front end's waiter sees
+	 * a socket from the start. Its calls come through the watch fd. */
+	if (d->vm) {
+		int pair[2];
+		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, pair) != 0)
+			goto fail_errno;
+		close(pair[1]);
+		d->kick_fd = pair[0];
+	} else {
+		d->kick_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	}
 	d->call_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (d->kick_fd < 0 || d->call_fd < 0)
 		goto fail_errno;
@@ -296,7 +345,8 @@ int isolde_domain_create(struct isolde_domain *d, const struct isolde_domain_par
 	h->data_offset = d->layout.data_offset;
 	h->data_size = d->layout.data_size;
 	h->device_size = p->device_size;
-	h->device_flags = p->device_flags;
+	/* In the guest the image is the disk /dev/vda. */
+	h->device_flags = p->device_flags | (d->vm ? ISOLDE_DEV_BLOCKDEV : 0);
 	h->notify_mode = p->notify;
 	h->spin_min_ns = ISOLDE_HYBRID_SPIN_MIN_NS;
 	h->spin_max_ns = ISOLDE_HYBRID_SPIN_MAX_NS;
@@ -347,27 +397,34 @@ static bool read_full(int fd, void *buf, size_t len)
 }
 
 #define CHILD_FDS 6 /* shm, kick, call, device, log, uring */
+#define MAX_CHILD_FDS (CHILD_FDS > ISOLDE_VM_FDS ? CHILD_FDS : ISOLDE_VM_FDS)
 
-/* Put the generation's fds on 2..7 and close everything else but keep[]. */
+/* Put the generation's fds in place (a driver's on 2..7, QEMU's on 2..10)
+ * and close everything else but keep[]. */
 static void arrange_fds(struct isolde_domain *d, int status_fd, int *keep, unsigned nkeep)
 {
 	struct isolde_generation *g = d->gen;
-	const int src[CHILD_FDS] = { d->shm_fd, d->kick_fd, d->call_fd, g->device_fd, g->log_write_fd,
-				     g->uring.active ? g->uring.ring.ring_fd : -1 };
-	const int dst[CHILD_FDS] = { ISOLDE_DRIVER_FD_SHM, ISOLDE_DRIVER_FD_KICK, ISOLDE_DRIVER_FD_CALL,
-				     ISOLDE_DRIVER_FD_DEVICE, 2, ISOLDE_DRIVER_FD_URING };
-	int tmp[CHILD_FDS];
+	int src[MAX_CHILD_FDS] = { d->shm_fd, d->kick_fd, d->call_fd, g->device_fd, g->log_write_fd,
+				   g->uring.active ? g->uring.ring.ring_fd : -1 };
+	int dst[MAX_CHILD_FDS] = { ISOLDE_DRIVER_FD_SHM, ISOLDE_DRIVER_FD_KICK, ISOLDE_DRIVER_FD_CALL,
+				   ISOLDE_DRIVER_FD_DEVICE, 2, ISOLDE_DRIVER_FD_URING };
+	int tmp[MAX_CHILD_FDS];
+	unsigned n = CHILD_FDS;
 	int last = g->uring.active ? ISOLDE_DRIVER_FD_URING : ISOLDE_DRIVER_FD_DEVICE;
 
-	/* Out of the way of 0..7 first, then into place. */
-	for (int i = 0; i < CHILD_FDS; i++)
+	if (d->vm) {
+		n = isolde_vm_child_fds(d->vm, &g->vm, d->shm_fd, g->device_fd, g->log_write_fd, src, dst);
+		last = ISOLDE_VM_FD_CONTROL;
+	}
+	/* Out of the way of 0..10 first, then into place. */
+	for (unsigned i = 0; i < n; i++)
 		if ((tmp[i] = src[i] < 0 ? -1 : fcntl(src[i], F_DUPFD, 16)) < 0 && src[i] >= 0)
 			child_fail(status_fd, "arrange fds");
 	for (unsigned i = 0; i < nkeep; i++)
 		if (keep[i] >= 0 && (keep[i] = fcntl(keep[i], F_DUPFD_CLOEXEC, 16)) < 0)
 			child_fail(status_fd, "arrange fds");
 	status_fd = keep[0];
-	for (int i = 0; i < CHILD_FDS; i++)
+	for (unsigned i = 0; i < n; i++)
 		if (tmp[i] >= 0 && dup2(tmp[i], dst[i]) < 0)
 			child_fail(status_fd, "arrange fds");
 	/* Not close-on-exec: if 0 or 1 was closed, /dev/null lands there and
@@ -403,7 +460,7 @@ static void exec_driver(struct isolde_domain *d, pid_t parent, int status_fd, in
 	for (int s = 1; s < NSIG; s++)
 		signal(s, SIG_DFL);
 
-	int keep[4] = { status_fd, control_fd, d->binary_fd, g->landlock_fd };
+	int keep[4] = { status_fd, control_fd, d->vm ? d->vm->qemu_fd : d->binary_fd, g->landlock_fd };
 	arrange_fds(d, status_fd, keep, 4);
 	status_fd = keep[0];
 	control_fd = keep[1];
@@ -421,6 +478,13 @@ static void exec_driver(struct isolde_domain *d, pid_t parent, int status_fd, in
 	 * so it is armed (again) after the sandbox dropped them. */
 	if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
 		child_fail(status_fd, "set the parent-death signal");
+
+	/* QEMU filters its own system calls (-sandbox): no listener, and its
+	 * exec is an ordinary one. */
+	if (d->vm) {
+		syscall(SYS_execveat, binary_fd, "", g->vm.argv, no_env, AT_EMPTY_PATH);
+		child_fail(status_fd, "execute QEMU");
+	}
 
 	uint32_t len;
 	if (!read_full(control_fd, &len, sizeof len) || len > sizeof filter_buf ||
@@ -625,6 +689,8 @@ unsigned isolde_domain_service(struct isolde_domain *d)
 {
 	unsigned answered = d->gen->phase == START_NONE || d->gen->phase == START_READY ? answer_syscalls(d) : 0;
 
+	if (d->vm)
+		isolde_vm_service(&d->gen->vm);
 	isolde_driver_log_drain(&d->gen->log);
 	return answered;
 }
@@ -645,7 +711,7 @@ static int prepare_generation(struct isolde_domain *d, int log_pipe[2], char *er
 	 * (RLIMIT_FSIZE 0). */
 	bool remote = (d->header_template.device_flags & ISOLDE_DEV_REMOTE) != 0;
 	isolde_sandbox_plan(&g->sb, &d->policy, d->libraries, d->layout.total_size,
-			    remote ? 0 : d->header_template.device_size, blockdev);
+			    remote ? 0 : d->header_template.device_size, blockdev && !d->vm);
 	/* Landlock's TCP rules (ABI 4) are what bound the ports: without
 	 * them the driver is not run at all. */
 	if (g->sb.nconnect && g->sb.landlock_abi < 4) {
@@ -668,15 +734,20 @@ static int prepare_generation(struct isolde_domain *d, int log_pipe[2], char *er
 		set_err(err, errlen, "out of memory");
 		return -1;
 	}
+	if (d->vm && isolde_vm_prepare(d->vm, &g->vm, g->argv, err, errlen))
+		return -1;
 	/* Non-blocking at both ends: a driver whose log is not read loses
-	 * lines instead of stalling, and the launcher never waits for it. */
-	if (pipe2(log_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+	 * lines instead of stalling, and the launcher never waits for it.
+	 * QEMU takes its end as a chardev socket (a pipe it would reopen by
+	 * path, which its uid may not). */
+	if (d->vm ? socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, log_pipe) != 0
+		  : pipe2(log_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
 		set_err(err, errlen, "cannot start driver %s: log pipe: %s", d->driver_name, strerror(errno));
 		return -1;
 	}
 	g->log_write_fd = log_pipe[1];
 	if (g->sb.landlock_abi > 0 &&
-	    (g->landlock_fd = isolde_landlock_ruleset(g->sb.landlock_abi, d->binary_fd, g->sb.libraries,
+	    (g->landlock_fd = isolde_landlock_ruleset(g->sb.landlock_abi, d->vm ? -1 : d->binary_fd, g->sb.libraries,
 						      g->sb.connect, g->sb.nconnect, err, errlen)) < 0) {
 		close(log_pipe[0]);
 		return -1;
@@ -714,31 +785,19 @@ static int start_failed(struct isolde_domain *d)
 	return -1;
 }
 
-int isolde_domain_start_begin(struct isolde_domain *d, char *err, size_t errlen)
+/*
+ * Clone the generation's process (d->gen, d->pid) and admit it: its
+ * resources, the clone, its exec towards the driver (or QEMU), its user
+ * namespace and control group. With watched, its fds join the watch fd; a
+ * standby's join it only when it is activated. 0, or -1 with err (what
+ * was made is ended like any generation: reap, then end).
+ */
+static int spawn_generation(struct isolde_domain *d, bool watched, char *err, size_t errlen)
 {
 	struct isolde_generation *g = d->gen;
 	int status_pipe[2] = { -1, -1 }, control_pipe[2] = { -1, -1 }, log_pipe[2] = { -1, -1 };
 	pid_t parent = getpid();
 	int pidfd = -1;
-
-	if (d->pid > 0 || g->ending) {
-		set_err(err, errlen, "driver %s is still running or ending (pid %d)", d->driver_name, (int)d->pid);
-		return -1;
-	}
-	if (d->unsafe[0]) {
-		set_err(err, errlen, "%s", d->unsafe);
-		return -1;
-	}
-	memset(&d->last_exit, 0, sizeof d->last_exit);
-	/* Whatever the last driver wrote, the next one starts from our copy. */
-	d->generation++;
-	d->header_template.generation = d->generation;
-	memcpy(d->header, &d->header_template, sizeof *d->header);
-	isolde_sring_init(d->sring);
-	memset(d->grants, 0, (size_t)d->layout.grant_count * sizeof *d->grants);
-	uint64_t v;
-	(void)!read(d->kick_fd, &v, sizeof v);
-	(void)!read(d->call_fd, &v, sizeof v);
 
 	if (prepare_generation(d, log_pipe, err, errlen)) {
 		g->ending = true;
@@ -774,14 +833,165 @@ int isolde_domain_start_begin(struct isolde_domain *d, char *err, size_t errlen)
 	g->ending = true; /* from here on it ends like any driver: reap, then end */
 	g->deadline_ns = isolde_now_ns() + (uint64_t)ISOLDE_DRIVER_START_TIMEOUT_MS * 1000000;
 	isolde_driver_log_attach(&g->log, log_pipe[0], d->driver_name, pid, &g->log_limit);
-	watch(d, d->pidfd);
-	watch(d, g->log.fd);
-	watch(d, g->status_fd);
-	if (admit_child(d, pid, err, errlen))
-		return start_failed(d);
+	if (watched) {
+		watch(d, d->pidfd);
+		watch(d, g->log.fd);
+		watch(d, g->status_fd);
+	}
+	if (admit_child(d, pid, err, errlen)) {
+		unwatch(d, g->status_fd);
+		close_fd(&g->status_fd);
+		close_fd(&g->control_fd);
+		return -1;
+	}
+	g->phase = START_EXECED;
+	return 0;
+}
+
+/* ---- a VM domain's warm standby ---- */
+
+/* The standby and the running generation trade places (struct and process). */
+static void swap_standby(struct isolde_domain *d)
+{
+	struct isolde_generation *g = d->gen;
+	pid_t pid = d->pid;
+	int pidfd = d->pidfd;
+
+	d->gen = d->standby;
+	d->pid = d->standby_pid;
+	d->pidfd = d->standby_pidfd;
+	d->standby = g;
+	d->standby_pid = pid;
+	d->standby_pidfd = pidfd;
+}
+
+static void discard_standby(struct isolde_domain *d);
+
+/* Boot the next VM while this one serves, so that a failure finds one
+ * waiting (isolde_vm_activate). Not fatal: without it a restart boots. */
+static void start_standby(struct isolde_domain *d)
+{
+	char err[256];
+
+	if (!d->standby || d->standby_pid > 0 || d->standby->ending || !d->policy.vm_standby)
+		return;
+	swap_standby(d);
+	int r = spawn_generation(d, false, err, sizeof err);
+	swap_standby(d);
+	if (r) {
+		fprintf(stderr, "isolde: driver %s: no warm standby: %s\n", d->driver_name, err);
+		discard_standby(d);
+	}
+}
+
+/* Kill and release the standby (it never served). */
+static void discard_standby(struct isolde_domain *d)
+{
+	struct isolde_generation *s = d->standby;
+
+	if (!s)
+		return;
+	if (d->standby_pidfd >= 0) {
+		siginfo_t info;
+		pidfd_send_signal(d->standby_pidfd, SIGKILL, NULL, 0);
+		while (waitid(P_PIDFD, (id_t)d->standby_pidfd, &info, WEXITED) != 0 && errno == EINTR)
+			;
+		close(d->standby_pidfd);
+	}
+	d->standby_pid = 0;
+	d->standby_pidfd = -1;
+	close_fd(&s->status_fd);
+	close_fd(&s->control_fd);
+	isolde_driver_log_close(&s->log);
+	s->log.lines = 0;
+	if (s->cgroup.ndirs)
+		isolde_cgroup_remove(&s->cgroup);
+	close_fd(&s->device_fd);
+	close_fd(&s->log_write_fd);
+	close_fd(&s->landlock_fd);
+	isolde_vm_end(&s->vm);
+	free_argv(s->argv);
+	s->argv = NULL;
+	s->phase = START_NONE;
+	s->ending = false;
+}
+
+/* Whether the standby is there to take over: alive, its start not failed. */
+static bool standby_ready(struct isolde_domain *d)
+{
+	struct pollfd p = { .fd = d->standby_pidfd, .events = POLLIN };
+
+	if (!d->standby || d->standby_pid <= 0)
+		return false;
+	if (poll(&p, 1, 0) == 0)
+		return true;
+	fprintf(stderr, "isolde: driver %s: the warm standby (QEMU pid %d) ended before it was needed\n",
+		d->driver_name, (int)d->standby_pid);
+	discard_standby(d);
+	return false;
+}
+
+/*
+ * Start a VM generation: take the standby if one waits, else boot one;
+ * then hand it the domain's doorbell and let its agent start the driver.
+ */
+static int start_vm(struct isolde_domain *d, char *err, size_t errlen)
+{
+	if (standby_ready(d)) {
+		struct isolde_generation *old = d->gen;
+		swap_standby(d);
+		/* What lives as long as the domain stays with the running one. */
+		d->gen->log_limit = old->log_limit;
+		d->gen->lines_before = old->lines_before;
+		d->gen->log.limit = &d->gen->log_limit;
+		d->gen->standby_taken = true;
+		watch(d, d->pidfd);
+		watch(d, d->gen->log.fd);
+		watch(d, d->gen->status_fd);
+	} else if (spawn_generation(d, true, err, errlen)) {
+		return -1;
+	}
+	struct isolde_generation *g = d->gen;
+	if (isolde_vm_activate(&g->vm, d->kick_fd, err, errlen))
+		return -1;
+	watch(d, g->vm.call_fd);
+	watch(d, g->vm.qmp_fd);
+	g->deadline_ns = isolde_now_ns() + (uint64_t)ISOLDE_VM_START_TIMEOUT_MS * 1000000;
+	g->phase = g->status_fd >= 0 ? START_EXECED : START_READY;
+	return 0;
+}
+
+int isolde_domain_start_begin(struct isolde_domain *d, char *err, size_t errlen)
+{
+	struct isolde_generation *g = d->gen;
+
+	if (d->pid > 0 || g->ending) {
+		set_err(err, errlen, "driver %s is still running or ending (pid %d)", d->driver_name, (int)d->pid);
+		return -1;
+	}
+	if (d->unsafe[0]) {
+		set_err(err, errlen, "%s", d->unsafe);
+		return -1;
+	}
+	memset(&d->last_exit, 0, sizeof d->last_exit);
+	/* Whatever the last driver wrote, the next one starts from our copy. */
+	d->generation++;
+	d->header_template.generation = d->generation;
+	memcpy(d->header, &d->header_template, sizeof *d->header);
+	isolde_sring_init(d->sring);
+	memset(d->grants, 0, (size_t)d->layout.grant_count * sizeof *d->grants);
+	uint64_t v;
+	(void)!read(d->kick_fd, &v, sizeof v);
+	(void)!read(d->call_fd, &v, sizeof v);
+
+	if (d->vm)
+		return start_vm(d, err, errlen) ? start_failed(d) : 0;
+	if (spawn_generation(d, true, err, errlen))
+		return -1;
+	g->phase = START_NONE;
 
 	/* The filter names the driver's pid, so it is built now. */
-	ssize_t len = isolde_sandbox_build_filter(&g->sb, pid, filter_buf, sizeof filter_buf, err, errlen);
+	ssize_t len = isolde_sandbox_build_filter(&g->sb, d->pid, filter_buf, sizeof filter_buf, err, errlen);
 	if (len < 0)
 		return start_failed(d);
 	uint32_t len32 = (uint32_t)len;
@@ -892,10 +1102,12 @@ static int phase_execed(struct isolde_domain *d, char *err, size_t errlen)
 	close_fd(&g->device_fd);
 	close_fd(&g->log_write_fd);
 	close_fd(&g->landlock_fd);
+	if (d->vm)
+		isolde_vm_execed(&g->vm);
 	d->applied = (struct isolde_enforcement){
 		.namespaces = g->sb.namespaces, .user_namespace = g->sb.user_namespace,
 		.own_uid = g->sb.own_uid, .cgroups = g->cgroup.ndirs > 0,
-		.landlock_abi = g->sb.landlock_abi, .restricted_uring = g->uring.active,
+		.landlock_abi = g->sb.landlock_abi, .restricted_uring = g->uring.active, .vm = g->sb.vm,
 	};
 	return 0;
 }
@@ -950,6 +1162,8 @@ static int phase_ready(struct isolde_domain *d, char *err, size_t errlen)
 		if ((d->header_template.device_flags & ISOLDE_DEV_REMOTE) && take_report(d, err, errlen))
 			return -1;
 		d->gen->phase = START_NONE;
+		if (d->vm)
+			start_standby(d);
 		return 1;
 	}
 	if (readable(d->pidfd)) {
@@ -979,8 +1193,9 @@ int isolde_domain_start_step(struct isolde_domain *d, char *err, size_t errlen)
 		}
 	} while (r == 0 && g->phase != before);
 	if (r == 0 && isolde_now_ns() >= g->deadline_ns) {
-		set_err(err, errlen, "driver %s (pid %d) did not become ready within %d ms", d->driver_name,
-			(int)d->pid, ISOLDE_DRIVER_START_TIMEOUT_MS);
+		set_err(err, errlen, "driver %s (%spid %d) did not become ready within %d ms", d->driver_name,
+			d->vm ? "in a VM domain, QEMU " : "", (int)d->pid,
+			d->vm ? ISOLDE_VM_START_TIMEOUT_MS : ISOLDE_DRIVER_START_TIMEOUT_MS);
 		r = -1;
 	}
 	return r < 0 ? start_failed(d) : r;
@@ -1076,6 +1291,9 @@ bool isolde_domain_reap(struct isolde_domain *d)
 			info.si_status, sigabbrev_np(info.si_status) ? sigabbrev_np(info.si_status) : "?",
 			info.si_code == CLD_DUMPED ? ", core dumped" : "");
 	}
+	if (d->vm)
+		isolde_vm_explain_exit(&d->gen->vm, d->pid, &x->signaled, &x->code, &x->kernel, x->text,
+				       sizeof x->text);
 	note_launcher_kill(d);
 	/* A generation that died in its start may already have had a
 	 * session, and taken over its predecessor's lock with it: the next
@@ -1152,6 +1370,11 @@ int isolde_domain_end_step(struct isolde_domain *d, int wait_ms)
 	close_fd(&g->device_fd);
 	close_fd(&g->log_write_fd);
 	close_fd(&g->landlock_fd);
+	if (d->vm) {
+		unwatch(d, g->vm.call_fd);
+		unwatch(d, g->vm.qmp_fd);
+		isolde_vm_end(&g->vm);
+	}
 	free_argv(g->argv);
 	g->argv = NULL;
 	g->ending = false;
@@ -1223,6 +1446,9 @@ void isolde_domain_destroy(struct isolde_domain *d)
 {
 	if (d->gen)
 		isolde_domain_kill(d);
+	discard_standby(d);
+	free(d->standby);
+	d->standby = NULL;
 	/* A ring that did not drain is let go only now: the device stopped
 	 * and its memory is about to be unmapped. */
 	if (d->gen)
@@ -1240,6 +1466,11 @@ void isolde_domain_destroy(struct isolde_domain *d)
 	if (d->binary_fd >= 0)
 		close(d->binary_fd);
 	free_argv(d->extra_args);
+	if (d->vm) {
+		isolde_vm_free(d->vm);
+		free(d->vm);
+		d->vm = NULL;
+	}
 	free(d->gen);
 	if (d->libraries) {
 		isolde_libraries_free(d->libraries);

@@ -25,15 +25,17 @@
 
 /* The first K_REQUIRED keys must be given; the others have defaults. */
 enum key { K_DRIVER, K_DEVICE, K_SYSCALLS, K_MEMORY, K_FILES, K_HEARTBEAT, K_RESTART, K_CRASH_LOOP,
-	   K_REQUIRED, K_PROGRESS = K_REQUIRED, K_THREADS, K_CPU, K_LOG, K_LIBRARIES, K_CONNECT, K_UNREACHABLE, K_COUNT };
+	   K_REQUIRED, K_PROGRESS = K_REQUIRED, K_THREADS, K_CPU, K_LOG, K_LIBRARIES, K_CONNECT, K_UNREACHABLE,
+	   K_DOMAIN, K_GUEST_MEMORY, K_STANDBY, K_COUNT };
 
 static const char *const key_names[K_COUNT] = {
 	"driver", "device", "syscalls", "memory", "files", "heartbeat", "restart", "crash-loop",
 	"progress", "threads", "cpu", "log", "libraries", "connect", "unreachable",
+	"domain", "guest-memory", "standby",
 };
 
 #define KNOWN_KEYS "driver, device, syscalls, memory, files, heartbeat, restart, crash-loop, " \
-		   "progress, threads, cpu, log, libraries, connect, unreachable"
+		   "progress, threads, cpu, log, libraries, connect, unreachable, domain, guest-memory, standby"
 
 static const struct {
 	const char *name;
@@ -48,6 +50,27 @@ static const struct {
 };
 
 #define KNOWN_GROUPS "base, io, sync, uring, stream, net"
+
+static const char *const domain_kind_names[] = {
+	[ISOLDE_DOMAIN_PROCESS] = "process",
+	[ISOLDE_DOMAIN_VM] = "vm",
+};
+
+const char *isolde_domain_kind_name(enum isolde_domain_kind k)
+{
+	return (unsigned)k <= ISOLDE_DOMAIN_VM ? domain_kind_names[k] : "unknown";
+}
+
+int isolde_domain_kind_parse(const char *s, enum isolde_domain_kind *k)
+{
+	for (unsigned i = 0; i <= ISOLDE_DOMAIN_VM; i++) {
+		if (strcmp(s, domain_kind_names[i]) == 0) {
+			*k = (enum isolde_domain_kind)i;
+			return 0;
+		}
+	}
+	return -1;
+}
 
 const char *isolde_syscall_group_name(uint32_t group)
 {
@@ -287,6 +310,24 @@ static int parse_value(struct isolde_policy *p, struct parse_ctx *c, enum key k,
 			return fail(c, key, "expected a duration between 1s and 3600s, like 60s");
 		p->unreachable_ms = (uint32_t)ms;
 		return 0;
+	case K_DOMAIN:
+		if (n != 1 || isolde_domain_kind_parse(w[0], &p->domain))
+			return fail(c, key, "expected process or vm");
+		return 0;
+	case K_GUEST_MEMORY:
+		if (n != 1 || isolde_parse_size(w[0], &v) || v < ISOLDE_POLICY_MIN_GUEST_MEMORY ||
+		    v > ISOLDE_POLICY_MAX_GUEST_MEMORY || v % (1u << 20))
+			return fail(c, key, "expected a whole number of MiB between 64M and 16G, like 256M");
+		p->guest_memory_bytes = v;
+		return 0;
+	case K_STANDBY:
+		if (n == 1 && strcmp(w[0], "on") == 0)
+			p->vm_standby = true;
+		else if (n == 1 && strcmp(w[0], "off") == 0)
+			p->vm_standby = false;
+		else
+			return fail(c, key, "expected on or off");
+		return 0;
 	case K_LIBRARIES:
 		return parse_libraries(p, c, w, n);
 	case K_CONNECT:
@@ -310,6 +351,9 @@ int isolde_policy_parse(struct isolde_policy *p, const char *name, const char *t
 	p->log_lines = ISOLDE_POLICY_DEFAULT_LOG_LINES;
 	p->log_window_s = 1;
 	p->unreachable_ms = ISOLDE_POLICY_DEFAULT_UNREACHABLE_MS;
+	p->domain = ISOLDE_DOMAIN_PROCESS;
+	p->guest_memory_bytes = ISOLDE_POLICY_DEFAULT_GUEST_MEMORY;
+	p->vm_standby = true;
 	snprintf(p->source, sizeof p->source, "%s", name);
 	if (!copy) {
 		snprintf(err, errlen, "%s: out of memory", name);
@@ -360,6 +404,12 @@ int isolde_policy_parse(struct isolde_policy *p, const char *name, const char *t
 		snprintf(err, errlen, "%s: field 'connect': needs the system-call group 'net' (a driver "
 			 "without it cannot make a socket)", name);
 		goto out;
+	}
+	for (enum key k = K_GUEST_MEMORY; k <= K_STANDBY; k++) {
+		if (seen[k] && p->domain != ISOLDE_DOMAIN_VM) {
+			snprintf(err, errlen, "%s: field '%s': applies to 'domain vm' only", name, key_names[k]);
+			goto out;
+		}
 	}
 	if ((p->syscalls & ISOLDE_SYSCALLS_NET) && !p->nconnect) {
 		snprintf(err, errlen, "%s: field 'syscalls': group 'net' needs 'connect' with the TCP ports "
@@ -444,8 +494,11 @@ static void format_extras(const struct isolde_policy *p, char *buf, size_t len)
 				n += (size_t)snprintf(buf + n, len > n ? len - n : 0, " %u-%u", p->connect[i].lo,
 						      p->connect[i].hi);
 		}
-		snprintf(buf + n, len > n ? len - n : 0, "\n");
+		n += (size_t)snprintf(buf + n, len > n ? len - n : 0, "\n");
 	}
+	if (p->domain == ISOLDE_DOMAIN_VM)
+		snprintf(buf + n, len > n ? len - n : 0, "domain     vm\nguest-memory %lluM\nstandby    %s\n",
+			 (unsigned long long)(p->guest_memory_bytes >> 20), p->vm_standby ? "on" : "off");
 }
 
 void isolde_policy_format(const struct isolde_policy *p, char *buf, size_t len)

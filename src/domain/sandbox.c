@@ -105,6 +105,32 @@ static void add_degraded(struct isolde_sandbox *sb, const char *what)
 	snprintf(sb->degraded + n, sizeof sb->degraded - n, "%s%s", n ? "; " : "", what);
 }
 
+/*
+ * A VM domain: what the policy grants the driver is the guest's to enforce
+ * (its kernel is the boundary the driver meets); the process around it is
+ * QEMU, which gets an envelope of its own: the host's file system read-only
+ * (QEMU needs its libraries and firmware), its own uid and namespaces, no
+ * network, Landlock with no TCP and its scopes, QEMU's own seccomp
+ * (-sandbox), and limits sized for QEMU rather than for the driver.
+ */
+static void plan_vm(struct isolde_sandbox *sb, const struct isolde_policy *p, uint64_t shm_size)
+{
+	sb->vm = true;
+	sb->syscalls = 0;
+	sb->uring = false;
+	sb->libraries = NULL;
+	sb->host_network = false;
+	sb->nconnect = 0;
+	sb->address_space = p->guest_memory_bytes + shm_size + ISOLDE_VM_QEMU_ADDRESS_SPACE;
+	sb->max_files = ISOLDE_VM_QEMU_FILES;
+	sb->max_tasks = ISOLDE_VM_QEMU_TASKS;
+	sb->cgroup.tasks = sb->max_tasks;
+	/* File rules would refuse QEMU's reopening of its fds by path
+	 * (landlock.h); below ABI 4 nothing would be left to handle. */
+	if (sb->landlock_abi < 4)
+		sb->landlock_abi = 0;
+}
+
 void isolde_sandbox_plan(struct isolde_sandbox *sb, const struct isolde_policy *p,
 			 const struct isolde_libraries *libraries, uint64_t shm_size, uint64_t device_size,
 			 bool blockdev)
@@ -150,6 +176,8 @@ void isolde_sandbox_plan(struct isolde_sandbox *sb, const struct isolde_policy *
 		add_degraded(sb, "no Landlock in this kernel");
 	else if (sb->landlock_abi < 6)
 		add_degraded(sb, "Landlock without signal scoping (ABI < 6)");
+	if (p->domain == ISOLDE_DOMAIN_VM)
+		plan_vm(sb, p, shm_size);
 }
 
 void isolde_sandbox_drop_namespaces(struct isolde_sandbox *sb, int error)
@@ -545,9 +573,23 @@ static int set_limit(int resource, uint64_t value)
 	return setrlimit(resource, &lim);
 }
 
+/* QEMU sees the host's files, none of them writable through a path. */
+static int enter_read_only_host(const char **stage)
+{
+	struct mount_attr attr = { .attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID };
+
+	*stage = "make mounts private";
+	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL))
+		return -1;
+	*stage = "make the file system read-only";
+	if (syscall(SYS_mount_setattr, AT_FDCWD, "/", AT_RECURSIVE, &attr, sizeof attr))
+		return -1;
+	return 0;
+}
+
 int isolde_sandbox_enter(const struct isolde_sandbox *sb, int landlock_fd, const char **stage)
 {
-	if (sb->namespaces && enter_empty_root(sb, stage))
+	if (sb->namespaces && (sb->vm ? enter_read_only_host(stage) : enter_empty_root(sb, stage)))
 		return -1;
 	if (set_identity(sb, stage))
 		return -1;

@@ -56,7 +56,13 @@
 /* Not root: the driver is this uid inside its user namespace. */
 #define ISOLDE_DRIVER_NS_UID 65534u
 
+/* A VM domain's QEMU (plan_vm in sandbox.c). */
+#define ISOLDE_VM_QEMU_ADDRESS_SPACE (UINT64_C(4) << 30) /* beyond guest RAM and ring */
+#define ISOLDE_VM_QEMU_FILES 1024u
+#define ISOLDE_VM_QEMU_TASKS 128u
+
 struct isolde_sandbox {
+	bool vm;                /* the process is a VM domain's QEMU */
 	bool namespaces;        /* mnt, net, ipc, uts namespaces and the empty root */
 	bool user_namespace;    /* ... inside a user namespace (not root) */
 	bool own_uid;           /* root: uid/gid ISOLDE_DRIVER_UID_BASE + pid */

@@ -34,6 +34,68 @@ static void iov_advance(struct iovec **iov, int *cnt, size_t n)
 	}
 }
 
+/*
+ * Direct I/O the kernel cannot pin the data area for: a VM domain's shared
+ * memory is an ivshmem BAR, which the guest maps as device memory, and its
+ * agent opens the disk O_DIRECT (the guest's page cache would die with the
+ * guest, and with it writes already answered). The kernel refuses with
+ * EFAULT before moving a byte; the rest of the request then goes through a
+ * private, aligned buffer: one copy, in the guest.
+ */
+static unsigned char *bounce;
+static size_t bounce_size;
+
+static uint8_t bounced_rw(struct isolde_driver *drv, bool write_op, int flags, off_t off, size_t left,
+			  struct iovec *iov, int iovcnt)
+{
+	if (left > bounce_size) {
+		size_t want = (left + 4095) & ~(size_t)4095;
+		free(bounce);
+		bounce_size = 0;
+		if (!(bounce = aligned_alloc(4096, want)))
+			return ISOLDE_BLK_S_IOERR;
+		bounce_size = want;
+	}
+	if (write_op) {
+		size_t at = 0;
+		for (int i = 0; i < iovcnt && at < left; i++) {
+			size_t n = iov[i].iov_len < left - at ? iov[i].iov_len : left - at;
+			memcpy(bounce + at, iov[i].iov_base, n);
+			at += n;
+		}
+	}
+	bool sync_after = false;
+	for (size_t done = 0; done < left;) {
+		ssize_t n = write_op ? pwritev2(drv->device_fd, &(struct iovec){ bounce + done, left - done }, 1,
+						off + (off_t)done, flags)
+				     : pread(drv->device_fd, bounce + done, left - done, off + (off_t)done);
+		if (n < 0 && errno == EOPNOTSUPP && flags) {
+			/* No RWF_DSYNC here: write, then sync the data. */
+			flags = 0;
+			sync_after = true;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return isolde_driver_status_from_errno(errno);
+		if (n == 0)
+			return ISOLDE_BLK_S_IOERR;
+		done += (size_t)n;
+	}
+	if (sync_after && fdatasync(drv->device_fd) != 0)
+		return isolde_driver_status_from_errno(errno);
+	if (!write_op) {
+		size_t at = 0;
+		for (int i = 0; i < iovcnt && at < left; i++) {
+			size_t n = iov[i].iov_len < left - at ? iov[i].iov_len : left - at;
+			memcpy(iov[i].iov_base, bounce + at, n);
+			at += n;
+		}
+	}
+	return ISOLDE_BLK_S_OK;
+}
+
 static uint8_t do_rw(struct isolde_driver *drv, const struct isolde_blk_request *req,
 		     const struct iovec *iov_in, int iovcnt)
 {
@@ -54,6 +116,12 @@ static uint8_t do_rw(struct isolde_driver *drv, const struct isolde_blk_request 
 			flags = 0;
 			fua_by_sync = true;
 			continue;
+		}
+		if (n < 0 && errno == EFAULT) {
+			uint8_t st = bounced_rw(drv, write_op, flags, off, left, iov, iovcnt);
+			if (st != ISOLDE_BLK_S_OK || !fua_by_sync || fdatasync(drv->device_fd) == 0)
+				return st;
+			return isolde_driver_status_from_errno(errno);
 		}
 		if (n < 0) {
 			if (errno == EINTR)

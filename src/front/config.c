@@ -54,6 +54,13 @@ static int parse_field(struct isolde_blk_config *cfg, struct parsed_config *pc, 
 			cfg->policy = value;
 		return 0;
 	}
+	if (strcmp(key, "domain") == 0) {
+		if (!value || (strcmp(value, "process") != 0 && strcmp(value, "vm") != 0))
+			return isolde_fail(err, errlen, "field 'domain': '%s' is not process or vm",
+					   value ? value : "");
+		cfg->domain = value;
+		return 0;
+	}
 	if (strcmp(key, "notify") == 0) {
 		if (!value || isolde_notify_mode_parse(value, &cfg->notify))
 			return isolde_fail(err, errlen, "field 'notify': '%s' is not event, spin or hybrid",
@@ -99,8 +106,8 @@ static int parse_field(struct isolde_blk_config *cfg, struct parsed_config *pc, 
 		cfg->uring_without_namespaces = true;
 		return 0;
 	}
-	return isolde_fail(err, errlen, "unknown field '%s' (known: image, driver, notify, qd, max_io, "
-		    "timeout_ms, policy, readonly, direct, shield, uring_without_namespaces, driver_arg)", key);
+	return isolde_fail(err, errlen, "unknown field '%s' (known: image, driver, domain, notify, qd, "
+		    "max_io, timeout_ms, policy, readonly, direct, shield, uring_without_namespaces, driver_arg)", key);
 }
 
 int isolde_blk_config_parse(struct isolde_blk_config *cfg, const char *spec, char *err, size_t errlen)

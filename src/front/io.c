@@ -465,7 +465,8 @@ static void watch_fired(struct isolde_blk *dev, struct isolde_blk_io **done, uns
 	/* Take what it answered before it died, then recover the rest. */
 	*n += consume_responses(dev, done + *n, max - *n);
 	const struct isolde_exit *x = &dev->domain.last_exit;
-	isolde_recovery_fail(dev, x->by_policy ? ISOLDE_FAIL_POLICY : isolde_classify_exit(x->signaled, x->code),
+	isolde_recovery_fail(dev, x->by_policy ? ISOLDE_FAIL_POLICY
+			     : x->kernel ? ISOLDE_FAIL_KERNEL : isolde_classify_exit(x->signaled, x->code),
 			     "%s", x->text);
 }
 

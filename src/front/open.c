@@ -187,6 +187,10 @@ static int load_policy(struct isolde_blk *dev, const struct isolde_blk_config *c
 		set_err(err, errlen, "policy %s is for driver %s, not %s", path, dev->policy.driver, driver);
 		return -1;
 	}
+	if (cfg->domain && isolde_domain_kind_parse(cfg->domain, &dev->policy.domain)) {
+		set_err(err, errlen, "domain '%s' is not process or vm", cfg->domain);
+		return -1;
+	}
 	if (!dev->policy.device_writable && !cfg->readonly) {
 		set_err(err, errlen, "policy %s allows driver %s read-only access; open the device "
 			"read-only", path, driver);
@@ -271,6 +275,17 @@ struct isolde_blk *isolde_blk_open(const struct isolde_blk_config *cfg, char *er
 	if (load_policy(dev, cfg, err, errlen) ||
 	    (remote ? open_remote(dev, cfg, &dev_flags, err, errlen) : open_image(dev, cfg, &dev_flags, err, errlen)))
 		goto fail;
+	/* A VM domain's driver reaches the image as a virtio disk of 512-byte
+	 * sectors, opened O_DIRECT in the guest (src/domain/vm.h). */
+	if (dev->policy.domain == ISOLDE_DOMAIN_VM && !remote) {
+		if (dev->size % 512) {
+			set_err(err, errlen, "image %s is %llu bytes, not a multiple of 512: a VM domain serves "
+				"it as a disk of 512-byte sectors", cfg->image, (unsigned long long)dev->size);
+			goto fail;
+		}
+		if (dev->align < 512)
+			dev->align = 512;
+	}
 	dev->hang_ms = cfg->timeout_ms ? cfg->timeout_ms : dev->policy.heartbeat_ms;
 	if (isolde_supervisor_init(&dev->supervisor, dev->policy.restart_max, dev->policy.restart_window_s,
 				   dev->policy.crash_loop_max, dev->policy.progress_min)) {

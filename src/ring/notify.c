@@ -6,6 +6,9 @@
 #include <poll.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -55,6 +58,9 @@ void isolde_waiter_init(struct isolde_waiter *w, enum isolde_notify_mode mode,
 	w->mode = mode;
 	w->wait_fd = wait_fd;
 	w->peer_fd = peer_fd;
+	/* Raw fstat: a driver's policy allows it, not glibc's newfstatat. */
+	struct stat st;
+	w->peer_is_socket = peer_fd >= 0 && syscall(SYS_fstat, peer_fd, &st) == 0 && S_ISSOCK(st.st_mode);
 	w->watch_fd = watch_fd;
 	w->spin_min_ns = spin_min_ns ? spin_min_ns : ISOLDE_HYBRID_SPIN_MIN_NS;
 	w->spin_max_ns = spin_max_ns >= w->spin_min_ns ? spin_max_ns : w->spin_min_ns;
@@ -70,7 +76,9 @@ void isolde_waiter_signal(struct isolde_waiter *w, bool needed)
 		return;
 	/* EAGAIN means the counter is saturated: the peer is signalled anyway.
 	 * The fd is non-blocking so a peer cannot stall us by filling it. */
-	if (write(w->peer_fd, &one, sizeof one) == sizeof one)
+	ssize_t n = w->peer_is_socket ? send(w->peer_fd, &one, sizeof one, MSG_NOSIGNAL | MSG_DONTWAIT)
+				      : write(w->peer_fd, &one, sizeof one);
+	if (n == sizeof one)
 		w->signals_sent++;
 }
 
@@ -110,12 +118,17 @@ static enum isolde_wait_result spin_until(struct isolde_waiter *w, const struct 
 	}
 }
 
-static void drain_eventfd(struct isolde_waiter *w)
+void isolde_waiter_drain(struct isolde_waiter *w, int fd)
 {
-	uint64_t v;
+	uint64_t v[8];
+	ssize_t n = read(fd, v, sizeof v);
 
-	if (read(w->wait_fd, &v, sizeof v) == sizeof v)
-		w->signals_received += v;
+	/* An eventfd gives its counter in 8 bytes; a doorbell port or socket
+	 * gives 8 bytes per signal, several at once: each counts one. */
+	if (n == sizeof v[0])
+		w->signals_received += v[0];
+	else if (n > 0)
+		w->signals_received += (uint64_t)n / sizeof v[0];
 }
 
 /* Arm, re-check, then sleep in poll() until signalled, watched or timed out. */
@@ -149,7 +162,7 @@ static enum isolde_wait_result block_until(struct isolde_waiter *w, const struct
 	if (r == 0)
 		return ops->pending(ctx) ? ISOLDE_WAIT_READY : ISOLDE_WAIT_TIMEOUT;
 	if (p[0].revents & POLLIN)
-		drain_eventfd(w);
+		isolde_waiter_drain(w, w->wait_fd);
 	if (n == 2 && p[1].revents)
 		return ops->pending(ctx) ? ISOLDE_WAIT_READY : ISOLDE_WAIT_WATCH;
 	return ISOLDE_WAIT_READY;

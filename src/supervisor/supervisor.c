@@ -17,6 +17,7 @@ static const char *const failure_names[ISOLDE_FAIL_COUNT] = {
 	[ISOLDE_FAIL_CORRUPTION] = "silent-corruption",
 	[ISOLDE_FAIL_ERROR_STATUS] = "error-status",
 	[ISOLDE_FAIL_UNREACHABLE] = "unreachable",
+	[ISOLDE_FAIL_KERNEL] = "kernel-panic",
 };
 
 const char *isolde_failure_name(enum isolde_failure f)

@@ -311,6 +311,8 @@ const struct cli_command verify_command = {
 	"  --driver NAME|PATH  driver to run (default blk-file)\n"
 	"  --driver-arg ARG    extra argument for the driver (repeatable; test drivers)\n"
 	"  --notify MODE       event, spin or hybrid (default hybrid)\n"
+	"  --domain KIND       process or vm: the driver in a QEMU virtual machine with\n"
+	"                      its own kernel (default: what the policy says)\n"
 	"  --ops N             number of writes (default 10000)\n"
 	"  --qd D              queue depth, 1..1024 (default 32)\n"
 	"  --bs BYTES          block size, 512..16M, multiple of 512 (default 4k)\n"
@@ -390,11 +392,12 @@ static void print_json(const struct verify_options *o, const struct verify_resul
 	       (unsigned long long)r->error_reads_with_data);
 	printf("\"flush_error\": %d, \"log_lines\": %llu, \"log_suppressed\": %llu, \"sandbox\": "
 	       "{\"namespaces\": %s, \"user_namespace\": %s, \"own_uid\": %s, \"cgroups\": %s, "
-	       "\"landlock_abi\": %d, \"restricted_uring\": %s}, \"error\": ",
+	       "\"landlock_abi\": %d, \"restricted_uring\": %s, \"vm\": %s}, \"error\": ",
 	       r->flush_error, (unsigned long long)r->stats.log_lines,
 	       (unsigned long long)r->stats.log_suppressed, e->namespaces ? "true" : "false",
 	       e->user_namespace ? "true" : "false", e->own_uid ? "true" : "false",
-	       e->cgroups ? "true" : "false", e->landlock_abi, e->restricted_uring ? "true" : "false");
+	       e->cgroups ? "true" : "false", e->landlock_abi, e->restricted_uring ? "true" : "false",
+	       e->vm ? "true" : "false");
 	if (r->error[0])
 		json_write_string(stdout, r->error);
 	else
@@ -418,7 +421,7 @@ static void print_human(const struct verify_options *o, const struct verify_resu
 }
 
 enum { OPT_SIZE = 256, OPT_POLICY, OPT_SHIELD, OPT_DRIVER_ARG, OPT_ZERO_COPY, OPT_DIRECT, OPT_TIMEOUT, OPT_FORCE, OPT_JSON,
-       OPT_FLUSH_EVERY, OPT_URING_NO_NS };
+       OPT_FLUSH_EVERY, OPT_URING_NO_NS, OPT_DOMAIN };
 
 static int run_verify_command(int argc, char **argv)
 {
@@ -430,6 +433,7 @@ static int run_verify_command(int argc, char **argv)
 		{ "policy", required_argument, NULL, OPT_POLICY },
 		{ "shield", no_argument, NULL, OPT_SHIELD },
 		{ "notify", required_argument, NULL, 'n' },
+		{ "domain", required_argument, NULL, OPT_DOMAIN },
 		{ "ops", required_argument, NULL, 'o' },
 		{ "qd", required_argument, NULL, 'q' },
 		{ "bs", required_argument, NULL, 'b' },
@@ -475,6 +479,11 @@ static int run_verify_command(int argc, char **argv)
 		case 'n':
 			if (isolde_notify_mode_parse(optarg, &o.cfg.notify))
 				return cli_usage_error(cmd, "--notify: '%s' is not event, spin or hybrid", optarg);
+			break;
+		case OPT_DOMAIN:
+			if (strcmp(optarg, "process") != 0 && strcmp(optarg, "vm") != 0)
+				return cli_usage_error(cmd, "--domain: '%s' is not process or vm", optarg);
+			o.cfg.domain = optarg;
 			break;
 		case 'o':
 			if (!cli_parse_u64(cmd, "--ops", optarg, 1, UINT64_C(1) << 40, &o.ops))

@@ -49,10 +49,19 @@
  *   start-hang      never become ready, from generation --after on (so with
  *                   --after=2 the first driver serves and every restart is
  *                   stuck in its start until the launcher gives up on it)
+ *   kernel-panic    crash the kernel under the driver: 'c' into
+ *                   /proc/sysrq-trigger. Only a VM domain's guest has one (and
+ *                   lets its driver write it); in a process domain the open
+ *                   fails and the driver exits with 4
+ *   kernel-hang     hang the kernel under the driver: lift the real-time
+ *                   throttle and spin at SCHED_FIFO priority 99 on the guest's
+ *                   one CPU, so nothing else in it runs again (VM domain only;
+ *                   elsewhere it exits with 4)
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <sys/ptrace.h>
@@ -76,7 +85,7 @@ static const char *const known_faults[] = {
 	"bad-status", "wrong-op", "prod-overflow", "exit", "segfault", "grant-write", "sigill",
 	"sigfpe", "abort", "hang", "spin-hang", "slow", "syscall", "syscall-kill", "wild-write", "leak",
 	"corrupt-read", "lie-ioerr", "lie-invalid", "grow-image", "flush-and-die", "corrupt-write",
-	"start-hang",
+	"start-hang", "kernel-panic", "kernel-hang",
 };
 
 static int parse_arg(struct isolde_driver *drv, const char *key, const char *value)
@@ -150,6 +159,25 @@ static void misbehave(struct isolde_driver *drv, const struct isolde_blk_request
 	if (is("spin-hang"))
 		for (;;)
 			__asm__ volatile("" ::: "memory");
+	if (is("kernel-panic")) {
+		int fd = open("/proc/sysrq-trigger", O_WRONLY);
+		isolde_driver_log(drv, "injecting fault kernel-panic: %s",
+				  fd < 0 ? "no /proc/sysrq-trigger here" : "sysrq c");
+		if (fd < 0 || write(fd, "c", 1) != 1)
+			exit(4);
+		for (;;)
+			pause();
+	}
+	if (is("kernel-hang")) {
+		struct sched_param sp = { .sched_priority = 99 };
+		int fd = open("/proc/sys/kernel/sched_rt_runtime_us", O_WRONLY);
+		isolde_driver_log(drv, "injecting fault kernel-hang: %s",
+				  fd < 0 ? "no /proc/sys here" : "SCHED_FIFO 99, unthrottled");
+		if (fd < 0 || write(fd, "-1", 2) != 2 || sched_setscheduler(0, SCHED_FIFO, &sp) != 0)
+			exit(4);
+		for (;;)
+			__asm__ volatile("" ::: "memory");
+	}
 	if (is("slow"))
 		sleep_ms(delay_ms);
 	if (is("syscall")) {

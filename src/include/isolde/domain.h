@@ -75,11 +75,14 @@ struct isolde_exit {
 	int code;          /* the signal, or the exit status */
 	bool by_policy;    /* the launcher killed it for breaking its policy */
 	bool by_launcher;  /* the launcher's SIGKILL ended it (kill, not a failure of its own) */
+	bool kernel;       /* a VM domain whose guest kernel failed (src/domain/vm.h) */
 	char text[200];    /* "(pid 12) was killed by signal 11 (SIGSEGV)" */
 };
 
 /* What a generation holds besides its process: launcher.c. */
 struct isolde_generation;
+/* A VM domain's QEMU, guest and agent: src/domain/vm.h. */
+struct isolde_vm;
 
 
 struct isolde_domain {
@@ -114,6 +117,14 @@ struct isolde_domain {
 	 * I/O did not drain): the device must not go on. */
 	char unsafe[512];
 	struct isolde_generation *gen; /* the running generation's resources */
+	/* 'domain vm': the driver runs in a QEMU virtual machine; NULL for a
+	 * process domain. */
+	struct isolde_vm *vm;
+	/* A VM domain's warm standby: the next generation, booted while this
+	 * one serves; its agent waits for the go (src/domain/vm.h). */
+	struct isolde_generation *standby;
+	pid_t standby_pid;             /* 0 when there is none */
+	int standby_pidfd;
 	/* 'libraries loaded': what the driver's loader loads (libraries.h),
 	 * found once; NULL otherwise. */
 	struct isolde_libraries *libraries;

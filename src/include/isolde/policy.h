@@ -61,6 +61,13 @@ struct isolde_port_range {
 	uint16_t lo, hi;
 };
 
+/* What a driver runs in: a sandboxed process, or a virtual machine of its
+ * own (QEMU, its own kernel; src/domain/vm.h). */
+enum isolde_domain_kind {
+	ISOLDE_DOMAIN_PROCESS = 0,
+	ISOLDE_DOMAIN_VM = 1,
+};
+
 struct isolde_policy {
 	char driver[64];
 	bool device_writable;
@@ -82,6 +89,9 @@ struct isolde_policy {
 	char library_paths[ISOLDE_POLICY_MAX_LIBRARY_PATHS][256];
 	unsigned nconnect;          /* TCP ports it may connect to */
 	struct isolde_port_range connect[ISOLDE_POLICY_MAX_PORT_RANGES];
+	enum isolde_domain_kind domain; /* 'domain', default process */
+	uint64_t guest_memory_bytes; /* 'guest-memory': a VM domain's RAM */
+	bool vm_standby;            /* 'standby': a VM domain boots its next VM ahead */
 	char source[256];           /* the file it came from */
 };
 
@@ -91,6 +101,9 @@ struct isolde_policy {
 #define ISOLDE_POLICY_DEFAULT_LOG_LINES 100u
 #define ISOLDE_POLICY_MAX_THREADS 256u
 #define ISOLDE_POLICY_DEFAULT_UNREACHABLE_MS 60000u
+#define ISOLDE_POLICY_DEFAULT_GUEST_MEMORY (UINT64_C(256) << 20)
+#define ISOLDE_POLICY_MIN_GUEST_MEMORY (UINT64_C(64) << 20)
+#define ISOLDE_POLICY_MAX_GUEST_MEMORY (UINT64_C(16) << 30)
 
 /*
  * Parse a policy file. Returns 0, or -1 with "FILE:LINE: field 'KEY': what is
@@ -112,6 +125,10 @@ int isolde_policy_find(const char *driver_name, char *path, size_t len, char *er
 void isolde_policy_format(const struct isolde_policy *p, char *buf, size_t len);
 
 const char *isolde_syscall_group_name(uint32_t group);
+
+const char *isolde_domain_kind_name(enum isolde_domain_kind k);
+/* "process" or "vm"; 0, or -1 for anything else. */
+int isolde_domain_kind_parse(const char *s, enum isolde_domain_kind *k);
 
 
 #endif
