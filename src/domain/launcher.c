@@ -945,6 +945,8 @@ static int start_vm(struct isolde_domain *d, char *err, size_t errlen)
 		d->gen->lines_before = old->lines_before;
 		d->gen->log.limit = &d->gen->log_limit;
 		d->gen->standby_taken = true;
+		fprintf(stderr, "isolde: driver %s generation %u: the warm standby (QEMU pid %d) takes over\n",
+			d->driver_name, d->generation, (int)d->pid);
 		watch(d, d->pidfd);
 		watch(d, d->gen->log.fd);
 		watch(d, d->gen->status_fd);

@@ -41,7 +41,8 @@ const struct cli_command serve_command = {
 	"one that is busy or restarting never delays another. `isolde ctl` adds and\n"
 	"removes devices and exports while it runs (--control).\n"
 	"\n"
-	"  --device SPEC       NAME,image=PATH[,driver=D][,notify=M][,qd=N][,max_io=SIZE]\n"
+	"  --device SPEC       NAME,image=PATH[,driver=D][,domain=process|vm][,notify=M]\n"
+	"                      [,qd=N][,max_io=SIZE]\n"
 	"                      [,timeout_ms=MS][,policy=FILE][,readonly][,direct][,shield]\n"
 	"                      [,uring_without_namespaces][,driver_arg=ARG]...\n"
 	"                      (paths may not hold a comma)\n"
@@ -64,6 +65,8 @@ const struct cli_command serve_command = {
 	"  --driver NAME|PATH  driver (default blk-file)\n"
 	"  --policy FILE       the driver's policy (default: the one shipped for it)\n"
 	"  --notify MODE       event, spin or hybrid (default hybrid)\n"
+	"  --domain KIND       process or vm: the driver in a QEMU VM with its own kernel\n"
+	"                      (default: what the policy says)\n"
 	"  --qd D              queue depth of the ring (default 64)\n"
 	"  --readonly          refuse writes\n"
 	"  --direct            open the image with O_DIRECT\n"
@@ -280,7 +283,7 @@ static void print_error(const char *origin, const char *option, const char *err)
 		fprintf(stderr, "isolde serve: %s: %s\n", origin, err);
 }
 
-enum { OPT_POLICY = 256, OPT_READONLY, OPT_DIRECT, OPT_CONTROL, OPT_URING_NO_NS, OPT_DEVICE, OPT_CONFIG,
+enum { OPT_POLICY = 256, OPT_DOMAIN, OPT_READONLY, OPT_DIRECT, OPT_CONTROL, OPT_URING_NO_NS, OPT_DEVICE, OPT_CONFIG,
        OPT_METRICS };
 
 static int parse_args(struct plan *p, int argc, char **argv)
@@ -294,6 +297,7 @@ static int parse_args(struct plan *p, int argc, char **argv)
 		{ "driver", required_argument, NULL, 'd' },
 		{ "policy", required_argument, NULL, OPT_POLICY },
 		{ "notify", required_argument, NULL, 'n' },
+		{ "domain", required_argument, NULL, OPT_DOMAIN },
 		{ "qd", required_argument, NULL, 'q' },
 		{ "readonly", no_argument, NULL, OPT_READONLY },
 		{ "direct", no_argument, NULL, OPT_DIRECT },
@@ -341,6 +345,12 @@ static int parse_args(struct plan *p, int argc, char **argv)
 			break;
 		case 'd': cfg->driver = optarg; legacy_flag = "--driver"; break;
 		case OPT_POLICY: cfg->policy = optarg; legacy_flag = "--policy"; break;
+		case OPT_DOMAIN:
+			if (strcmp(optarg, "process") != 0 && strcmp(optarg, "vm") != 0)
+				return cli_usage_error(cmd, "--domain: '%s' is not process or vm", optarg);
+			cfg->domain = optarg;
+			legacy_flag = "--domain";
+			break;
 		case 'n':
 			if (isolde_notify_mode_parse(optarg, &cfg->notify))
 				return cli_usage_error(cmd, "--notify: '%s' is not event, spin or hybrid", optarg);

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -146,14 +147,28 @@ static void flush(struct workload *w)
 	}
 }
 
+static volatile sig_atomic_t verify_stop_requested;
+
+static void request_stop(int sig)
+{
+	(void)sig;
+	verify_stop_requested = 1;
+}
+
 static int write_phase(struct workload *w)
 {
 	unsigned inflight = 0;
-	uint64_t issued = 0, seq = 0;
+	uint64_t issued = 0, seq = 0, limit = w->o->ops;
 	bool refused = false, flush_due = false;
 
-	while ((issued < w->o->ops && !refused) || inflight > 0) {
-		while (inflight < w->depth && issued < w->o->ops && !refused && !flush_due) {
+	while ((issued < limit && !refused) || inflight > 0) {
+		/* SIGINT or SIGTERM: no more writes; what was written is checked. */
+		if (verify_stop_requested && issued < limit) {
+			fprintf(stderr, "isolde verify: stopping after %llu writes (signal); checking them\n",
+				(unsigned long long)issued);
+			limit = issued;
+		}
+		while (inflight < w->depth && issued < limit && !refused && !flush_due) {
 			struct slot *s = w->free_slots[w->nfree - 1];
 			s->block = pick_idle_block(w);
 			s->seq = ++seq;
@@ -335,6 +350,7 @@ const struct cli_command verify_command = {
 	"\n"
 	"A driver that fails is restarted and the I/O it had in flight replayed; the\n"
 	"workload should not notice. Restarts are counted and logged on stderr.\n"
+	"SIGINT or SIGTERM ends the writes early; what was written is still checked.\n"
 	"  -h, --help          this text\n",
 	.run = run_verify_command,
 };
@@ -541,6 +557,9 @@ static int run_verify_command(int argc, char **argv)
 	if (o.zero_copy && zero_copy_bytes > (16u << 20))
 		o.cfg.data_size = zero_copy_bytes;
 
+	struct sigaction stop = { .sa_handler = request_stop };
+	sigaction(SIGINT, &stop, NULL);
+	sigaction(SIGTERM, &stop, NULL);
 	if (verify_run(&o, &r, err, sizeof err) != 0) {
 		fprintf(stderr, "isolde verify: %s\n", err);
 		return 1;

@@ -49,6 +49,9 @@
  *   start-hang      never become ready, from generation --after on (so with
  *                   --after=2 the first driver serves and every restart is
  *                   stuck in its start until the launcher gives up on it)
+ *   flood-calls     from request --after on, signal the front end 512 times
+ *                   before each response, and serve correctly: a doorbell
+ *                   flood the front end must absorb without stalling
  *   kernel-panic    crash the kernel under the driver: 'c' into
  *                   /proc/sysrq-trigger. Only a VM domain's guest has one (and
  *                   lets its driver write it); in a process domain the open
@@ -85,7 +88,7 @@ static const char *const known_faults[] = {
 	"bad-status", "wrong-op", "prod-overflow", "exit", "segfault", "grant-write", "sigill",
 	"sigfpe", "abort", "hang", "spin-hang", "slow", "syscall", "syscall-kill", "wild-write", "leak",
 	"corrupt-read", "lie-ioerr", "lie-invalid", "grow-image", "flush-and-die", "corrupt-write",
-	"start-hang", "kernel-panic", "kernel-hang",
+	"start-hang", "kernel-panic", "kernel-hang", "flood-calls",
 };
 
 static int parse_arg(struct isolde_driver *drv, const char *key, const char *value)
@@ -264,12 +267,15 @@ static void handle(struct isolde_driver *drv, const struct isolde_blk_request *r
 				  r == 0 ? "ok" : strerror(errno));
 		abort();
 	}
-	if (++seen == after && !is("none") && !is("flush-and-die")) {
+	if (++seen == after && !is("none") && !is("flush-and-die") && !is("flood-calls")) {
 		misbehave(drv, req);
 		return;
 	}
 	if (leaking)
 		leak_one_mib(drv);
+	if (is("flood-calls") && seen >= after)
+		for (int i = 0; i < 512; i++)
+			isolde_waiter_signal(&drv->waiter, true);
 	isolde_driver_serve(drv, req, &rsp);
 	isolde_driver_respond(drv, &rsp);
 	last_completed_id = rsp.id;

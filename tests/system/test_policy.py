@@ -62,12 +62,34 @@ def test_bad_field_is_named(isolde, tmp_path, line, replacement, message):
     ("unreachable 3601s", ":9: field 'unreachable': expected a duration between 1s and 3600s"),
     ("unreachable soon", ":9: field 'unreachable': expected a duration"),
     ("unreachable 60s 60s", ":9: field 'unreachable': expected a duration"),
+    ("domain     container", ":9: field 'domain': expected process or vm"),
+    ("domain     vm vm", ":9: field 'domain': expected process or vm"),
+    ("domain", ":9: field 'domain': expected process or vm"),
+    ("domain     vm\nguest-memory 32M", ":10: field 'guest-memory': expected a whole number of MiB between 64M and 16G"),
+    ("domain     vm\nguest-memory 17G", ":10: field 'guest-memory': expected a whole number of MiB"),
+    ("domain     vm\nguest-memory 100000k", ":10: field 'guest-memory': expected a whole number of MiB"),
+    ("domain     vm\nguest-memory lots", ":10: field 'guest-memory': expected a whole number of MiB"),
+    ("domain     vm\nstandby    maybe", ":10: field 'standby': expected on or off"),
+    ("guest-memory 256M", ": field 'guest-memory': applies to 'domain vm' only"),
+    ("standby    off", ": field 'standby': applies to 'domain vm' only"),
+    ("domain     process\nstandby    on", ": field 'standby': applies to 'domain vm' only"),
 ])
 def test_bad_library_and_connect_fields_are_named(isolde, tmp_path, extra, message):
     path = write(tmp_path, GOOD + extra + "\n")
     p = isolde.run("policy", "check", path)
     assert p.returncode == 1
     assert f"{path}{message}" in p.stderr
+
+
+def test_vm_domain_policy_is_shown(isolde, tmp_path, monkeypatch):
+    path = write(tmp_path, GOOD + "domain     vm\nguest-memory 128M\nstandby    off\n",
+                 name="fault-driver.policy")
+    p = isolde.run("policy", "check", path)
+    assert p.returncode == 0, p.stderr
+    monkeypatch.setenv("ISOLDE_POLICY_DIR", str(tmp_path))
+    p = isolde.run("policy", "show", "fault-driver")
+    assert p.returncode == 0, p.stderr
+    assert "domain     vm\nguest-memory 128M\nstandby    off\n" in p.stdout
 
 
 def test_net_group_needs_its_ports(isolde, tmp_path):
