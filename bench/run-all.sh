@@ -29,6 +29,8 @@ echo "== isolde serve with many devices" >&2
 daemon=$("$root/bench/daemon.py" "$isolde")
 echo "== remote storage: blk-rbd against a Ceph test cluster, blk-nbd against nbdkit" >&2
 remote=$("$root/bench/remote.py" "$isolde")
+echo "== VM driver domains against process domains" >&2
+vm=$("$root/bench/vm.py" "$isolde")
 echo "== a Linux guest through vhost-user-blk" >&2
 guest=$("$root/bench/guest.py" "$isolde" 3)
 echo "== fault-injection campaign (${FAULTS:=10000} faults)" >&2
@@ -159,6 +161,22 @@ bench/remote.py $isolde
 \`\`\`
 
 $remote
+
+## 9. VM driver domains
+
+blk-file in a VM domain (QEMU, microvm, its own Linux kernel; the ring is
+an ivshmem device, the doorbells virtio-serial ports) against the same
+driver in a process domain, in one run; failover with and without the
+warm standby; start times. QEMU runs under TCG on this machine: every VM
+figure is emulation's. KVM would run the guest's code natively and its
+doorbells through ioeventfd and irqfd instead of emulated virtio-serial,
+and boot a VM in well under a second.
+
+\`\`\`
+bench/vm.py $isolde
+\`\`\`
+
+$vm
 EOT
 
 } >"$root/docs/EVALUATION.md"

@@ -689,8 +689,11 @@ unsigned isolde_domain_service(struct isolde_domain *d)
 {
 	unsigned answered = d->gen->phase == START_NONE || d->gen->phase == START_READY ? answer_syscalls(d) : 0;
 
-	if (d->vm)
+	if (d->vm) {
+		uint64_t before = d->gen->vm.calls;
 		isolde_vm_service(&d->gen->vm);
+		d->vm_calls += d->gen->vm.calls - before;
+	}
 	isolde_driver_log_drain(&d->gen->log);
 	return answered;
 }

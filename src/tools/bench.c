@@ -35,6 +35,8 @@ const char *const bench_copy_names[COPY_COUNT] = { "zero", "copy" };
 struct bench_opts {
 	const char *image;
 	const char *driver;
+	const char *domain;   /* process or vm; NULL: the policy's */
+	const char *policy;   /* NULL: the driver's shipped one */
 	int modes[MODE_COUNT];
 	unsigned nmodes;
 	unsigned qd[MAX_LIST];
@@ -166,6 +168,8 @@ static int run_isolated(struct job *j, struct bench_result *r, enum isolde_notif
 	isolde_blk_config_default(&cfg);
 	cfg.image = j->o->image;
 	cfg.driver = j->o->driver;
+	cfg.domain = j->o->domain;
+	cfg.policy = j->o->policy;
 	cfg.notify = notify;
 	cfg.queue_depth = qd;
 	if (j->bs > cfg.max_io)
@@ -259,6 +263,8 @@ static int measure_idle(const struct bench_opts *o, enum isolde_notify_mode noti
 	isolde_blk_config_default(&cfg);
 	cfg.image = o->image;
 	cfg.driver = o->driver;
+	cfg.domain = o->domain;
+	cfg.policy = o->policy;
 	cfg.notify = notify;
 	cfg.queue_depth = 1;
 	struct isolde_blk *dev = isolde_blk_open(&cfg, err, sizeof err);
@@ -451,6 +457,9 @@ const struct cli_command bench_command = {
 	"  --seconds N        per combination (default 3)\n"
 	"  --idle-seconds N   idle CPU measurement per mode, 0 to skip (default 2)\n"
 	"  --driver NAME      driver (default blk-file)\n"
+	"  --domain KIND      process or vm (the driver in a QEMU VM; CPU 'driver' is\n"
+	"                     then all of QEMU's); default: what the policy says\n"
+	"  --policy FILE      the driver's policy (default: the one shipped for it)\n"
 	"  --seed S           random seed (default 1)\n"
 	"  --json FILE        write results as JSON ('-' for stdout)\n"
 	"  --report DIR       write DIR/bench.md and DIR/plots/*.svg (gnuplot)\n"
@@ -531,7 +540,7 @@ static double parse_seconds(const char *opt, const char *value, double min, doub
 	return v;
 }
 
-enum { OPT_MODES = 256, OPT_COPY, OPT_IDLE, OPT_JSON, OPT_REPORT, OPT_RW };
+enum { OPT_MODES = 256, OPT_COPY, OPT_IDLE, OPT_JSON, OPT_REPORT, OPT_RW, OPT_DOMAIN, OPT_POLICY };
 
 static int run_bench_command(int argc, char **argv)
 {
@@ -545,6 +554,8 @@ static int run_bench_command(int argc, char **argv)
 		{ "seconds", required_argument, NULL, 't' },
 		{ "idle-seconds", required_argument, NULL, OPT_IDLE },
 		{ "driver", required_argument, NULL, 'd' },
+		{ "domain", required_argument, NULL, OPT_DOMAIN },
+		{ "policy", required_argument, NULL, OPT_POLICY },
 		{ "seed", required_argument, NULL, 's' },
 		{ "json", required_argument, NULL, OPT_JSON },
 		{ "report", required_argument, NULL, OPT_REPORT },
@@ -567,6 +578,12 @@ static int run_bench_command(int argc, char **argv)
 		switch (c) {
 		case 'i': o.image = optarg; break;
 		case 'd': o.driver = optarg; break;
+		case OPT_DOMAIN:
+			if (strcmp(optarg, "process") != 0 && strcmp(optarg, "vm") != 0)
+				return cli_usage_error(cmd, "--domain: '%s' is not process or vm", optarg);
+			o.domain = optarg;
+			break;
+		case OPT_POLICY: o.policy = optarg; break;
 		case OPT_MODES:
 			if (!parse_names("--modes", optarg, bench_mode_names, MODE_COUNT, o.modes, &o.nmodes))
 				return EXIT_USAGE;

@@ -32,6 +32,7 @@ UNIT_DIR = "lib/systemd/system"  # for any prefix but systemd's own (systemd/mes
 LOCAL_DRIVERS = ["blk-file", "blk-uring"]      # static: their root is empty
 REMOTE_DRIVERS = ["blk-nbd", "blk-rbd"]        # dynamic: 'libraries loaded' shows theirs
 DRIVERS = LOCAL_DRIVERS + REMOTE_DRIVERS
+VM_GUEST_FILES = ["vmlinux", "initramfs.cpio.gz"]  # scripts/build-vm-guest.sh, for 'domain vm'
 
 
 def run(cmd, timeout=120, check=True, **kw):
@@ -72,6 +73,8 @@ class Install:
         return {
             f"{self.bindir}/isolde",
             *(f"{self.libexecdir}/isolde/{d}" for d in DRIVERS),
+            f"{self.libexecdir}/isolde/isolde-vm-agent",
+            *(f"{self.datadir}/isolde/vm-guest/{f}" for f in VM_GUEST_FILES),
             *(f"{self.datadir}/isolde/policies/{d}.policy" for d in DRIVERS),
             *(f"{self.includedir}/isolde/{h}" for h in PUBLIC_HEADERS),
             f"{self.libdir}/libisolde.a",
@@ -151,7 +154,7 @@ def test_installed_binaries(inst):
     # Local drivers run in an empty root: no loader, no libraries to find
     # there. The remote ones link client libraries Debian ships only as
     # shared objects; their policies say so, and their roots show them.
-    for d in LOCAL_DRIVERS:
+    for d in LOCAL_DRIVERS + ["isolde-vm-agent"]:
         assert not elf_interpreter(inst.driver_dir / d), f"{d} is not linked statically"
     for d in REMOTE_DRIVERS:
         assert elf_interpreter(inst.driver_dir / d), f"{d} is expected to be dynamically linked"

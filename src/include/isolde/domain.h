@@ -124,6 +124,7 @@ struct isolde_domain {
 	 * one serves; its agent waits for the go (src/domain/vm.h). */
 	struct isolde_generation *standby;
 	pid_t standby_pid;             /* 0 when there is none */
+	uint64_t vm_calls;             /* doorbell messages from the VMs, all generations */
 	int standby_pidfd;
 	/* 'libraries loaded': what the driver's loader loads (libraries.h),
 	 * found once; NULL otherwise. */
