@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "vm.h"
 #include "vm_initrd.h"
+#include "error.h"
 #include "build_tree.h"
 #include "../vm/agent_exit.h"
 
@@ -38,16 +39,6 @@
 #define QMP_BYTES_PER_SERVICE 16384
 #define CALL_BYTES_PER_SERVICE 4096
 
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-	return -1;
-}
-
 static void close_fd(int *fd)
 {
 	if (*fd >= 0)
@@ -71,16 +62,16 @@ static int read_all(int fd, size_t max, unsigned char **out, size_t *len, const 
 	struct stat st;
 
 	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size <= 0 || (uint64_t)st.st_size > max)
-		return fail(err, errlen, "%s is not a regular file of 1 byte to %zu MiB", what, max >> 20);
+		return isolde_fail(err, errlen, "%s is not a regular file of 1 byte to %zu MiB", what, max >> 20);
 	unsigned char *buf = malloc((size_t)st.st_size);
 	if (!buf)
-		return fail(err, errlen, "out of memory reading %s", what);
+		return isolde_fail(err, errlen, "out of memory reading %s", what);
 	size_t got = 0;
 	while (got < (size_t)st.st_size) {
 		ssize_t n = pread(fd, buf + got, (size_t)st.st_size - got, (off_t)got);
 		if (n <= 0) {
 			free(buf);
-			return fail(err, errlen, "cannot read %s: %s", what, n < 0 ? strerror(errno) : "it shrank");
+			return isolde_fail(err, errlen, "cannot read %s: %s", what, n < 0 ? strerror(errno) : "it shrank");
 		}
 		got += (size_t)n;
 	}
@@ -94,7 +85,7 @@ static int read_path(const char *path, size_t max, unsigned char **out, size_t *
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		return fail(err, errlen, "cannot read %s %s: %s", what, path, strerror(errno));
+		return isolde_fail(err, errlen, "cannot read %s %s: %s", what, path, strerror(errno));
 	int r = read_all(fd, max, out, len, what, err, errlen);
 	close(fd);
 	return r;
@@ -165,12 +156,12 @@ static int find_qemu(struct isolde_vm *vm, char *err, size_t errlen)
 			}
 		}
 		if (!vm->qemu_path[0])
-			return fail(err, errlen, "a VM domain needs qemu-system-x86_64, which is not on PATH "
+			return isolde_fail(err, errlen, "a VM domain needs qemu-system-x86_64, which is not on PATH "
 				    "(Debian: qemu-system-x86; or set ISOLDE_QEMU)");
 	}
 	vm->qemu_fd = open(vm->qemu_path, O_PATH | O_CLOEXEC);
 	if (vm->qemu_fd < 0 || access(vm->qemu_path, X_OK) != 0)
-		return fail(err, errlen, "cannot execute QEMU %s: %s", vm->qemu_path, strerror(errno));
+		return isolde_fail(err, errlen, "cannot execute QEMU %s: %s", vm->qemu_path, strerror(errno));
 	return 0;
 }
 
@@ -185,7 +176,7 @@ static int find_guest(struct isolde_vm *vm, char *err, size_t errlen)
 	snprintf(path, sizeof path, "%s/vmlinux", dir);
 	vm->kernel_fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (vm->kernel_fd < 0)
-		return fail(err, errlen, "the VM domain's guest kernel %s cannot be read (%s): build it with "
+		return isolde_fail(err, errlen, "the VM domain's guest kernel %s cannot be read (%s): build it with "
 			    "scripts/build-vm-guest.sh %s (make does), or set ISOLDE_VM_GUEST_DIR", path,
 			    strerror(errno), dir);
 	snprintf(path, sizeof path, "%s/initramfs.cpio.gz", dir);
@@ -207,7 +198,7 @@ static int find_agent(struct isolde_vm *vm, char *err, size_t errlen)
 	if (read_path(path, MAX_BINARY, &vm->agent, &vm->agent_len, "the VM domain's agent", err, errlen))
 		return -1;
 	if (!is_static_elf(vm->agent, vm->agent_len))
-		return fail(err, errlen, "the VM domain's agent %s is not a static x86-64 executable", path);
+		return isolde_fail(err, errlen, "the VM domain's agent %s is not a static x86-64 executable", path);
 	return 0;
 }
 
@@ -230,7 +221,7 @@ int isolde_vm_find(struct isolde_vm *vm, int driver_fd, const char *driver_name,
 	if (read_path(self, MAX_BINARY, &vm->driver, &vm->driver_len, "the driver binary", err, errlen))
 		return -1;
 	if (!is_static_elf(vm->driver, vm->driver_len))
-		return fail(err, errlen, "driver %s is not a statically linked x86-64 executable: a VM domain "
+		return isolde_fail(err, errlen, "driver %s is not a statically linked x86-64 executable: a VM domain "
 			    "holds the driver binary and nothing else (no loader, no libraries)", driver_name);
 	return 0;
 }
@@ -352,7 +343,7 @@ int isolde_vm_prepare(struct isolde_vm *vm, struct isolde_vm_generation *g, char
 	    socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, call) != 0 ||
 	    socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, qmp) != 0 ||
 	    socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, control) != 0) {
-		fail(err, errlen, "cannot make the VM's doorbells: %s", strerror(errno));
+		isolde_fail(err, errlen, "cannot make the VM's doorbells: %s", strerror(errno));
 		goto fail;
 	}
 	g->kick_fd = kick[0];
@@ -368,11 +359,11 @@ int isolde_vm_prepare(struct isolde_vm *vm, struct isolde_vm_generation *g, char
 	/* Events come only after the handshake; QEMU reads this once it runs. */
 	static const char hello[] = "{\"execute\": \"qmp_capabilities\"}\n";
 	if (send(g->qmp_fd, hello, sizeof hello - 1, MSG_NOSIGNAL) != (ssize_t)(sizeof hello - 1)) {
-		fail(err, errlen, "cannot greet the VM's monitor: %s", strerror(errno));
+		isolde_fail(err, errlen, "cannot greet the VM's monitor: %s", strerror(errno));
 		goto fail;
 	}
 	if (argv_blob(driver_argv, &blob, &blob_len)) {
-		fail(err, errlen, "out of memory");
+		isolde_fail(err, errlen, "out of memory");
 		goto fail;
 	}
 	const struct isolde_initrd_file files[] = {
@@ -386,7 +377,7 @@ int isolde_vm_prepare(struct isolde_vm *vm, struct isolde_vm_generation *g, char
 	if (g->initrd_fd < 0)
 		goto fail;
 	if (!(g->argv = build_qemu_argv(vm))) {
-		fail(err, errlen, "out of memory");
+		isolde_fail(err, errlen, "out of memory");
 		goto fail;
 	}
 	return 0;
@@ -400,12 +391,12 @@ fail:
 int isolde_vm_activate(struct isolde_vm_generation *g, int kick_fd, char *err, size_t errlen)
 {
 	if (dup3(g->kick_fd, kick_fd, O_CLOEXEC) < 0)
-		return fail(err, errlen, "cannot install the VM's kick doorbell: %s", strerror(errno));
+		return isolde_fail(err, errlen, "cannot install the VM's kick doorbell: %s", strerror(errno));
 	close_fd(&g->kick_fd);
 	/* Our end stays open: QEMU drops what a port holds when its peer
 	 * hangs up before the guest has opened it. */
 	if (send(g->control_fd, "g", 1, MSG_NOSIGNAL) != 1)
-		return fail(err, errlen, "cannot start the driver in its VM (the control port: %s)",
+		return isolde_fail(err, errlen, "cannot start the driver in its VM (the control port: %s)",
 			    strerror(errno));
 	return 0;
 }

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #define _GNU_SOURCE
 #include "vm_initrd.h"
+#include "write_all.h"
 
 #include <errno.h>
 #include <stdbool.h>
@@ -16,28 +17,12 @@
  * thirteen 8-digit hex fields, the name with its NUL, the data. */
 #define NEWC_HEADER 110
 
-static int write_all(int fd, const void *buf, size_t len)
-{
-	const unsigned char *p = buf;
-
-	while (len > 0) {
-		ssize_t n = write(fd, p, len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return -1;
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
 static int pad4(int fd, size_t written)
 {
 	static const char zeros[4];
 	size_t pad = (4 - written % 4) % 4;
 
-	return pad ? write_all(fd, zeros, pad) : 0;
+	return pad && !isolde_write_all(fd, zeros, pad) ? -1 : 0;
 }
 
 static int record(int fd, unsigned ino, unsigned mode, const char *name, const unsigned char *data,
@@ -50,9 +35,10 @@ static int record(int fd, unsigned ino, unsigned mode, const char *name, const u
 		return -1;
 	snprintf(h, sizeof h, "070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X", ino, mode, 0u, 0u,
 		 1u, 0u, (unsigned)len, 0u, 0u, 0u, 0u, (unsigned)namesize, 0u);
-	if (write_all(fd, h, NEWC_HEADER) || write_all(fd, name, namesize) || pad4(fd, NEWC_HEADER + namesize))
+	if (!isolde_write_all(fd, h, NEWC_HEADER) || !isolde_write_all(fd, name, namesize) ||
+	    pad4(fd, NEWC_HEADER + namesize))
 		return -1;
-	if (len && (write_all(fd, data, len) || pad4(fd, len)))
+	if (len && (!isolde_write_all(fd, data, len) || pad4(fd, len)))
 		return -1;
 	return 0;
 }
@@ -67,7 +53,7 @@ int isolde_vm_initrd(const unsigned char *base, size_t base_len, const struct is
 		return -1;
 	}
 	/* The appended archive starts on a 4-byte boundary of the whole. */
-	bool ok = write_all(fd, base, base_len) == 0 && pad4(fd, base_len) == 0;
+	bool ok = isolde_write_all(fd, base, base_len) && pad4(fd, base_len) == 0;
 	for (unsigned i = 0; ok && i < nfiles; i++)
 		ok = record(fd, 1000 + i, S_IFREG | (files[i].mode & 07777), files[i].name, files[i].data,
 			    files[i].len) == 0;

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #define _GNU_SOURCE
 #include "shield.h"
+#include "write_all.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -76,22 +77,6 @@ static bool pread_all(int fd, void *buf, size_t len, off_t off)
 		p += n;
 		len -= (size_t)n;
 		off += n;
-	}
-	return true;
-}
-
-static bool write_all(int fd, const void *buf, size_t len)
-{
-	const unsigned char *p = buf;
-
-	while (len > 0) {
-		ssize_t n = write(fd, p, len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return false;
-		p += n;
-		len -= (size_t)n;
 	}
 	return true;
 }
@@ -550,10 +535,10 @@ static bool write_contents(const struct isolde_shield *sh, int fd, uint32_t stat
 		return false;
 	h.checksum = file_checksum(sh, &h);
 	/* umask does not decide who may read it; only the owner writes it. */
-	if (fchmod(fd, 0600) != 0 || !write_all(fd, &h, sizeof h))
+	if (fchmod(fd, 0600) != 0 || !isolde_write_all(fd, &h, sizeof h))
 		return false;
 	if (state == ISOLDE_SHIELD_FILE_CLEAN &&
-	    (!write_all(fd, sh->known, bitmap_bytes(sh)) || !write_all(fd, sh->sums, sums_bytes(sh))))
+	    (!isolde_write_all(fd, sh->known, bitmap_bytes(sh)) || !isolde_write_all(fd, sh->sums, sums_bytes(sh))))
 		return false;
 	return fdatasync(fd) == 0;
 }
