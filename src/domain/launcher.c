@@ -191,7 +191,6 @@ struct isolde_generation {
 	struct isolde_vm_generation vm; /* a VM domain's (vm.h) */
 	struct isolde_ratelimit log_limit;
 	uint32_t denials;             /* by this generation */
-	bool standby_taken;           /* a VM booted ahead as the warm standby */
 	bool killed_for_denials;
 	uint64_t lines_before;        /* logged by earlier generations */
 	/* The start, step by step (isolde_domain_start_step). */
@@ -399,7 +398,7 @@ static bool read_full(int fd, void *buf, size_t len)
 #define CHILD_FDS 6 /* shm, kick, call, device, log, uring */
 #define MAX_CHILD_FDS (CHILD_FDS > ISOLDE_VM_FDS ? CHILD_FDS : ISOLDE_VM_FDS)
 
-/* Put the generation's fds in place (a driver's on 2..7, QEMU's on 2..10)
+/* Put the generation's fds in place (a driver's on 2..7, QEMU's on 2..11)
  * and close everything else but keep[]. */
 static void arrange_fds(struct isolde_domain *d, int status_fd, int *keep, unsigned nkeep)
 {
@@ -416,7 +415,7 @@ static void arrange_fds(struct isolde_domain *d, int status_fd, int *keep, unsig
 		n = isolde_vm_child_fds(d->vm, &g->vm, d->shm_fd, g->device_fd, g->log_write_fd, src, dst);
 		last = ISOLDE_VM_FD_CONTROL;
 	}
-	/* Out of the way of 0..10 first, then into place. */
+	/* Out of the way of 0..11 first, then into place. */
 	for (unsigned i = 0; i < n; i++)
 		if ((tmp[i] = src[i] < 0 ? -1 : fcntl(src[i], F_DUPFD, 16)) < 0 && src[i] >= 0)
 			child_fail(status_fd, "arrange fds");
@@ -947,7 +946,6 @@ static int start_vm(struct isolde_domain *d, char *err, size_t errlen)
 		d->gen->log_limit = old->log_limit;
 		d->gen->lines_before = old->lines_before;
 		d->gen->log.limit = &d->gen->log_limit;
-		d->gen->standby_taken = true;
 		fprintf(stderr, "isolde: driver %s generation %u: the warm standby (QEMU pid %d) takes over\n",
 			d->driver_name, d->generation, (int)d->pid);
 		watch(d, d->pidfd);
