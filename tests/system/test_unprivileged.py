@@ -69,7 +69,8 @@ def test_unprivileged_verify_reports_its_sandbox(isolde, nobody_image):
                                  "--driver", "blk-uring"))
     assert p.returncode == 0, p.stderr
     assert r["sandbox"] == {"namespaces": True, "user_namespace": True, "own_uid": False, "cgroups": False,
-                            "landlock_abi": r["sandbox"]["landlock_abi"], "restricted_uring": True}
+                            "landlock_abi": r["sandbox"]["landlock_abi"], "restricted_uring": True,
+                            "vm": False}
     assert "not root: the driver runs as this user" in p.stderr
 
 
