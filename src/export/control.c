@@ -590,6 +590,7 @@ struct command {
 };
 
 static const char *const notify_modes[] = { "event", "spin", "hybrid", NULL };
+static const char *const domain_kinds[] = { "process", "vm", NULL };
 
 static const struct arg device_add_args[] = {
 	{ .name = "spec", .type = ARG_STRING },
@@ -597,6 +598,7 @@ static const struct arg device_add_args[] = {
 	{ .name = "image", .type = ARG_STRING, .spec_value = true },
 	{ .name = "driver", .type = ARG_STRING, .spec_value = true },
 	{ .name = "notify", .type = ARG_STRING, .choices = notify_modes },
+	{ .name = "domain", .type = ARG_STRING, .choices = domain_kinds },
 	{ .name = "qd", .type = ARG_INT, .min = 1, .max = ISOLDE_BLK_MAX_QUEUE_DEPTH },
 	{ .name = "readonly", .type = ARG_BOOL },
 	{ .name = "direct", .type = ARG_BOOL },
@@ -737,7 +739,7 @@ static const char *str_arg(json_t *args, const char *name)
 /* device-add's fields as a device spec: NAME,image=PATH,... */
 static char *spec_from_fields(json_t *args)
 {
-	static const char *const valued[] = { "image", "driver", "notify", "policy" };
+	static const char *const valued[] = { "image", "driver", "domain", "notify", "policy" };
 	static const char *const flags[] = { "readonly", "direct", "shield" };
 	char *text = NULL;
 	size_t len = 0;

@@ -514,6 +514,8 @@ def bad_requests(img):
     add({"name": "x1", "image": str(img), "qd": 5000}, "qd")
     add({"name": "x1", "image": str(img), "qd": 8.0}, "qd")
     add({"name": "x1", "image": str(img), "notify": "fast"}, "notify")
+    add({"name": "x1", "image": str(img), "domain": "container"}, "domain")
+    add({"name": "x1", "image": str(img), "domain": 1}, "domain")
     add({"name": "x1", "image": str(img), "readonly": "yes"}, "readonly")
     add({"name": "x1", "image": str(img), "direct": 1}, "direct")
     add({"name": "x1", "image": str(img), "shield": None}, "shield")
@@ -524,6 +526,7 @@ def bad_requests(img):
     add({"spec": 5}, "spec")
     add({"spec": f"x1,image={img},qd=0"}, "qd")          # the daemon's parser names it
     add({"spec": f"x1,image={img},notify=fast"}, "notify")
+    add({"spec": f"x1,image={img},domain=jail"}, "domain")
     add({"spec": "x1"}, "image")
     add({"spec": f",image={img}"}, "name")
     add({"spec": f"d1,image={img}"}, "name")             # there is a d1 already
