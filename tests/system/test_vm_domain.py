@@ -10,10 +10,13 @@ few of them."""
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -250,6 +253,34 @@ def test_qemu_runs_in_its_sandbox(isolde, vm_image):
         assert re.search(r"Max core file size\s+0\s+0", limits)
     finally:
         stop(proc)
+
+
+def test_unprivileged_vm_domain(isolde):
+    """Without root, QEMU runs in a user namespace of its own (65534 inside,
+    the user outside), and the workload is as clean."""
+    nobody = 65534
+    d = Path(tempfile.mkdtemp(prefix="isolde-vm-nobody-"))
+    try:
+        _unprivileged_vm_run(isolde, d, nobody)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _unprivileged_vm_run(isolde, d, nobody):
+    img = d / "disk.img"
+    with open(img, "wb") as f:
+        f.truncate(16 << 20)
+    os.chown(d, nobody, nobody)
+    os.chown(img, nobody, nobody)
+    p = subprocess.run(["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups",
+                        str(isolde.build.isolde), "verify", "--image", str(img), "--domain", "vm",
+                        "--ops", "500", "--qd", "4", "--json"],
+                       capture_output=True, text=True, timeout=RUN_TIMEOUT, env=sanitizer_env())
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads(p.stdout)
+    assert r["errors"] == 0 and r["mismatches"] == 0
+    assert r["sandbox"]["vm"] is True and r["sandbox"]["user_namespace"] is True
+    assert r["sandbox"]["own_uid"] is False
 
 
 # ---- an export from a VM domain, read by a client nobody here wrote ----
