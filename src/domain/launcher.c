@@ -213,6 +213,21 @@ static void close_fd(int *fd)
 	*fd = -1;
 }
 
+/* What a generation held besides its process, log and ring, let go:
+ * the end of a generation that ran, and of a standby that never did. */
+static void release_generation(struct isolde_generation *g)
+{
+	if (g->cgroup.ndirs)
+		isolde_cgroup_remove(&g->cgroup);
+	close_fd(&g->device_fd);
+	close_fd(&g->log_write_fd);
+	close_fd(&g->landlock_fd);
+	isolde_vm_end(&g->vm);
+	free_argv(g->argv);
+	g->argv = NULL;
+	g->ending = false;
+}
+
 static void init_generation(struct isolde_generation *g)
 {
 	g->device_fd = g->log_write_fd = g->landlock_fd = -1;
@@ -906,16 +921,8 @@ static void discard_standby(struct isolde_domain *d)
 	close_fd(&s->control_fd);
 	isolde_driver_log_close(&s->log);
 	s->log.lines = 0;
-	if (s->cgroup.ndirs)
-		isolde_cgroup_remove(&s->cgroup);
-	close_fd(&s->device_fd);
-	close_fd(&s->log_write_fd);
-	close_fd(&s->landlock_fd);
-	isolde_vm_end(&s->vm);
-	free_argv(s->argv);
-	s->argv = NULL;
+	release_generation(s);
 	s->phase = START_NONE;
-	s->ending = false;
 }
 
 /* Whether the standby is there to take over: alive, its start not failed. */
@@ -1368,19 +1375,11 @@ int isolde_domain_end_step(struct isolde_domain *d, int wait_ms)
 	int r = drain_uring(d, wait_ms);
 	if (r == 0)
 		return 0;
-	if (g->cgroup.ndirs)
-		isolde_cgroup_remove(&g->cgroup);
-	close_fd(&g->device_fd);
-	close_fd(&g->log_write_fd);
-	close_fd(&g->landlock_fd);
 	if (d->vm) {
 		unwatch(d, g->vm.call_fd);
 		unwatch(d, g->vm.qmp_fd);
-		isolde_vm_end(&g->vm);
 	}
-	free_argv(g->argv);
-	g->argv = NULL;
-	g->ending = false;
+	release_generation(g);
 	return r;
 }
 

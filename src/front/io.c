@@ -561,12 +561,9 @@ void isolde_blk_event_fds(const struct isolde_blk *dev, int *call_fd, int *watch
 
 int isolde_blk_poll(struct isolde_blk *dev, struct isolde_blk_io **done, unsigned max)
 {
-	uint64_t v;
-
 	isolde_blk_push(dev);
 	/* Calls are counted, then the eventfd is empty until the next. */
-	if (read(dev->domain.call_fd, &v, sizeof v) == sizeof v)
-		dev->waiter.signals_received += v;
+	isolde_waiter_drain(&dev->waiter, dev->domain.call_fd);
 	return (int)attend(dev, done, max, watch_readable(dev));
 }
 
