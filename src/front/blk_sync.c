@@ -20,7 +20,7 @@ static int run_pieces(struct isolde_blk *dev, uint8_t op, uint16_t flags, unsign
 
 	if (isolde_shadow_in_flight(&dev->shadow) != 0)
 		return -EBUSY;
-	if (dev->failed)
+	if (dev->rec.failed)
 		return -EIO;
 	for (unsigned i = 0; i < dev->queue_depth; i++)
 		free_ios[nfree++] = &dev->sync_ios[i];

@@ -62,7 +62,7 @@ static void protocol_violation(struct isolde_blk *dev, const char *fmt, ...)
 	vsnprintf(why, sizeof why, fmt, ap);
 	va_end(ap);
 	dev->stats.protocol_violations++;
-	isolde_recovery_fail(dev, ISOLDE_FAIL_PROTOCOL, "%s", why);
+	isolde_recovery_fail(&dev->rec, ISOLDE_FAIL_PROTOCOL, "%s", why);
 }
 
 /* ---- submission ---- */
@@ -129,7 +129,7 @@ int isolde_blk_submit(struct isolde_blk *dev, struct isolde_blk_io *io)
 	struct isolde_shadow_entry *e;
 	int r, idx;
 
-	if (dev->failed)
+	if (dev->rec.failed)
 		return -EIO;
 	r = check_io(dev, io);
 	if (r)
@@ -289,11 +289,7 @@ static struct isolde_blk_io *complete(struct isolde_blk *dev, uint32_t idx, int 
 	if (dev->shield_on)
 		shield_completed(dev, idx, e, result);
 	io->result = result;
-	dev->completed_gen++;
-	if (dev->recovery_started_ns && !dev->failed) {
-		isolde_recovery_note(dev, (isolde_now_ns() - dev->recovery_started_ns) / 1000);
-		dev->recovery_started_ns = 0;
-	}
+	isolde_recovery_completed(&dev->rec);
 	dev->stats.requests++;
 	if (result)
 		dev->stats.errors++;
@@ -379,11 +375,11 @@ static unsigned consume_responses(struct isolde_blk *dev, struct isolde_blk_io *
 		done[n++] = complete(dev, idx, result);
 	}
 	if (corrupt)
-		isolde_recovery_fail(dev, ISOLDE_FAIL_CORRUPTION, "(pid %d) returned block %llu different from "
+		isolde_recovery_fail(&dev->rec, ISOLDE_FAIL_CORRUPTION, "(pid %d) returned block %llu different from "
 				     "what was written (integrity shield)", (int)dev->domain.pid,
 				     (unsigned long long)corrupt_block);
 	else if (doubted)
-		isolde_recovery_fail(dev, ISOLDE_FAIL_ERROR_STATUS, "(pid %d) reported '%s'; asking a fresh "
+		isolde_recovery_fail(&dev->rec, ISOLDE_FAIL_ERROR_STATUS, "(pid %d) reported '%s'; asking a fresh "
 				     "driver to confirm", (int)dev->domain.pid,
 				     isolde_blk_status_name(doubted_status));
 	return n;
@@ -438,7 +434,7 @@ static void check_hang(struct isolde_blk *dev, uint64_t now)
 		return;
 	}
 	if (now - dev->heartbeat_changed_ns >= limit && !isolde_domain_waiting_on_device(&dev->domain)) {
-		isolde_recovery_fail(dev, ISOLDE_FAIL_HANG, "(pid %d) made no progress for %u ms with %u "
+		isolde_recovery_fail(&dev->rec, ISOLDE_FAIL_HANG, "(pid %d) made no progress for %u ms with %u "
 				     "requests pending", (int)dev->domain.pid, dev->hang_ms,
 				     isolde_shadow_in_flight(&dev->shadow));
 		return;
@@ -446,7 +442,7 @@ static void check_hang(struct isolde_blk *dev, uint64_t now)
 	for (uint32_t i = 0; i < dev->shadow.depth; i++) {
 		const struct isolde_shadow_entry *e = &dev->shadow.entries[i];
 		if (e->id != 0 && now - e->submitted_ns >= 10 * limit) {
-			isolde_recovery_fail(dev, ISOLDE_FAIL_HANG, "(pid %d) left a %s request unanswered for "
+			isolde_recovery_fail(&dev->rec, ISOLDE_FAIL_HANG, "(pid %d) left a %s request unanswered for "
 					     "%u ms", (int)dev->domain.pid, isolde_blk_op_name(e->op),
 					     10 * dev->hang_ms);
 			return;
@@ -461,11 +457,11 @@ static void watch_fired(struct isolde_blk *dev, struct isolde_blk_io **done, uns
 	isolde_domain_service(&dev->domain);
 	if (dev->domain.pid > 0 && !isolde_domain_reap(&dev->domain))
 		return;
-	dev->death_seen_ns = isolde_now_ns();
+	dev->rec.death_seen_ns = isolde_now_ns();
 	/* Take what it answered before it died, then recover the rest. */
 	*n += consume_responses(dev, done + *n, max - *n);
 	const struct isolde_exit *x = &dev->domain.last_exit;
-	isolde_recovery_fail(dev, x->by_policy ? ISOLDE_FAIL_POLICY
+	isolde_recovery_fail(&dev->rec, x->by_policy ? ISOLDE_FAIL_POLICY
 			     : x->kernel ? ISOLDE_FAIL_KERNEL : isolde_classify_exit(x->signaled, x->code),
 			     "%s", x->text);
 }
@@ -488,8 +484,8 @@ static unsigned attend(struct isolde_blk *dev, struct isolde_blk_io **done, unsi
 			check_hang(dev, isolde_now_ns());
 	}
 	if (!running(dev))
-		isolde_recovery_step(dev);
-	if (dev->failed)
+		isolde_recovery_step(&dev->rec);
+	if (dev->rec.failed)
 		n += drain_failed(dev, done + n, max - n);
 	return n;
 }
@@ -504,7 +500,7 @@ static bool watch_readable(const struct isolde_blk *dev)
  * next deadline and the caller's. */
 static void wait_recovery(struct isolde_blk *dev, int64_t slice_ns)
 {
-	int ms = isolde_recovery_timeout_ms(dev);
+	int ms = isolde_recovery_timeout_ms(&dev->rec);
 	int slice_ms = (int)((slice_ns + 999999) / 1000000);
 	struct pollfd p[2] = { { .fd = dev->domain.watch_fd, .events = POLLIN },
 			       { .fd = dev->domain.call_fd, .events = POLLIN } };
@@ -526,7 +522,7 @@ int isolde_blk_reap(struct isolde_blk *dev, struct isolde_blk_io **done, unsigne
 	for (;;) {
 		n += attend(dev, done + n, max - n, watch_ready);
 		watch_ready = false;
-		if (dev->failed || n >= min || n == max || isolde_shadow_in_flight(&dev->shadow) == 0)
+		if (dev->rec.failed || n >= min || n == max || isolde_shadow_in_flight(&dev->shadow) == 0)
 			return (int)n;
 		uint64_t now = isolde_now_ns();
 		if (now >= deadline)
@@ -569,14 +565,14 @@ int isolde_blk_poll(struct isolde_blk *dev, struct isolde_blk_io **done, unsigne
 
 int isolde_blk_timeout_ms(const struct isolde_blk *dev)
 {
-	return running(dev) ? -1 : isolde_recovery_timeout_ms(dev);
+	return running(dev) ? -1 : isolde_recovery_timeout_ms(&dev->rec);
 }
 
 bool isolde_blk_prepare_sleep(struct isolde_blk *dev)
 {
 	uint32_t prod;
 
-	if (dev->failed)
+	if (dev->rec.failed)
 		return isolde_shadow_in_flight(&dev->shadow) == 0;
 	if (!running(dev))
 		return true; /* the watch fd and isolde_blk_timeout_ms wake it */
@@ -591,13 +587,13 @@ const char *isolde_blk_state(const struct isolde_blk *dev) { return isolde_dev_s
 
 void isolde_blk_abort(struct isolde_blk *dev, const char *why)
 {
-	isolde_fail_device(dev, "%s", why);
+	isolde_recovery_give_up(&dev->rec, "%s", why);
 }
 
 void isolde_blk_set_event_handler(struct isolde_blk *dev, isolde_blk_event_fn fn, void *ctx)
 {
-	dev->on_event = fn;
-	dev->on_event_ctx = ctx;
+	dev->rec.on_event = fn;
+	dev->rec.on_event_ctx = ctx;
 }
 enum isolde_notify_mode isolde_blk_notify_mode(const struct isolde_blk *dev) { return dev->waiter.mode; }
 uint32_t isolde_blk_alignment(const struct isolde_blk *dev) { return dev->align; }

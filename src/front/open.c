@@ -293,6 +293,9 @@ struct isolde_blk *isolde_blk_open(const struct isolde_blk_config *cfg, char *er
 		goto fail;
 	}
 	dev->supervisor.unreachable_limit_ms = dev->policy.unreachable_ms;
+	dev->rec = (struct isolde_recovery){ .domain = &dev->domain, .supervisor = &dev->supervisor,
+					     .policy = &dev->policy, .name = dev->image, .remote = remote,
+					     .unit = "requests", .ops = &isolde_blk_recovery_ops, .owner = dev };
 
 	/* Data area: one bounce buffer of max_io per shadow entry for copy
 	 * mode, then the zero-copy pool. */
@@ -356,7 +359,7 @@ void isolde_blk_close(struct isolde_blk *dev)
 		return;
 	/* A remote device's driver holds what others wait for (an image's
 	 * lock): it is asked to let go first. */
-	if (dev->remote && !dev->failed && isolde_shadow_in_flight(&dev->shadow) == 0)
+	if (dev->remote && !dev->rec.failed && isolde_shadow_in_flight(&dev->shadow) == 0)
 		isolde_domain_stop(&dev->domain, ISOLDE_DRIVER_STOP_MS);
 	isolde_domain_destroy(&dev->domain);
 	if (dev->shield_on)
@@ -387,10 +390,10 @@ uint64_t isolde_blk_piece_max(const struct isolde_blk *dev, uint8_t op)
 	return op == ISOLDE_BLK_OP_FLUSH ? 0 : 1u << 30;
 }
 pid_t isolde_blk_driver_pid(const struct isolde_blk *dev) { return dev->domain.pid; }
-bool isolde_blk_failed(const struct isolde_blk *dev) { return dev->failed; }
+bool isolde_blk_failed(const struct isolde_blk *dev) { return dev->rec.failed; }
 int isolde_blk_flush_error(const struct isolde_blk *dev) { return dev->flush_error; }
 const struct isolde_enforcement *isolde_blk_enforcement(const struct isolde_blk *dev) { return &dev->domain.applied; }
-const char *isolde_blk_error(const struct isolde_blk *dev) { return dev->error; }
+const char *isolde_blk_error(const struct isolde_blk *dev) { return dev->rec.error; }
 unsigned isolde_blk_inflight(const struct isolde_blk *dev) { return isolde_shadow_in_flight(&dev->shadow); }
 
 const struct isolde_supervisor_stats *isolde_blk_supervisor_stats(const struct isolde_blk *dev)
