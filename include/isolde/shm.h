@@ -30,6 +30,10 @@
 #define ISOLDE_DEV_REMOTE 0x4u   /* the driver reaches the device (fd 6 says how); it
 				    reports the size (reported_size) */
 
+/* device_class values: what the rings carry */
+#define ISOLDE_CLASS_BLOCK 0u /* isolde/blkif.h on one ring */
+#define ISOLDE_CLASS_NET 1u   /* isolde/netif.h on a TX and an RX ring */
+
 /* driver_state values (written by the driver, informational only) */
 #define ISOLDE_DRIVER_STARTING 0u
 #define ISOLDE_DRIVER_READY 1u
@@ -58,6 +62,14 @@ struct isolde_shm_header {
 	uint32_t spin_min_ns;  /* hybrid window bounds */
 	uint32_t spin_max_ns;
 	uint32_t generation;   /* bumped on every driver (re)start */
+	uint32_t device_class; /* ISOLDE_CLASS_BLOCK or ISOLDE_CLASS_NET */
+	/* A network device (isolde/netif.h): the RX ring (the TX ring is at
+	 * ring_offset), each buffer's size, the offloads it carries and its
+	 * MTU. Zero for a block device. */
+	uint64_t rx_ring_offset;
+	uint32_t buf_size;
+	uint32_t net_features;  /* ISOLDE_NETIF_F_* */
+	uint32_t mtu;
 	uint32_t reserved0;
 
 	/*
@@ -89,7 +101,9 @@ struct isolde_shm_header {
 _Static_assert(sizeof(struct isolde_shm_header) <= ISOLDE_PAGE_SIZE, "header fits a page");
 
 struct isolde_shm_layout {
+	uint32_t device_class;
 	uint32_t ring_slots;
+	uint64_t rx_ring_offset; /* ISOLDE_CLASS_NET */
 	uint32_t grant_count;
 	uint64_t ring_offset;
 	uint64_t grant_offset;
@@ -104,6 +118,13 @@ struct isolde_shm_layout {
  * inputs are out of range.
  */
 int isolde_shm_layout_compute(struct isolde_shm_layout *l, uint32_t ring_slots, uint64_t data_size);
+
+/*
+ * A network device's layout (isolde/netif.h): a TX and an RX ring of
+ * ring_slots slots, a grant and an ISOLDE_NETIF_BUF_SIZE buffer per slot of
+ * each, and at least extra_data bytes more of data area (a VM's round-up).
+ */
+int isolde_shm_layout_compute_net(struct isolde_shm_layout *l, uint32_t ring_slots, uint64_t extra_data);
 
 /*
  * Driver side: check a private copy of the header against the size of the
