@@ -127,7 +127,19 @@ static int parse_args(struct isolde_driver *drv, int argc, char **argv, int fds[
 	return 0;
 }
 
-static int attach(struct isolde_driver *drv, int shm_fd)
+static const char *class_name(uint32_t device_class)
+{
+	switch (device_class) {
+	case ISOLDE_CLASS_BLOCK:
+		return "a block device";
+	case ISOLDE_CLASS_NET:
+		return "a network device";
+	default:
+		return "an unknown device class";
+	}
+}
+
+static int attach(struct isolde_driver *drv, int shm_fd, unsigned device_class)
 {
 	struct stat st;
 	unsigned char *base;
@@ -147,6 +159,14 @@ static int attach(struct isolde_driver *drv, int shm_fd)
 	bad = isolde_shm_header_check(&drv->params, (uint64_t)st.st_size);
 	if (bad) {
 		isolde_driver_log(drv, "shared memory header is inconsistent: field %s", bad);
+		return -1;
+	}
+	/* The header check accepts every class; a driver serves only its own,
+	 * and the rings of another would mean something else in every slot. */
+	if (drv->params.device_class != device_class) {
+		isolde_driver_log(drv, "shared memory header is for %s; %s drives %s",
+				  class_name(drv->params.device_class), drv->ops->name,
+				  class_name(device_class));
 		return -1;
 	}
 	/* The grant table is the front end's; a stray write to it is a driver
@@ -310,6 +330,11 @@ static void handle_default(struct isolde_driver *drv, const struct isolde_blk_re
 /* SIGTERM: the device is being closed. The handler only notes it and
  * kicks the service loop awake (whichever thread the signal reached). */
 static volatile sig_atomic_t stop_requested;
+
+bool isolde_driver_stop_requested(void)
+{
+	return stop_requested;
+}
 
 static void on_stop_signal(int sig)
 {
@@ -551,32 +576,52 @@ void isolde_driver_report_session(struct isolde_driver *drv, uint64_t session_id
 	drv->header->session_id = session_id;
 }
 
+int isolde_driver_attach(struct isolde_driver *drv, int argc, char **argv, unsigned device_class)
+{
+	int fds[4] = { -1, -1, -1, -1 };
+
+	drv->uring_fd = -1;
+	if (parse_args(drv, argc, argv, fds) != 0)
+		return 2;
+	drv->device_fd = fds[3];
+	if (attach(drv, fds[0], device_class) != 0)
+		return 1;
+	isolde_waiter_init(&drv->waiter, (enum isolde_notify_mode)drv->params.notify_mode, fds[1], fds[2], -1,
+			   drv->params.spin_min_ns, drv->params.spin_max_ns);
+	return 0;
+}
+
+void isolde_driver_ready(struct isolde_driver *drv)
+{
+	struct sigaction stop = { .sa_handler = on_stop_signal };
+	uint64_t one = 1;
+
+	sigemptyset(&stop.sa_mask);
+	sigaction(SIGTERM, &stop, NULL);
+	drv->header->driver_pid = (uint32_t)getpid();
+	__atomic_store_n(&drv->header->driver_state, ISOLDE_DRIVER_READY, __ATOMIC_RELEASE);
+	/* Ready is always signalled, whatever the mode: the launcher waits on it. */
+	(void)!write(drv->waiter.peer_fd, &one, sizeof one);
+}
+
+void isolde_driver_failed(struct isolde_driver *drv)
+{
+	__atomic_store_n(&drv->header->driver_state, ISOLDE_DRIVER_FAILED, __ATOMIC_RELEASE);
+}
+
 int isolde_driver_main(int argc, char **argv, const struct isolde_driver_ops *ops)
 {
 	static struct isolde_driver drv;
-	int fds[4] = { -1, -1, -1, -1 };
+	int r;
 
 	drv.ops = ops;
-	drv.uring_fd = -1;
-	if (parse_args(&drv, argc, argv, fds) != 0)
-		return 2;
-	drv.device_fd = fds[3];
-	if (attach(&drv, fds[0]) != 0)
-		return 1;
-	isolde_waiter_init(&drv.waiter, (enum isolde_notify_mode)drv.params.notify_mode, fds[1], fds[2], -1,
-			   drv.params.spin_min_ns, drv.params.spin_max_ns);
+	if ((r = isolde_driver_attach(&drv, argc, argv, ISOLDE_CLASS_BLOCK)) != 0)
+		return r;
 	if ((ops->submit && async_init(&drv) != 0) || (ops->init && ops->init(&drv) != 0)) {
-		__atomic_store_n(&drv.header->driver_state, ISOLDE_DRIVER_FAILED, __ATOMIC_RELEASE);
+		isolde_driver_failed(&drv);
 		return 1;
 	}
-	struct sigaction stop = { .sa_handler = on_stop_signal };
-	sigemptyset(&stop.sa_mask);
-	sigaction(SIGTERM, &stop, NULL);
-	drv.header->driver_pid = (uint32_t)getpid();
-	__atomic_store_n(&drv.header->driver_state, ISOLDE_DRIVER_READY, __ATOMIC_RELEASE);
-	/* Ready is always signalled, whatever the mode: the launcher waits on it. */
-	uint64_t one = 1;
-	(void)!write(fds[2], &one, sizeof one);
+	isolde_driver_ready(&drv);
 	if (ops->submit)
 		serve_async(&drv);
 	else

@@ -3,7 +3,8 @@
  * The driver side of a driver domain: everything a block driver shares -
  * attaching to the shared memory it was handed, the service loop over the
  * ring, and checked access to granted data. A driver supplies only how to do
- * each operation on its device.
+ * each operation on its device. A network driver shares the start and the
+ * checked access, and has a loop of its own (net_tap.h).
  */
 #ifndef ISOLDE_DRIVERS_BACKEND_H
 #define ISOLDE_DRIVERS_BACKEND_H
@@ -115,8 +116,33 @@ struct isolde_driver {
 	void *priv;                       /* driver-specific state */
 };
 
-/* Entry point for driver binaries: attach, init, serve until killed. */
+/* Entry point for block driver binaries: attach, init, serve until killed.
+ * A shared memory of another device class is refused (exit status 1). */
 int isolde_driver_main(int argc, char **argv, const struct isolde_driver_ops *ops);
+
+/*
+ * A driver with a service loop of its own (a network driver, net_tap.h)
+ * starts in the same steps as isolde_driver_main:
+ *
+ *   isolde_driver_attach   with drv->ops (name, parse_arg) and drv->priv set:
+ *                          parse argv (the fd options, then ops->parse_arg),
+ *                          map and check the shared memory, which must be of
+ *                          device_class (ISOLDE_CLASS_*), map the grant table
+ *                          read-only, attach drv->ring at ring_offset and set
+ *                          up drv->waiter. Returns 0, or the exit status (2:
+ *                          bad arguments, 1: unusable shared memory), logged.
+ *   its own initialisation; on failure isolde_driver_failed, then exit 1
+ *   isolde_driver_ready    catch SIGTERM, then report ready to the launcher
+ *   its loop, which exits 0 once isolde_driver_stop_requested() is true
+ *
+ * The SIGTERM handler also kicks the driver's own kick eventfd, so a loop
+ * whose wait's pending and arm_check look at isolde_driver_stop_requested()
+ * wakes at once, whatever the mode.
+ */
+int isolde_driver_attach(struct isolde_driver *drv, int argc, char **argv, unsigned device_class);
+void isolde_driver_ready(struct isolde_driver *drv);
+void isolde_driver_failed(struct isolde_driver *drv);
+bool isolde_driver_stop_requested(void);
 
 /* Check a request and do it through ops->io; fills rsp. */
 void isolde_driver_serve(struct isolde_driver *drv, const struct isolde_blk_request *req,
