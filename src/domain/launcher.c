@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "isolde/domain.h"
 #include "isolde/blkif.h"
+#include "isolde/netif.h"
 
 #include "build_tree.h"
 #include "cgroup.h"
@@ -255,7 +256,14 @@ int isolde_domain_create(struct isolde_domain *d, const struct isolde_domain_par
 
 	if (isolde_driver_resolve(p->driver, d->driver_path, sizeof d->driver_path, err, errlen))
 		return -1;
-	if (isolde_shm_layout_compute(&d->layout, p->ring_slots, p->data_size)) {
+	bool net = p->device_class == ISOLDE_CLASS_NET;
+	if (net && d->policy.domain == ISOLDE_DOMAIN_VM) {
+		set_err(err, errlen, "driver %s: a VM domain serves block devices; a network driver needs a "
+			"process domain", d->driver_name);
+		return -1;
+	}
+	if (net ? isolde_shm_layout_compute_net(&d->layout, p->ring_slots, 0)
+		: isolde_shm_layout_compute(&d->layout, p->ring_slots, p->data_size)) {
 		set_err(err, errlen, "bad ring size %u or data area size %llu", p->ring_slots,
 			(unsigned long long)p->data_size);
 		return -1;
@@ -328,6 +336,8 @@ int isolde_domain_create(struct isolde_domain *d, const struct isolde_domain_par
 	d->sring = (struct isolde_sring *)(d->shm + d->layout.ring_offset);
 	d->grants = (struct isolde_grant *)(d->shm + d->layout.grant_offset);
 	d->data = d->shm + d->layout.data_offset;
+	if (net)
+		d->rx_sring = (struct isolde_sring *)(d->shm + d->layout.rx_ring_offset);
 
 	/* A VM's kick doorbell is a socket, replaced every generation
 	 * (isolde_vm_prepare) under this number; the front end's waiter sees
@@ -352,10 +362,17 @@ int isolde_domain_create(struct isolde_domain *d, const struct isolde_domain_par
 	h->total_size = d->layout.total_size;
 	h->ring_offset = d->layout.ring_offset;
 	h->ring_slots = d->layout.ring_slots;
-	h->slot_size = ISOLDE_BLK_SLOT_SIZE;
+	h->slot_size = net ? ISOLDE_NETIF_SLOT_SIZE : ISOLDE_BLK_SLOT_SIZE;
 	h->grant_offset = d->layout.grant_offset;
 	h->grant_count = d->layout.grant_count;
-	h->max_segs = ISOLDE_BLK_MAX_SEGS;
+	h->max_segs = net ? 1 : ISOLDE_BLK_MAX_SEGS;
+	h->device_class = d->layout.device_class;
+	if (net) {
+		h->rx_ring_offset = d->layout.rx_ring_offset;
+		h->buf_size = ISOLDE_NETIF_BUF_SIZE;
+		h->net_features = p->net_features;
+		h->mtu = p->mtu ? p->mtu : ISOLDE_NETIF_DEFAULT_MTU;
+	}
 	h->data_offset = d->layout.data_offset;
 	h->data_size = d->layout.data_size;
 	h->device_size = p->device_size;
@@ -989,6 +1006,8 @@ int isolde_domain_start_begin(struct isolde_domain *d, char *err, size_t errlen)
 	d->header_template.generation = d->generation;
 	memcpy(d->header, &d->header_template, sizeof *d->header);
 	isolde_sring_init(d->sring);
+	if (d->rx_sring)
+		isolde_sring_init(d->rx_sring);
 	memset(d->grants, 0, (size_t)d->layout.grant_count * sizeof *d->grants);
 	uint64_t v;
 	(void)!read(d->kick_fd, &v, sizeof v);

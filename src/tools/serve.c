@@ -19,6 +19,8 @@
 #include "daemon.h"
 #include "isolde/blk.h"
 #include "metrics.h"
+#include "tap_export.h"
+#include "isolde/net.h"
 
 #define MAX_ITEMS 256           /* devices and exports set up at start */
 #define CONFIG_MAX_LINE 1024
@@ -54,7 +56,16 @@ const struct cli_command serve_command = {
 	"                      (with ,poll=event|spin|hybrid: how its queues are watched;\n"
 	"                      default: the device's notify mode)\n"
 	"                      add ,device=NAME when there is more than one device\n"
-	"  --config FILE       lines 'device SPEC', 'export SPEC', 'control SOCK',\n"
+	"                      tap:IFNAME[,netns=NS]  the host's side of a network device:\n"
+	"                      frames the host sends to this TAP go through the isolated\n"
+	"                      driver to the wire, and back (with ,netdev=NAME when there\n"
+	"                      is more than one network device)\n"
+	"  --netdev SPEC       NAME,ifname=IF[,netns=NS][,driver=D][,notify=M][,ring=N]\n"
+	"                      [,offload=on|off][,mtu=N][,timeout_ms=MS][,policy=FILE]\n"
+	"                      [,driver_arg=ARG]...: a network device whose driver\n"
+	"                      (default net-tap) gets only the TAP IF (created if missing)\n"
+	"                      in network namespace NS (/run/netns/NS)\n"
+	"  --config FILE       lines 'device SPEC', 'netdev SPEC', 'export SPEC', 'control SOCK',\n"
 	"                      'metrics ADDRESS'; '#' starts a comment\n"
 	"  --control SOCK      Unix socket for `isolde ctl` and `isolde status`\n"
 	"  --metrics ADDRESS   Prometheus metrics over HTTP on tcp:HOST:PORT (HOST empty:\n"
@@ -86,8 +97,8 @@ struct item {
 };
 
 struct plan {
-	struct item devices[MAX_ITEMS], exports[MAX_ITEMS];
-	unsigned ndevices, nexports;
+	struct item devices[MAX_ITEMS], exports[MAX_ITEMS], netdevs[MAX_ITEMS];
+	unsigned ndevices, nexports, nnetdevs;
 	char *control, *metrics;
 	char control_origin[300], metrics_origin[300];
 	bool legacy;
@@ -100,6 +111,8 @@ static void plan_free(struct plan *p)
 		free(p->devices[i].spec);
 	for (unsigned i = 0; i < p->nexports; i++)
 		free(p->exports[i].spec);
+	for (unsigned i = 0; i < p->nnetdevs; i++)
+		free(p->netdevs[i].spec);
 	free(p->control);
 	free(p->metrics);
 }
@@ -141,6 +154,43 @@ static int plan_add_device(struct plan *p, const char *spec, const char *origin)
 		return -1;
 	}
 	snprintf(p->devices[p->ndevices - 1].name, sizeof p->devices[0].name, "%s", name);
+	return 0;
+}
+
+/* A network device: its spec checked as it is read, its name its first
+ * element. */
+static int plan_add_netdev(struct plan *p, const char *spec, const char *origin)
+{
+	struct isolde_net_config cfg;
+	char err[512], name[DAEMON_NAME_MAX + 1];
+	size_t n = strcspn(spec, ",");
+
+	if (n == 0 || n > DAEMON_NAME_MAX || memchr(spec, '=', n)) {
+		fprintf(stderr, "isolde serve: %s: a network device spec starts with its name (NAME,ifname=IF,...)\n",
+			origin);
+		return -1;
+	}
+	memcpy(name, spec, n);
+	name[n] = '\0';
+	isolde_net_config_default(&cfg);
+	int rc = isolde_net_config_parse(&cfg, spec, err, sizeof err);
+	isolde_net_config_free(&cfg);
+	if (rc) {
+		fprintf(stderr, "isolde serve: %s: network device %s: %s\n", origin, name, err);
+		return -1;
+	}
+	for (unsigned i = 0; i < p->nnetdevs; i++) {
+		if (strcmp(p->netdevs[i].name, name) == 0) {
+			fprintf(stderr, "isolde serve: %s: there is a network device %s already (%s)\n", origin, name,
+				p->netdevs[i].origin);
+			return -1;
+		}
+	}
+	if (plan_add(p->netdevs, &p->nnetdevs, spec, origin)) {
+		fprintf(stderr, "isolde serve: %s: more than %d network devices\n", origin, MAX_ITEMS);
+		return -1;
+	}
+	snprintf(p->netdevs[p->nnetdevs - 1].name, sizeof p->netdevs[0].name, "%s", name);
 	return 0;
 }
 
@@ -207,13 +257,15 @@ static int read_config(struct plan *p, const char *path)
 			rc = plan_add(p->exports, &p->nexports, value, origin);
 			if (rc)
 				fprintf(stderr, "isolde serve: %s: more than %d exports\n", origin, MAX_ITEMS);
+		} else if (strcmp(s, "netdev") == 0) {
+			rc = plan_add_netdev(p, value, origin);
 		} else if (strcmp(s, "control") == 0) {
 			rc = set_once(&p->control, p->control_origin, value, origin, "control");
 		} else if (strcmp(s, "metrics") == 0) {
 			rc = set_once(&p->metrics, p->metrics_origin, value, origin, "metrics");
 		} else {
-			fprintf(stderr, "isolde serve: %s: unknown keyword '%s' (known: device, export, control, "
-				"metrics)\n", origin, s);
+			fprintf(stderr, "isolde serve: %s: unknown keyword '%s' (known: device, netdev, export, "
+				"control, metrics)\n", origin, s);
 			rc = -1;
 		}
 	}
@@ -283,8 +335,83 @@ static void print_error(const char *origin, const char *option, const char *err)
 		fprintf(stderr, "isolde serve: %s: %s\n", origin, err);
 }
 
+/* ---- network devices ---- */
+
+static bool is_network_export(const char *spec)
+{
+	return strncmp(spec, "tap:", 4) == 0;
+}
+
+/*
+ * Start every network device with its tap export; each has exactly one.
+ * Returns 0, or -1 having said which item is wrong (those started are in
+ * started[0 .. *nstarted)).
+ */
+static int start_network(const struct plan *p, struct tap_export **started, unsigned *nstarted)
+{
+	int paired[MAX_ITEMS];
+	char buf[512], err[700];
+	const char *ifname, *netns, *netdev;
+
+	for (unsigned k = 0; k < p->nnetdevs; k++)
+		paired[k] = -1;
+	for (unsigned i = 0; i < p->nexports; i++) {
+		const struct item *e = &p->exports[i];
+		if (!is_network_export(e->spec))
+			continue;
+		if (tap_export_parse(e->spec, buf, sizeof buf, &ifname, &netns, &netdev, err, sizeof err)) {
+			fprintf(stderr, "isolde serve: %s: %s\n", e->origin, err);
+			return -1;
+		}
+		int k = -1;
+		for (unsigned j = 0; j < p->nnetdevs; j++)
+			if (netdev ? strcmp(p->netdevs[j].name, netdev) == 0 : p->nnetdevs == 1)
+				k = (int)j;
+		if (k < 0) {
+			if (netdev)
+				fprintf(stderr, "isolde serve: %s: no network device %s (--netdev %s,ifname=...)\n",
+					e->origin, netdev, netdev);
+			else
+				fprintf(stderr, "isolde serve: %s: %s; add ,netdev=NAME\n", e->origin,
+					p->nnetdevs ? "there is more than one network device"
+						    : "no network device to export (--netdev NAME,ifname=IF)");
+			return -1;
+		}
+		if (paired[k] >= 0) {
+			fprintf(stderr, "isolde serve: %s: network device %s has a tap export already (%s)\n",
+				e->origin, p->netdevs[k].name, p->exports[paired[k]].origin);
+			return -1;
+		}
+		paired[k] = (int)i;
+	}
+	for (unsigned k = 0; k < p->nnetdevs; k++) {
+		if (paired[k] < 0) {
+			fprintf(stderr, "isolde serve: %s: network device %s has no export (--export tap:IFNAME,"
+				"netdev=%s)\n", p->netdevs[k].origin, p->netdevs[k].name, p->netdevs[k].name);
+			return -1;
+		}
+	}
+	for (unsigned k = 0; k < p->nnetdevs; k++) {
+		const struct item *e = &p->exports[paired[k]];
+		struct isolde_net_config cfg;
+		isolde_net_config_default(&cfg);
+		if (isolde_net_config_parse(&cfg, p->netdevs[k].spec, err, sizeof err) == 0)
+			tap_export_parse(e->spec, buf, sizeof buf, &ifname, &netns, &netdev, err, sizeof err);
+		struct tap_export *x = tap_export_start(p->netdevs[k].name, &cfg, ifname, netns, err, sizeof err);
+		isolde_net_config_free(&cfg);
+		if (!x) {
+			fprintf(stderr, "isolde serve: %s: %s\n", e->origin, err);
+			return -1;
+		}
+		started[(*nstarted)++] = x;
+		tap_export_describe(x, err, sizeof err);
+		fprintf(stderr, "isolde serve: %s\n", err);
+	}
+	return 0;
+}
+
 enum { OPT_POLICY = 256, OPT_DOMAIN, OPT_READONLY, OPT_DIRECT, OPT_CONTROL, OPT_URING_NO_NS, OPT_DEVICE, OPT_CONFIG,
-       OPT_METRICS };
+       OPT_METRICS, OPT_NETDEV };
 
 static int parse_args(struct plan *p, int argc, char **argv)
 {
@@ -292,6 +419,7 @@ static int parse_args(struct plan *p, int argc, char **argv)
 		{ "image", required_argument, NULL, 'i' },
 		{ "export", required_argument, NULL, 'e' },
 		{ "device", required_argument, NULL, OPT_DEVICE },
+		{ "netdev", required_argument, NULL, OPT_NETDEV },
 		{ "config", required_argument, NULL, OPT_CONFIG },
 		{ "metrics", required_argument, NULL, OPT_METRICS },
 		{ "driver", required_argument, NULL, 'd' },
@@ -329,6 +457,10 @@ static int parse_args(struct plan *p, int argc, char **argv)
 			break;
 		case OPT_DEVICE:
 			if (plan_add_device(p, optarg, "--device"))
+				return EXIT_USAGE;
+			break;
+		case OPT_NETDEV:
+			if (plan_add_netdev(p, optarg, "--netdev"))
 				return EXIT_USAGE;
 			break;
 		case OPT_CONFIG:
@@ -379,8 +511,9 @@ static int parse_args(struct plan *p, int argc, char **argv)
 	if (legacy_flag && !p->legacy)
 		return cli_usage_error(cmd, "%s applies to --image; a --device takes its options in its spec "
 				       "(NAME,image=PATH,driver=...)", legacy_flag);
-	if (!p->legacy && p->ndevices == 0)
-		return cli_usage_error(cmd, "no device: give --image PATH, --device SPEC or --config FILE");
+	if (!p->legacy && p->ndevices == 0 && p->nnetdevs == 0)
+		return cli_usage_error(cmd, "no device: give --image PATH, --device SPEC, --netdev SPEC or "
+				       "--config FILE");
 	if (p->nexports == 0 && !p->control)
 		return cli_usage_error(cmd, "at least one --export is required (or a --control socket to "
 				       "add exports later)");
@@ -394,6 +527,8 @@ static int run_serve_command(int argc, char **argv)
 	struct control *ctl = NULL;
 	struct metrics_http *metrics = NULL;
 	struct isolde_daemon *d = NULL;
+	static struct tap_export *taps[MAX_ITEMS];
+	unsigned ntaps = 0;
 	char err[512];
 	int rc;
 
@@ -412,7 +547,7 @@ static int run_serve_command(int argc, char **argv)
 	}
 	rc = 1;
 	unsigned ndev = p.ndevices + p.legacy;
-	dev_pending = calloc(ndev, sizeof *dev_pending);
+	dev_pending = calloc(ndev ? ndev : 1, sizeof *dev_pending);
 	exp_pending = calloc(p.nexports ? p.nexports : 1, sizeof *exp_pending);
 	if (!dev_pending || !exp_pending || !(d = daemon_create(err, sizeof err))) {
 		fprintf(stderr, "isolde serve: %s\n", d || !dev_pending || !exp_pending ? "out of memory" : err);
@@ -449,7 +584,11 @@ static int run_serve_command(int argc, char **argv)
 	}
 	if (!ok)
 		goto out;
+	if (start_network(&p, taps, &ntaps))
+		goto out;
 	for (unsigned i = 0; i < p.nexports; i++) {
+		if (is_network_export(p.exports[i].spec))
+			continue;
 		daemon_export_add(d, p.exports[i].spec, on_reply, &exp_pending[i]);
 		/* One at a time: an export that fails stops the start, and the
 		 * ones after it are not set up. */
@@ -460,16 +599,20 @@ static int run_serve_command(int argc, char **argv)
 			goto out;
 		}
 	}
-	if (ndev == 1) {
+	if (ndev == 0) {
+		fprintf(stderr, "isolde serve: %u network device%s; ready\n", ntaps, ntaps == 1 ? "" : "s");
+	} else if (ndev == 1 && ntaps == 0) {
 		print_device(dev_pending[0].ret, false);
 	} else {
 		for (unsigned i = 0; i < ndev; i++)
 			print_device(dev_pending[i].ret, true);
-		fprintf(stderr, "isolde serve: %u devices; ready\n", ndev);
+		fprintf(stderr, "isolde serve: %u devices; ready\n", ndev + ntaps);
 	}
 	rc = daemon_run(d);
 	fprintf(stderr, "isolde serve: stopped\n");
 out:
+	for (unsigned i = 0; i < ntaps; i++)
+		tap_export_stop(taps[i]);
 	metrics_http_stop(metrics);
 	control_stop(ctl);
 	daemon_destroy(d);

@@ -63,6 +63,11 @@ struct isolde_domain_params {
 	uint32_t ring_slots;
 	uint64_t data_size;
 	enum isolde_notify_mode notify;
+	/* ISOLDE_CLASS_BLOCK, or ISOLDE_CLASS_NET: two rings (isolde/netif.h),
+	 * data_size ignored, device_size 0, the device a TAP fd */
+	uint32_t device_class;
+	uint32_t net_features;     /* ISOLDE_NETIF_F_*: what the TAP was set up to carry */
+	uint32_t mtu;
 	const struct isolde_policy *policy; /* required: what the driver may do */
 	/* A policy with 'uring' where no namespaces can be had (not root and
 	 * no user namespace) is refused unless this is set. */
@@ -97,6 +102,7 @@ struct isolde_domain {
 	struct isolde_shm_layout layout;
 	struct isolde_shm_header *header;
 	struct isolde_sring *sring;
+	struct isolde_sring *rx_sring; /* a network device's RX ring, else NULL */
 	struct isolde_grant *grants;
 	unsigned char *data;
 	int kick_fd;
