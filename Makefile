@@ -19,6 +19,9 @@ PACKAGES += groff-base man-db
 # single-node Ceph cluster (ceph-mon, ceph-osd with memstore, cephx), and
 # the benchmark qemu-storage-daemon's rbd driver (qemu-block-extra).
 PACKAGES += libnbd-dev librbd-dev librados-dev libssl-dev nbdkit ceph-mon ceph-osd ceph-common qemu-block-extra
+# Network driver domains: their tests run real stacks in network namespaces
+# the tests make (iproute2), with ping and iperf3 as the traffic.
+PACKAGES += iproute2 iputils-ping iperf3
 # The tools isolde is measured against, for `make bench`.
 BENCH_PACKAGES := fio nbdkit qemu-system-common
 BUILD := build

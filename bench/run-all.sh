@@ -31,6 +31,8 @@ echo "== remote storage: blk-rbd against a Ceph test cluster, blk-nbd against nb
 remote=$("$root/bench/remote.py" "$isolde")
 echo "== VM driver domains against process domains" >&2
 vm=$("$root/bench/vm.py" "$isolde")
+echo "== network driver domains against a veth pair" >&2
+net=$("$root/bench/net.py" "$isolde")
 echo "== a Linux guest through vhost-user-blk" >&2
 guest=$("$root/bench/guest.py" "$isolde" 3)
 echo "== fault-injection campaign (${FAULTS:=10000} faults)" >&2
@@ -177,6 +179,27 @@ bench/vm.py $isolde
 \`\`\`
 
 $vm
+
+## 10. Network driver domains
+
+net-tap between two network namespaces (the tap export in one, the
+driver's TAP in the other; ARCHITECTURE.md §19) against the same two
+namespaces joined by a veth pair, the kernel's own path, in one run.
+
+\`\`\`
+bench/net.py $isolde
+\`\`\`
+
+$net
+
+How to read it. With the TAPs' checksum and TSO offloads, a frame is up to
+64 KiB, so a gigabyte is about 16,000 round trips through the rings. Event
+mode is the one to use on this 2-core machine: spin and hybrid keep a core
+busy in the export thread and another in the driver, which leaves iperf3
+and the two kernel stacks to fight over what is left, and their ping
+latencies show it. veth moves a segment between namespaces without a copy;
+isolde copies each one twice (kernel to ring, ring to kernel) and crosses
+two processes.
 EOT
 
 } >"$root/docs/EVALUATION.md"

@@ -25,13 +25,14 @@ from conftest import ROOT, need_tools
 # A prefix nothing else uses: the installed files are compiled to look
 # there, and a check below relies on its not existing on this machine.
 PREFIX = "/opt/isolde-install-test"
-PUBLIC_HEADERS = {"blk.h", "blkif.h", "notify.h", "ring.h", "grant.h", "shm.h", "failure.h", "driver.h"}
+PUBLIC_HEADERS = {"blk.h", "blkif.h", "net.h", "netif.h", "notify.h", "ring.h", "grant.h", "shm.h", "failure.h", "driver.h"}
 INTERNAL_HEADERS = {"domain.h", "policy.h", "supervisor.h", "units.h"}
 MAN_PAGES = ["man1/isolde.1", "man5/isolde-policy.5", "man3/libisolde.3"]
 UNIT_DIR = "lib/systemd/system"  # for any prefix but systemd's own (systemd/meson.build)
 LOCAL_DRIVERS = ["blk-file", "blk-uring"]      # static: their root is empty
 REMOTE_DRIVERS = ["blk-nbd", "blk-rbd"]        # dynamic: 'libraries loaded' shows theirs
-DRIVERS = LOCAL_DRIVERS + REMOTE_DRIVERS
+NET_DRIVERS = ["net-tap"]                      # static: its one device is a TAP fd
+DRIVERS = LOCAL_DRIVERS + REMOTE_DRIVERS + NET_DRIVERS
 VM_GUEST_FILES = ["vmlinux", "initramfs.cpio.gz"]  # scripts/build-vm-guest.sh, for 'domain vm'
 
 
@@ -154,7 +155,7 @@ def test_installed_binaries(inst):
     # Local drivers run in an empty root: no loader, no libraries to find
     # there. The remote ones link client libraries Debian ships only as
     # shared objects; their policies say so, and their roots show them.
-    for d in LOCAL_DRIVERS + ["isolde-vm-agent"]:
+    for d in LOCAL_DRIVERS + NET_DRIVERS + ["isolde-vm-agent"]:
         assert not elf_interpreter(inst.driver_dir / d), f"{d} is not linked statically"
     for d in REMOTE_DRIVERS:
         assert elf_interpreter(inst.driver_dir / d), f"{d} is expected to be dynamically linked"
