@@ -542,3 +542,21 @@ void isolde_policy_format(const struct isolde_policy *p, char *buf, size_t len)
 		 p->cpu_percent, p->log_lines, p->log_window_s, p->unreachable_ms / 1000);
 	format_extras(p, buf, len);
 }
+
+int isolde_policy_load_for(struct isolde_policy *p, const char *driver_name, const char *path,
+			   char *err, size_t errlen)
+{
+	char found[PATH_MAX];
+
+	if (path)
+		snprintf(found, sizeof found, "%s", path);
+	else if (isolde_policy_find(driver_name, found, sizeof found, err, errlen))
+		return -1;
+	if (isolde_policy_load(p, found, err, errlen))
+		return -1;
+	if (strcmp(p->driver, driver_name) != 0) {
+		snprintf(err, errlen, "policy %s is for driver %s, not %s", found, p->driver, driver_name);
+		return -1;
+	}
+	return 0;
+}

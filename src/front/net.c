@@ -576,14 +576,9 @@ static int load_policy(struct isolde_net *net, const struct isolde_net_config *c
 
 	if (isolde_driver_resolve(cfg->driver, path, sizeof path, err, errlen))
 		return -1;
-	if (cfg->policy)
-		snprintf(path, sizeof path, "%s", cfg->policy);
-	else if (isolde_policy_find(driver, path, sizeof path, err, errlen))
+	if (isolde_policy_load_for(&net->policy, driver, cfg->policy, err, errlen))
 		return -1;
-	if (isolde_policy_load(&net->policy, path, err, errlen))
-		return -1;
-	if (strcmp(net->policy.driver, driver) != 0)
-		return isolde_fail(err, errlen, "policy %s is for driver %s, not %s", path, net->policy.driver, driver);
+	snprintf(path, sizeof path, "%s", net->policy.source);
 	if (net->policy.domain != ISOLDE_DOMAIN_PROCESS)
 		return isolde_fail(err, errlen, "policy %s: a network driver runs in a process domain, not 'domain %s'",
 				   path, isolde_domain_kind_name(net->policy.domain));

@@ -177,16 +177,9 @@ static int load_policy(struct isolde_blk *dev, const struct isolde_blk_config *c
 	/* A driver that does not exist is the first thing to report. */
 	if (isolde_driver_resolve(cfg->driver, path, sizeof path, err, errlen))
 		return -1;
-	if (cfg->policy)
-		snprintf(path, sizeof path, "%s", cfg->policy);
-	else if (isolde_policy_find(driver, path, sizeof path, err, errlen))
+	if (isolde_policy_load_for(&dev->policy, driver, cfg->policy, err, errlen))
 		return -1;
-	if (isolde_policy_load(&dev->policy, path, err, errlen))
-		return -1;
-	if (strcmp(dev->policy.driver, driver) != 0) {
-		set_err(err, errlen, "policy %s is for driver %s, not %s", path, dev->policy.driver, driver);
-		return -1;
-	}
+	snprintf(path, sizeof path, "%s", dev->policy.source);
 	if (cfg->domain && isolde_domain_kind_parse(cfg->domain, &dev->policy.domain)) {
 		set_err(err, errlen, "domain '%s' is not process or vm", cfg->domain);
 		return -1;

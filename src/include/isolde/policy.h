@@ -121,6 +121,14 @@ int isolde_policy_parse(struct isolde_policy *p, const char *name, const char *t
  */
 int isolde_policy_find(const char *driver_name, char *path, size_t len, char *err, size_t errlen);
 
+/*
+ * The policy a driver runs under: the file at path, or (path NULL) the one
+ * shipped for it; it must name the driver (its name, without a directory).
+ * Returns 0, or -1 with err.
+ */
+int isolde_policy_load_for(struct isolde_policy *p, const char *driver_name, const char *path,
+			   char *err, size_t errlen);
+
 /* Write the policy in file syntax (what `isolde policy show` prints). */
 void isolde_policy_format(const struct isolde_policy *p, char *buf, size_t len);
 
