@@ -28,13 +28,14 @@
  *                   but its own traffic
  *   corrupt-rx      from then on, flip the last byte of every received IPv4 or
  *                   IPv6 packet and answer it OK, without the "checksum
- *                   checked" flag (and a non-GSO frame's "checksum to be
- *                   completed" flag, so that the receiver checks the stale
- *                   one): the TCP, UDP or ICMP checksum on the other side must
- *                   reject it. Other frames (ARP) pass untouched, so the link
- *                   still works. A GSO frame's checksum is computed after the
- *                   flip by whoever cuts it: run with TSO off to see every
- *                   corrupted frame rejected
+ *                   checked" and "checksum to be completed" flags, so that the
+ *                   receiver checks the checksum the packet carries: the TCP,
+ *                   UDP or ICMP checksum on the other side must reject it (a
+ *                   raw socket, as root's ping uses, sees it before that
+ *                   check). Two kinds pass untouched: frames that are not IP
+ *                   (ARP), so the link still works, and GSO frames, whose
+ *                   checksums are computed only when they are cut, after any
+ *                   flip: no checksum could catch it
  */
 #define _GNU_SOURCE
 #include <stdlib.h>
@@ -205,11 +206,12 @@ static void rx_answer(struct net_tap *nt, unsigned char *data, struct isolde_net
 		rsp->offload.gso_type = ISOLDE_NETIF_GSO_TCPV4;
 		rsp->offload.gso_size = 0;
 	}
-	if (is("corrupt-rx") && due(nt) && corrupt(data, rsp->length)) {
+	if (is("corrupt-rx") && due(nt) && rsp->offload.gso_type == ISOLDE_NETIF_GSO_NONE &&
+	    corrupt(data, rsp->length)) {
 		fire(nt, "corrupt-rx", "received IP packets flipped and answered OK");
-		rsp->offload.flags &= (uint8_t)~ISOLDE_NETIF_O_DATA_VALID;
-		if (rsp->offload.gso_type == ISOLDE_NETIF_GSO_NONE)
-			rsp->offload.flags &= (uint8_t)~ISOLDE_NETIF_O_NEEDS_CSUM;
+		/* A partial checksum left as it is would be completed over
+		 * the flipped byte by the receiver; as a full one it is wrong. */
+		rsp->offload.flags &= (uint8_t)~(ISOLDE_NETIF_O_DATA_VALID | ISOLDE_NETIF_O_NEEDS_CSUM);
 	}
 }
 
