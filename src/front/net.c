@@ -243,21 +243,32 @@ int isolde_net_send_from_fd(struct isolde_net *net, int fd)
 
 /* ---- answers ---- */
 
-static void consume_tx(struct isolde_net *net)
+/* Answers the driver published on ring r and the front end has not taken;
+ * more than it was asked for is a violation (-1). */
+static int64_t answers_waiting(struct isolde_net *net, struct isolde_front_ring *r, const char *ring)
 {
 	uint32_t prod;
-	int64_t n = isolde_front_unconsumed_responses(&net->tx, &prod);
+	int64_t n = isolde_front_unconsumed_responses(r, &prod);
 
-	if (n < 0) {
-		violation(net, "TX rsp_prod %u is beyond the %u requests posted", prod, net->tx.req_prod_pvt);
-		return;
-	}
+	if (n < 0)
+		violation(net, "%s rsp_prod %u is beyond the %u requests posted", ring, prod, r->req_prod_pvt);
+	return n;
+}
+
+/* The next answer, copied once out of shared memory. */
+static void take_answer(struct isolde_front_ring *r, void *answer, size_t size)
+{
+	isolde_copy_from_shared(answer, isolde_ring_slot(r->sring, r->nslots, r->slot_size, r->rsp_cons), size);
+	r->rsp_cons++;
+}
+
+static void consume_tx(struct isolde_net *net)
+{
+	int64_t n = answers_waiting(net, &net->tx, "TX");
+
 	for (int64_t i = 0; i < n && running(net); i++) {
 		struct isolde_netif_tx_response rsp;
-		isolde_copy_from_shared(&rsp, isolde_ring_slot(net->tx.sring, net->tx.nslots, net->tx.slot_size,
-							       net->tx.rsp_cons),
-					sizeof rsp);
-		net->tx.rsp_cons++;
+		take_answer(&net->tx, &rsp, sizeof rsp);
 		uint32_t b = (uint32_t)(rsp.id & ((1u << ID_BUFFER_BITS) - 1));
 		if (b >= net->slots || !net->txe[b].busy || net->txe[b].seq != rsp.id >> ID_BUFFER_BITS) {
 			violation(net, "TX answer with id %#llx, which names no frame in flight",
@@ -281,19 +292,11 @@ static void consume_tx(struct isolde_net *net)
 
 static void consume_rx(struct isolde_net *net)
 {
-	uint32_t prod;
-	int64_t n = isolde_front_unconsumed_responses(&net->rx, &prod);
+	int64_t n = answers_waiting(net, &net->rx, "RX");
 
-	if (n < 0) {
-		violation(net, "RX rsp_prod %u is beyond the %u buffers posted", prod, net->rx.req_prod_pvt);
-		return;
-	}
 	for (int64_t i = 0; i < n && running(net); i++) {
 		struct isolde_netif_rx_response rsp;
-		isolde_copy_from_shared(&rsp, isolde_ring_slot(net->rx.sring, net->rx.nslots, net->rx.slot_size,
-							       net->rx.rsp_cons),
-					sizeof rsp);
-		net->rx.rsp_cons++;
+		take_answer(&net->rx, &rsp, sizeof rsp);
 		uint32_t b = (uint32_t)(rsp.id & ((1u << ID_BUFFER_BITS) - 1));
 		struct rx_entry *e = b < net->slots ? &net->rxe[b] : NULL;
 		if (!e || e->state != RX_POSTED || e->seq != rsp.id >> ID_BUFFER_BITS) {
