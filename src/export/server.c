@@ -114,6 +114,7 @@ bool server_readonly(const struct isolde_server *s) { return isolde_blk_readonly
 uint32_t server_alignment(const struct isolde_server *s) { return isolde_blk_alignment(s->dev); }
 bool server_stopping(const struct isolde_server *s) { return s->stopping; }
 struct isolde_blk *server_device(const struct isolde_server *s) { return s->dev; }
+struct isolde_loop *server_loop(const struct isolde_server *s) { return s->loop; }
 unsigned server_backlog(const struct isolde_server *s) { return s->backlog_len; }
 const char *server_name(const struct isolde_server *s) { return s->name; }
 

@@ -174,6 +174,7 @@ void server_write_status(struct isolde_server *s, FILE *f);
 
 /* ---- for exports ---- */
 struct isolde_blk *server_device(const struct isolde_server *s);
+struct isolde_loop *server_loop(const struct isolde_server *s);
 int server_watch(struct isolde_server *s, int fd, uint32_t events, server_fd_cb cb, void *ctx);
 int server_modify(struct isolde_server *s, int fd, uint32_t events);
 void server_unwatch(struct isolde_server *s, int fd);

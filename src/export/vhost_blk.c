@@ -446,7 +446,12 @@ static int start(struct isolde_server *srv, const char *spec, void **state, char
 	blk->ops.max_queues = VHOST_USER_MAX_QUEUES;
 	blk->ops.get_config = get_config;
 	blk->ops.request = request;
-	blk->vu = vhost_user_start(srv, path, poll, &blk->ops, blk, why, sizeof why);
+	blk->ops.kind = "vhost-user-blk";
+	char prefix[96];
+	const char *name = server_name(srv);
+	snprintf(prefix, sizeof prefix, "%s%svhost-user-blk", name[0] && strcmp(name, "disk") ? name : "",
+		 name[0] && strcmp(name, "disk") ? ": " : "");
+	blk->vu = vhost_user_start(server_loop(srv), prefix, path, poll, &blk->ops, blk, why, sizeof why);
 	if (!blk->vu) {
 		snprintf(err, errlen, "--export vhost-user-blk:%s: %s", spec, why);
 		goto fail;

@@ -154,7 +154,8 @@ struct vhost_conn {
 };
 
 struct vhost_user {
-	struct isolde_server *srv;
+	struct isolde_loop *loop;
+	char log_prefix[96];         /* "[device: ]vhost-user-blk" */
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	int listen_fd;
 	enum isolde_notify_mode poll;
@@ -201,13 +202,22 @@ void vhost_user_log(struct vhost_user *vu, const char *fmt, ...)
 	if (!log_allowed(vu))
 		return;
 	if (vu->log_suppressed) {
-		server_log(vu->srv, "vhost-user-blk: %s: %llu messages suppressed", vu->path, vu->log_suppressed);
+		fprintf(stderr, "isolde serve: %s: %s: %llu messages suppressed\n", vu->log_prefix, vu->path,
+			vu->log_suppressed);
 		vu->log_suppressed = 0;
 	}
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
-	server_log(vu->srv, "vhost-user-blk: %s: %s", vu->path, msg);
+	fprintf(stderr, "isolde serve: %s: %s: %s\n", vu->log_prefix, vu->path, msg);
+}
+
+/* A device without a config space (the network device: QEMU keeps
+ * virtio-net's itself, and QEMU 7.2 crashes if a vhost-user-net back end
+ * offers CONFIG) is not offered it. */
+static uint64_t protocol_features(const struct vhost_user *vu)
+{
+	return vu->ops->get_config ? PROTOCOL_FEATURES : PROTOCOL_FEATURES & ~(1ull << PROTOCOL_F_CONFIG);
 }
 
 static uint64_t offered_features(const struct vhost_user *vu)
@@ -243,7 +253,7 @@ static bool conn_poll(void *ctx);
 static void slot_stop(struct vhost_conn *c, struct vq_slot *s)
 {
 	if (s->kick_fd >= 0) {
-		server_unwatch(c->vu->srv, s->kick_fd);
+		loop_unwatch(c->vu->loop, s->kick_fd);
 		close(s->kick_fd);
 		s->kick_fd = -1;
 	}
@@ -271,7 +281,7 @@ static void conn_close(struct vhost_conn *c)
 
 	if (c->fd < 0)
 		return;
-	server_unwatch(vu->srv, c->fd);
+	loop_unwatch(vu->loop, c->fd);
 	close_fd(&c->fd);
 	close_received_fds(c);
 	for (unsigned i = 0; i < VHOST_USER_MAX_QUEUES; i++) {
@@ -280,7 +290,7 @@ static void conn_close(struct vhost_conn *c)
 		close_fd(&c->q[i].err_fd);
 	}
 	if (c->polling)
-		server_remove_poller(vu->srv, conn_poll, c);
+		loop_remove_poller(vu->loop, conn_poll, c);
 	c->polling = false;
 	if (vu->conn == c)
 		vu->conn = NULL;
@@ -348,7 +358,7 @@ static bool over_request_bytes(struct vhost_user *vu)
  * already kicked for. False if no poller can be added. */
 static bool conn_want_pass(struct vhost_conn *c)
 {
-	if (!c->polling && server_add_poller(c->vu->srv, conn_poll, c) == 0)
+	if (!c->polling && loop_add_poller(c->vu->loop, conn_poll, c) == 0)
 		c->polling = true;
 	if (c->vu->poll == ISOLDE_NOTIFY_HYBRID) {
 		c->last_work_ns = isolde_now_ns();
@@ -361,7 +371,7 @@ static bool conn_want_pass(struct vhost_conn *c)
 	return c->polling;
 }
 
-static void start_request(struct vq_slot *s, struct vhost_request *req, struct vq_elem *e)
+static void begin_request(struct vq_slot *s, struct vhost_request *req, struct vq_elem *e)
 {
 	struct vhost_conn *c = s->conn;
 	struct vhost_user *vu = c->vu;
@@ -378,7 +388,22 @@ static void start_request(struct vq_slot *s, struct vhost_request *req, struct v
 	vu->inflight++;
 	vu->request_bytes += req->cost;
 	vu->requests++;
-	vu->ops->request(vu->dev, req);
+}
+
+static bool slot_pulled(const struct vq_slot *s)
+{
+	return (s->conn->vu->ops->pulled_queues >> s->vq.index) & 1;
+}
+
+/* A queue the device pulls from: it hears that the guest made buffers
+ * available and takes them when it has something to put in them. */
+static void slot_offer(struct vq_slot *s)
+{
+	struct vhost_user *vu = s->conn->vu;
+
+	if (slot_running(s) && vq_available(&s->vq))
+		vu->ops->available(vu->dev, s->vq.index);
+	report_broken(s);
 }
 
 /* Start up to budget requests the guest made available on s; returns how
@@ -390,6 +415,10 @@ static unsigned slot_process(struct vq_slot *s, unsigned budget)
 	struct vhost_conn *c = s->conn;
 	unsigned n = 0;
 
+	if (slot_pulled(s)) {
+		slot_offer(s);
+		return 0;
+	}
 	while (slot_running(s)) {
 		struct vq_elem *e;
 		struct vhost_request *req;
@@ -416,7 +445,8 @@ static unsigned slot_process(struct vq_slot *s, unsigned budget)
 			break;
 		}
 		n++;
-		start_request(s, req, e);
+		begin_request(s, req, e);
+		c->vu->ops->request(c->vu->dev, req);
 	}
 	report_broken(s);
 	return n;
@@ -430,6 +460,13 @@ static unsigned slot_process_then_arm(struct vq_slot *s)
 {
 	unsigned n = 0;
 
+	if (slot_pulled(s)) {
+		/* A kick whenever the guest adds buffers: the device may be
+		 * waiting for one. */
+		vq_set_notification(&s->vq, true);
+		slot_offer(s);
+		return 0;
+	}
 	for (;;) {
 		n += slot_process(s, n < PASS_BUDGET ? PASS_BUDGET - n : 0);
 		if (!slot_running(s) || s->backlog || s->conn->vu->throttled)
@@ -486,7 +523,7 @@ static bool poll_backlog(struct vhost_conn *c)
 		more |= s->backlog;
 	}
 	if (!more && c->polling) {
-		server_remove_poller(c->vu->srv, conn_poll, c);
+		loop_remove_poller(c->vu->loop, conn_poll, c);
 		c->polling = false;
 	}
 	return more;
@@ -563,7 +600,7 @@ static void slot_kickoff(struct vq_slot *s)
 		slot_process_then_arm(s);
 		return;
 	}
-	if (!c->polling && server_add_poller(c->vu->srv, conn_poll, c) == 0)
+	if (!c->polling && loop_add_poller(c->vu->loop, conn_poll, c) == 0)
 		c->polling = true;
 	c->sleeping = false;
 	c->last_work_ns = isolde_now_ns();
@@ -646,10 +683,51 @@ static void request_finish(struct vhost_request *req, bool push, uint32_t writte
 		if (send_reply(c, VU_GET_VRING_BASE, &st, sizeof st) != 0)
 			conn_close(c);
 		else
-			server_modify(vu->srv, c->fd, EPOLLIN);
+			loop_modify(vu->loop, c->fd, EPOLLIN);
 	}
 	resume_if_room(vu);
 	conn_unref(c);
+}
+
+struct vhost_request *vhost_user_take(struct vhost_user *vu, unsigned queue)
+{
+	struct vhost_conn *c = vu->conn;
+	struct vhost_request *req;
+	struct vq_elem *e;
+
+	if (!c || queue >= VHOST_USER_MAX_QUEUES)
+		return NULL;
+	struct vq_slot *s = &c->q[queue];
+	if (!slot_running(s) || over_request_bytes(vu))
+		return NULL;
+	conn_ref(c);
+	e = vq_pop(&s->vq, c->mem);
+	if (!e && slot_running(s) && (vu->poll == ISOLDE_NOTIFY_EVENT || c->sleeping)) {
+		/* Out of buffers: ask for a kick, then look again for one
+		 * the guest added before it saw that. */
+		vq_set_notification(&s->vq, true);
+		e = vq_pop(&s->vq, c->mem);
+	}
+	req = NULL;
+	if (conn_memory_lost(c, NULL)) {
+		free(e);
+	} else if (!e) {
+		report_broken(s);
+	} else if (!(req = calloc(1, sizeof *req))) {
+		vq_drop(&s->vq, e->head);
+		vq_break(&s->vq, "queue %u: out of memory", s->vq.index);
+		report_broken(s);
+		free(e);
+	} else {
+		begin_request(s, req, e);
+	}
+	conn_unref(c);
+	return req;
+}
+
+uint64_t vhost_user_features(const struct vhost_user *vu)
+{
+	return vu->conn && vu->conn->fd >= 0 ? vu->conn->features : 0;
 }
 
 void vhost_user_complete(struct vhost_request *req, uint32_t written)
@@ -879,16 +957,16 @@ static enum outcome on_set_features(struct vhost_conn *c)
 
 static enum outcome on_get_protocol_features(struct vhost_conn *c)
 {
-	return reply_u64(c, c->in.hdr.request, PROTOCOL_FEATURES) ? MALFORMED : REPLIED;
+	return reply_u64(c, c->in.hdr.request, protocol_features(c->vu)) ? MALFORMED : REPLIED;
 }
 
 static enum outcome on_set_protocol_features(struct vhost_conn *c)
 {
 	uint64_t f = payload_u64(c);
 
-	if (f & ~PROTOCOL_FEATURES)
+	if (f & ~protocol_features(c->vu))
 		return malformed(c, "protocol features 0x%llx were not offered",
-				 (unsigned long long)(f & ~PROTOCOL_FEATURES));
+				 (unsigned long long)(f & ~protocol_features(c->vu)));
 	c->protocol_features = f;
 	return DONE;
 }
@@ -992,7 +1070,7 @@ static enum outcome on_get_vring_base(struct vhost_conn *c)
 	slot_stop(c, s);
 	if (s->inflight) {
 		c->waiting_queue = (int)st.index;
-		server_modify(c->vu->srv, c->fd, 0);
+		loop_modify(c->vu->loop, c->fd, 0);
 		return DEFERRED;
 	}
 	st.num = s->vq.last_avail;
@@ -1018,7 +1096,7 @@ static enum outcome on_set_vring_kick(struct vhost_conn *c)
 	if (!((c->features >> VHOST_USER_F_PROTOCOL_FEATURES) & 1))
 		s->enabled = true;
 	if (s->kick_fd >= 0 && vu->poll != ISOLDE_NOTIFY_SPIN &&
-	    server_watch(vu->srv, s->kick_fd, EPOLLIN, kick_cb, s) != 0)
+	    loop_watch(vu->loop, s->kick_fd, EPOLLIN, kick_cb, s) != 0)
 		return malformed(c, "queue %u: cannot watch the kick fd %d", s->vq.index, s->kick_fd);
 	slot_kickoff(s);
 	return DONE;
@@ -1071,6 +1149,10 @@ static enum outcome on_get_config(struct vhost_conn *c)
 	struct vu_config_head ch;
 	uint8_t config[VU_CONFIG_MAX] = { 0 }, reply[sizeof ch + VU_CONFIG_MAX];
 
+	if (!c->vu->ops->get_config) {
+		vhost_user_log(c->vu, "GET_CONFIG: refused: the device has no config space");
+		return REFUSED;
+	}
 	if (c->in.hdr.size < sizeof ch)
 		return malformed(c, "payload of %u bytes, shorter than its %zu-byte head", c->in.hdr.size,
 				 sizeof ch);
@@ -1299,7 +1381,7 @@ static void accept_cb(void *ctx, uint32_t events)
 		c->q[i].kick_fd = c->q[i].call_fd = c->q[i].err_fd = -1;
 		c->q[i].vq.index = i;
 	}
-	if (server_watch(vu->srv, fd, EPOLLIN, conn_readable, c) != 0) {
+	if (loop_watch(vu->loop, fd, EPOLLIN, conn_readable, c) != 0) {
 		vhost_user_log(vu, "cannot watch a new connection");
 		close(fd);
 		free(c);
@@ -1309,7 +1391,7 @@ static void accept_cb(void *ctx, uint32_t events)
 	vu->connections++;
 }
 
-struct vhost_user *vhost_user_start(struct isolde_server *srv, const char *path,
+struct vhost_user *vhost_user_start(struct isolde_loop *loop, const char *log_prefix, const char *path,
 				    enum isolde_notify_mode poll, const struct vhost_device_ops *ops,
 				    void *dev, char *err, size_t errlen)
 {
@@ -1326,7 +1408,8 @@ struct vhost_user *vhost_user_start(struct isolde_server *srv, const char *path,
 		return NULL;
 	}
 	memcpy(vu->path, path, strlen(path) + 1);
-	vu->srv = srv;
+	vu->loop = loop;
+	snprintf(vu->log_prefix, sizeof vu->log_prefix, "%s", log_prefix);
 	vu->log_last_ns = isolde_now_ns();
 	vu->log_credit_ns = LOG_BURST * LOG_LINE_NS;
 	vu->poll = poll;
@@ -1338,7 +1421,7 @@ struct vhost_user *vhost_user_start(struct isolde_server *srv, const char *path,
 		free(vu);
 		return NULL;
 	}
-	if (server_watch(srv, vu->listen_fd, EPOLLIN, accept_cb, vu) != 0) {
+	if (loop_watch(loop, vu->listen_fd, EPOLLIN, accept_cb, vu) != 0) {
 		snprintf(err, errlen, "cannot watch the socket");
 		close(vu->listen_fd);
 		unlink(path);
@@ -1357,7 +1440,7 @@ void vhost_user_stop(struct vhost_user *vu)
 {
 	if (vu->conn)
 		conn_close(vu->conn);
-	server_unwatch(vu->srv, vu->listen_fd);
+	loop_unwatch(vu->loop, vu->listen_fd);
 	close(vu->listen_fd);
 	unlink(vu->path);
 	/* A connection with requests the server gave up draining stays
@@ -1378,7 +1461,7 @@ void vhost_user_describe(struct vhost_user *vu, FILE *f)
 	if (vu->conn)
 		for (unsigned i = 0; i < VHOST_USER_MAX_QUEUES; i++)
 			running += slot_running(&vu->conn->q[i]);
-	fputs("{\"kind\": \"vhost-user-blk\", \"socket\": ", f);
+	fprintf(f, "{\"kind\": \"%s\", \"socket\": ", vu->ops->kind);
 	json_write_string(f, vu->path);
 	fprintf(f, ", \"poll\": \"%s\", \"connected\": %s, \"connections\": %llu, \"queues_running\": %u, "
 		"\"requests\": %llu, \"inflight\": %llu}",

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * A vhost-user back end (QEMU's docs/interop/vhost-user.rst) on a Unix
- * socket, for one device; vhost_blk.c is the device.
+ * socket, for one device; vhost_blk.c and vhost_net.c are the devices.
  *
  * It speaks the protocol: feature negotiation, the memory table, split
  * virtqueues with kick and call eventfds, the device's config space. One
@@ -38,7 +38,7 @@
 
 #include "isolde/notify.h"
 #include "guest_memory.h"
-#include "server.h"
+#include "loop.h"
 #include "virtqueue.h"
 
 #define VHOST_USER_MAX_QUEUES 8
@@ -57,8 +57,15 @@ struct vhost_request {
 };
 
 struct vhost_device_ops {
+	const char *kind;                /* "vhost-user-blk", for status */
 	uint64_t features;               /* virtio feature bits offered */
 	unsigned max_queues;
+	/* Queues whose requests the device takes itself (vhost_user_take),
+	 * one bit each: a network device's receive queue, whose buffers are
+	 * only worth taking once a frame is there to fill one. Their requests
+	 * never go to request(); available() says the guest added some. */
+	uint32_t pulled_queues;
+	void (*available)(void *dev, unsigned queue);
 	/* Fill the config space; returns its size (at most len). */
 	size_t (*get_config)(void *dev, uint8_t *buf, size_t len);
 	/* A request from the guest. The device completes it, now or later,
@@ -66,7 +73,8 @@ struct vhost_device_ops {
 	void (*request)(void *dev, struct vhost_request *req);
 };
 
-struct vhost_user *vhost_user_start(struct isolde_server *srv, const char *path,
+/* log_prefix names the export in what it logs ("disk1: vhost-user-blk"). */
+struct vhost_user *vhost_user_start(struct isolde_loop *loop, const char *log_prefix, const char *path,
 				    enum isolde_notify_mode poll, const struct vhost_device_ops *ops,
 				    void *dev, char *err, size_t errlen);
 /* Stop taking requests from the guest; those started still complete. */
@@ -75,6 +83,14 @@ void vhost_user_stop(struct vhost_user *vu);
 void vhost_user_describe(struct vhost_user *vu, FILE *json);
 /* Whether a front end is connected. */
 bool vhost_user_connected(const struct vhost_user *vu);
+
+/* Take the next request the guest made available on a pulled queue; NULL
+ * if there is none (a kick or a poll brings available() when there is),
+ * the queue is not running, or the export holds too much. The device
+ * completes it like any other. */
+struct vhost_request *vhost_user_take(struct vhost_user *vu, unsigned queue);
+/* The feature bits the current front end accepted; 0 without one. */
+uint64_t vhost_user_features(const struct vhost_user *vu);
 
 /* Finish req: written bytes went into its device-writable segments. Frees
  * req and its element. */
