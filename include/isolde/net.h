@@ -38,6 +38,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #include "isolde/blk.h"
 #include "isolde/netif.h"
@@ -103,6 +104,12 @@ void isolde_net_push(struct isolde_net *net);
  * device failed.
  */
 int isolde_net_receive(struct isolde_net *net, void *buf, size_t cap, struct isolde_netif_offload *off);
+/* The length of the next received frame, its offload into *off (may be
+ * NULL), without taking it; -EAGAIN, -EIO. */
+int isolde_net_peek(const struct isolde_net *net, struct isolde_netif_offload *off);
+/* Take the next received frame into the segments iov, starting skip bytes
+ * in; what does not fit is cut. Returns the frame's length, -EAGAIN, -EIO. */
+int isolde_net_receive_iov(struct isolde_net *net, const struct iovec *iov, unsigned iovcnt, size_t skip);
 /* The same, written with its vnet header to fd (a TAP) by one writev.
  * Returns the frame's length, -EAGAIN, -EIO, or -errno from writev (the frame
  * is dropped). */

@@ -358,6 +358,47 @@ int isolde_net_receive(struct isolde_net *net, void *buf, size_t cap, struct iso
 	return len;
 }
 
+int isolde_net_peek(const struct isolde_net *net, struct isolde_netif_offload *off)
+{
+	if (!net->rx_count)
+		return net->rec.failed ? -EIO : -EAGAIN;
+	const struct rx_entry *e = &net->rxe[net->rx_ready[net->rx_head]];
+	if (off)
+		*off = e->off;
+	return (int)e->len;
+}
+
+/* As for receive_to_fd: one copy, from the data area into the caller's
+ * segments; the front end never interprets the bytes. */
+int isolde_net_receive_iov(struct isolde_net *net, const struct iovec *iov, unsigned iovcnt, size_t skip)
+{
+	uint32_t b;
+	int r = next_ready(net, &b);
+
+	if (r)
+		return r;
+	const struct rx_entry *e = &net->rxe[b];
+	const uint8_t *src = net->domain.data + rx_data(net, b);
+	size_t left = e->len;
+	for (unsigned i = 0; i < iovcnt && left; i++) {
+		size_t n = iov[i].iov_len;
+		if (skip >= n) {
+			skip -= n;
+			continue;
+		}
+		n -= skip;
+		if (n > left)
+			n = left;
+		memcpy((uint8_t *)iov[i].iov_base + skip, src, n);
+		src += n;
+		left -= n;
+		skip = 0;
+	}
+	int len = (int)e->len;
+	recycle_rx(net, b);
+	return len;
+}
+
 /*
  * The frame goes from the data area to fd in one writev, the kernel's copy:
  * the front end never reads or interprets its bytes, so a driver changing
