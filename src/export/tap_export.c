@@ -4,6 +4,7 @@
 
 #include "../domain/tap.h"
 #include "error.h"
+#include "net_export.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -216,17 +217,8 @@ void tap_export_stop(struct tap_export *x)
 		(void)!write(x->stop_fd, &one, sizeof one);
 		pthread_join(x->thread, NULL);
 	}
-	if (x->net) {
-		struct isolde_net_stats st;
-		isolde_net_get_stats(x->net, &st);
-		const struct isolde_supervisor_stats *ss = isolde_net_supervisor_stats(x->net);
-		fprintf(stderr, "isolde serve: network device %s: %llu frames sent, %llu received, %llu restarts, "
-			"%llu frames sent again, %llu protocol violations%s%s\n", x->name,
-			(unsigned long long)st.tx_frames, (unsigned long long)st.rx_frames,
-			(unsigned long long)ss->restarts, (unsigned long long)st.tx_replayed,
-			(unsigned long long)st.protocol_violations, isolde_net_failed(x->net) ? "; failed: " : "",
-			isolde_net_failed(x->net) ? isolde_net_error(x->net) : "");
-	}
+	if (x->net)
+		net_export_report(x->name, x->net);
 	isolde_net_close(x->net);
 	if (x->tap_fd >= 0)
 		close(x->tap_fd);

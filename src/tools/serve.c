@@ -19,7 +19,7 @@
 #include "daemon.h"
 #include "isolde/blk.h"
 #include "metrics.h"
-#include "tap_export.h"
+#include "net_export.h"
 #include "isolde/net.h"
 
 #define MAX_ITEMS 256           /* devices and exports set up at start */
@@ -60,6 +60,9 @@ const struct cli_command serve_command = {
 	"                      frames the host sends to this TAP go through the isolated\n"
 	"                      driver to the wire, and back (with ,netdev=NAME when there\n"
 	"                      is more than one network device)\n"
+	"                      vhost-user-net:PATH[,poll=MODE]  a network device as a QEMU\n"
+	"                      guest's virtio-net card (-netdev vhost-user) on a Unix socket\n"
+	"                      (,netdev=NAME as for tap)\n"
 	"  --netdev SPEC       NAME,ifname=IF[,netns=NS][,driver=D][,notify=M][,ring=N]\n"
 	"                      [,offload=on|off][,mtu=N][,timeout_ms=MS][,policy=FILE]\n"
 	"                      [,driver_arg=ARG]...: a network device whose driver\n"
@@ -337,29 +340,24 @@ static void print_error(const char *origin, const char *option, const char *err)
 
 /* ---- network devices ---- */
 
-static bool is_network_export(const char *spec)
-{
-	return strncmp(spec, "tap:", 4) == 0;
-}
-
 /*
- * Start every network device with its tap export; each has exactly one.
- * Returns 0, or -1 having said which item is wrong (those started are in
- * started[0 .. *nstarted)).
+ * Start every network device with its export (tap or vhost-user-net); each
+ * has exactly one. Returns 0, or -1 having said which item is wrong (those
+ * started are in started[0 .. *nstarted)).
  */
-static int start_network(const struct plan *p, struct tap_export **started, unsigned *nstarted)
+static int start_network(const struct plan *p, struct net_export **started, unsigned *nstarted)
 {
 	int paired[MAX_ITEMS];
 	char buf[512], err[700];
-	const char *ifname, *netns, *netdev;
+	const char *netdev;
 
 	for (unsigned k = 0; k < p->nnetdevs; k++)
 		paired[k] = -1;
 	for (unsigned i = 0; i < p->nexports; i++) {
 		const struct item *e = &p->exports[i];
-		if (!is_network_export(e->spec))
+		if (!net_export_is(e->spec))
 			continue;
-		if (tap_export_parse(e->spec, buf, sizeof buf, &ifname, &netns, &netdev, err, sizeof err)) {
+		if (net_export_netdev(e->spec, buf, sizeof buf, &netdev, err, sizeof err)) {
 			fprintf(stderr, "isolde serve: %s: %s\n", e->origin, err);
 			return -1;
 		}
@@ -378,7 +376,7 @@ static int start_network(const struct plan *p, struct tap_export **started, unsi
 			return -1;
 		}
 		if (paired[k] >= 0) {
-			fprintf(stderr, "isolde serve: %s: network device %s has a tap export already (%s)\n",
+			fprintf(stderr, "isolde serve: %s: network device %s has an export already (%s)\n",
 				e->origin, p->netdevs[k].name, p->exports[paired[k]].origin);
 			return -1;
 		}
@@ -387,24 +385,25 @@ static int start_network(const struct plan *p, struct tap_export **started, unsi
 	for (unsigned k = 0; k < p->nnetdevs; k++) {
 		if (paired[k] < 0) {
 			fprintf(stderr, "isolde serve: %s: network device %s has no export (--export tap:IFNAME,"
-				"netdev=%s)\n", p->netdevs[k].origin, p->netdevs[k].name, p->netdevs[k].name);
+				"netdev=%s or --export vhost-user-net:PATH,netdev=%s)\n", p->netdevs[k].origin,
+				p->netdevs[k].name, p->netdevs[k].name, p->netdevs[k].name);
 			return -1;
 		}
 	}
 	for (unsigned k = 0; k < p->nnetdevs; k++) {
 		const struct item *e = &p->exports[paired[k]];
 		struct isolde_net_config cfg;
+		struct net_export *x = NULL;
 		isolde_net_config_default(&cfg);
 		if (isolde_net_config_parse(&cfg, p->netdevs[k].spec, err, sizeof err) == 0)
-			tap_export_parse(e->spec, buf, sizeof buf, &ifname, &netns, &netdev, err, sizeof err);
-		struct tap_export *x = tap_export_start(p->netdevs[k].name, &cfg, ifname, netns, err, sizeof err);
+			x = net_export_start(p->netdevs[k].name, &cfg, e->spec, err, sizeof err);
 		isolde_net_config_free(&cfg);
 		if (!x) {
 			fprintf(stderr, "isolde serve: %s: %s\n", e->origin, err);
 			return -1;
 		}
 		started[(*nstarted)++] = x;
-		tap_export_describe(x, err, sizeof err);
+		net_export_describe(x, err, sizeof err);
 		fprintf(stderr, "isolde serve: %s\n", err);
 	}
 	return 0;
@@ -527,7 +526,7 @@ static int run_serve_command(int argc, char **argv)
 	struct control *ctl = NULL;
 	struct metrics_http *metrics = NULL;
 	struct isolde_daemon *d = NULL;
-	static struct tap_export *taps[MAX_ITEMS];
+	static struct net_export *taps[MAX_ITEMS];
 	unsigned ntaps = 0;
 	char err[512];
 	int rc;
@@ -587,7 +586,7 @@ static int run_serve_command(int argc, char **argv)
 	if (start_network(&p, taps, &ntaps))
 		goto out;
 	for (unsigned i = 0; i < p.nexports; i++) {
-		if (is_network_export(p.exports[i].spec))
+		if (net_export_is(p.exports[i].spec))
 			continue;
 		daemon_export_add(d, p.exports[i].spec, on_reply, &exp_pending[i]);
 		/* One at a time: an export that fails stops the start, and the
@@ -612,7 +611,7 @@ static int run_serve_command(int argc, char **argv)
 	fprintf(stderr, "isolde serve: stopped\n");
 out:
 	for (unsigned i = 0; i < ntaps; i++)
-		tap_export_stop(taps[i]);
+		net_export_stop(taps[i]);
 	metrics_http_stop(metrics);
 	control_stop(ctl);
 	daemon_destroy(d);
