@@ -270,6 +270,8 @@ static unsigned serve_rx(struct net_tap *nt)
 {
 	unsigned work = 0;
 
+	if (nt->hooks->rx_paused && nt->hooks->rx_paused(nt))
+		return 0;
 	/* A malformed buffer answered counts as work too, so a front end that
 	 * posts nothing else cannot keep the pass going forever. */
 	while (work < NET_TAP_BATCH) {

@@ -35,6 +35,8 @@ struct net_tap_hooks {
 	/* An RX answer about to go on the ring, and the frame (rsp->length
 	 * bytes, in the front end's buffer) it describes. */
 	void (*rx_answer)(struct net_tap *nt, unsigned char *frame, struct isolde_netif_rx_response *rsp);
+	/* True: leave the TAP's frames unread in this pass. */
+	bool (*rx_paused)(struct net_tap *nt);
 };
 
 /* A log line that may repeat with every frame: the first, then one a while

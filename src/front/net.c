@@ -45,6 +45,7 @@ enum rx_state {
 
 struct tx_entry {
 	uint64_t seq;
+	uint64_t posted_ns;       /* given to the current driver */
 	uint32_t len;
 	struct isolde_netif_offload off;
 	bool busy;
@@ -84,6 +85,9 @@ struct isolde_net {
 
 	uint64_t heartbeat_seen;
 	uint64_t heartbeat_changed_ns;
+	uint64_t rx_frames_seen;      /* stats.rx_frames when the wire last looked idle */
+	uint64_t rx_stuck_since_ns;   /* frames wait on the TAP, buffers posted, none filled */
+	uint64_t rx_probed_ns;        /* the TAP last looked at (a system call: not every poll) */
 	struct isolde_net_stats stats;
 };
 
@@ -126,11 +130,12 @@ static void violation(struct isolde_net *net, const char *fmt, ...)
 
 static void post_tx(struct isolde_net *net, uint32_t b)
 {
-	const struct tx_entry *e = &net->txe[b];
+	struct tx_entry *e = &net->txe[b];
 	struct isolde_netif_tx_request req = {
 		.id = (e->seq << ID_BUFFER_BITS) | b, .gref = b, .length = e->len, .offload = e->off,
 	};
 
+	e->posted_ns = isolde_now_ns();
 	isolde_grant_set(net->domain.grants, b, tx_data(net, b), e->len, ISOLDE_GRANT_DRIVER_READS);
 	memcpy(isolde_front_next_request(&net->tx), &req, sizeof req);
 	net->tx.req_prod_pvt++;
@@ -428,18 +433,60 @@ int isolde_net_receive_to_fd(struct isolde_net *net, int fd)
 
 /* ---- supervision ---- */
 
+/*
+ * A hang: frames wait to be sent and the driver's heartbeat has not moved
+ * for hang_ms. The heartbeat is the driver's word, so a frame left
+ * unanswered ten times as long counts as a hang too, whatever the
+ * heartbeat says (as io.c's check_hang for a block device): a driver that
+ * beats and never answers would otherwise hold every TX buffer for ever.
+ * The same for receiving: frames waiting on the TAP (the front end's own fd
+ * says so, without reading them) while RX buffers are posted and none is
+ * filled for that long is a driver that stopped reading the wire, not a
+ * quiet wire.
+ */
+static void check_rx_stuck(struct isolde_net *net, uint64_t now, uint64_t limit)
+{
+	unsigned posted = net->slots - net->nrx_idle - net->rx_count;
+	struct pollfd p = { .fd = net->tap_fd, .events = POLLIN };
+
+	if (net->stats.rx_frames == net->rx_frames_seen && posted && now - net->rx_probed_ns < limit / 8)
+		return;
+	net->rx_probed_ns = now;
+	if (net->stats.rx_frames != net->rx_frames_seen || posted == 0 || poll(&p, 1, 0) <= 0) {
+		net->rx_frames_seen = net->stats.rx_frames;
+		net->rx_stuck_since_ns = now;
+		return;
+	}
+	if (now - net->rx_stuck_since_ns >= 10 * limit)
+		isolde_recovery_fail(&net->rec, ISOLDE_FAIL_HANG, "(pid %d) left frames on the wire unread for %u ms "
+				     "with %u receive buffers posted", (int)net->domain.pid, 10 * net->hang_ms, posted);
+}
+
 static void check_hang(struct isolde_net *net, uint64_t now)
 {
 	uint64_t hb = __atomic_load_n(&net->domain.header->heartbeat, __ATOMIC_RELAXED);
+	uint64_t limit = (uint64_t)net->hang_ms * 1000000;
 
 	if (hb != net->heartbeat_seen || tx_inflight(net) == 0) {
 		net->heartbeat_seen = hb;
 		net->heartbeat_changed_ns = now;
-		return;
 	}
-	if (now - net->heartbeat_changed_ns > (uint64_t)net->hang_ms * 1000000)
+	check_rx_stuck(net, now, limit);
+	if (tx_inflight(net) == 0 || !running(net))
+		return;
+	if (now - net->heartbeat_changed_ns > limit) {
 		isolde_recovery_fail(&net->rec, ISOLDE_FAIL_HANG, "(pid %d) made no progress for %u ms with %u "
 				     "frames to send", (int)net->domain.pid, net->hang_ms, tx_inflight(net));
+		return;
+	}
+	for (unsigned b = 0; b < net->slots; b++) {
+		const struct tx_entry *e = &net->txe[b];
+		if (e->busy && now - e->posted_ns >= 10 * limit) {
+			isolde_recovery_fail(&net->rec, ISOLDE_FAIL_HANG, "(pid %d) left a frame unanswered for %u ms",
+					     (int)net->domain.pid, 10 * net->hang_ms);
+			return;
+		}
+	}
 }
 
 static void watch_fired(struct isolde_net *net)
@@ -585,6 +632,7 @@ static unsigned resume(void *owner)
 	net->waiter.spin_ns = net->waiter.spin_min_ns;
 	net->heartbeat_seen = 0;
 	net->heartbeat_changed_ns = isolde_now_ns();
+	net->rx_stuck_since_ns = net->heartbeat_changed_ns;
 	for (uint32_t b = 0; b < net->slots; b++)
 		if (net->txe[b].busy)
 			order[n++] = b;

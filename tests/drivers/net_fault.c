@@ -23,6 +23,11 @@
  *                   the TX ring's req_prod and rsp_event and its slots - all
  *                   the driver can write of what TX is made of - then keep
  *                   serving from the wreck
+ *   stall-rx        from then on, leave the TAP's frames unread, with the RX
+ *                   buffers posted and the heartbeat on
+ *   stall-tx        from then on, send TX frames and never answer them, while
+ *                   the heartbeat goes on: the front end must see the
+ *                   unanswered frames, not the heartbeat
  *   drop-tx         from then on, answer every TX frame OK without sending it:
  *                   a liar the protocol cannot catch, and that harms nothing
  *                   but its own traffic
@@ -51,7 +56,7 @@ static bool fired;
 
 static const char *const known_faults[] = {
 	"none", "crash", "hang", "exit", "rx-bad-length", "rx-bad-id", "rx-bad-offload", "rx-overrun",
-	"tx-bad-id", "tx-twice", "tx-bad-status", "scribble", "drop-tx", "corrupt-rx",
+	"tx-bad-id", "tx-twice", "tx-bad-status", "scribble", "stall-rx", "stall-tx", "drop-tx", "corrupt-rx",
 };
 
 /* Flipped into the sequence bits of an id: the front end posted no such one. */
@@ -168,6 +173,10 @@ static unsigned tx_answer(struct net_tap *nt, struct isolde_netif_tx_response *r
 		rsp->status = 77;
 	if (fire(nt, "tx-twice", "one TX request answered twice"))
 		return 2;
+	if (is("stall-tx") && due(nt)) {
+		fire(nt, "stall-tx", "TX frames sent, never answered; heartbeat on");
+		return 0;
+	}
 	return 1;
 }
 
@@ -215,12 +224,21 @@ static void rx_answer(struct net_tap *nt, unsigned char *data, struct isolde_net
 	}
 }
 
+static bool rx_paused(struct net_tap *nt)
+{
+	if (!is("stall-rx") || !due(nt))
+		return false;
+	fire(nt, "stall-rx", "the TAP's frames left unread; heartbeat on");
+	return true;
+}
+
 static const struct net_tap_hooks net_fault_hooks = {
 	.parse_arg = parse_arg,
 	.frame = frame,
 	.tx_frame = tx_frame,
 	.tx_answer = tx_answer,
 	.rx_answer = rx_answer,
+	.rx_paused = rx_paused,
 };
 
 int main(int argc, char **argv)

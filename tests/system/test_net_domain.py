@@ -124,6 +124,8 @@ HOSTILE = [
     ("tx-twice", "broke the network protocol"),
     ("tx-bad-status", "broke the network protocol"),
     ("hang", "made no progress"),
+    ("stall-tx", "left a frame unanswered"),
+    ("stall-rx", "left frames on the wire unread"),
 ]
 
 
