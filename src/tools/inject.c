@@ -2,9 +2,12 @@
 /*
  * isolde inject: a fault-injection campaign. Each trial starts a driver
  * domain, plants one SWIFI fault in the running driver, runs a verified
- * workload through it with the integrity shield on, and records what
- * happened. Each trial runs in a process of its own, so that a front end
- * that crashed would be counted, not end the campaign.
+ * workload through it, and records what happened: for a block driver,
+ * verified writes and read-back with the integrity shield on (verify.c);
+ * for a network driver (net-*), frames both ways through its TAP, each
+ * checked end to end (net_verify.c). Each trial runs in a process of its
+ * own, so that a front end that crashed would be counted, not end the
+ * campaign.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -22,6 +25,7 @@
 #include "cli.h"
 #include "isolde/blk.h"
 #include "isolde/domain.h"
+#include "net_verify.h"
 #include "swifi.h"
 #include "tracer.h"
 #include "verify.h"
@@ -30,7 +34,7 @@ enum outcome {
 	OUT_NOT_ACTIVATED,   /* the faulty instruction never ran (or, heap: no failure seen) */
 	OUT_NO_FAILURE,      /* it ran and nothing went wrong */
 	OUT_RECOVERED,       /* a failure was detected and recovered transparently */
-	OUT_IO_ERROR,        /* the application got an I/O error */
+	OUT_IO_ERROR,        /* the application got an I/O error (network: the device failed or went dead) */
 	OUT_CORRUPT,         /* the application got wrong data: must never happen */
 	OUT_FRONT_CRASH,     /* the front end crashed: must never happen */
 	OUT_NOT_INJECTED,    /* the fault could not be planted */
@@ -49,6 +53,9 @@ struct trial {
 	uint64_t restarts;
 	uint64_t by_failure[ISOLDE_FAIL_COUNT];
 	uint64_t errors, mismatches;
+	struct net_frames {
+		uint64_t sent, lost, duplicated, caught;  /* both ways */
+	} frames;
 	char target[192];
 	char error[600];
 };
@@ -59,11 +66,13 @@ struct tally {
 	uint64_t outcomes[OUT_COUNT];
 	uint64_t by_failure[ISOLDE_FAIL_COUNT];
 	uint64_t shield_caught; /* trials where the shield caught a lying driver */
+	struct net_frames frames;
 };
 
 struct campaign {
 	const char *image;
 	const char *driver;
+	bool network;              /* a net-* driver: the network workload */
 	uint64_t faults;
 	int types[SWIFI_COUNT];
 	unsigned ntypes;
@@ -86,13 +95,13 @@ struct trial_ctx {
 	uint64_t rng;
 };
 
-static void plant(struct isolde_blk *dev, void *arg)
+static void plant_in(pid_t driver, void *arg)
 {
 	struct trial_ctx *x = arg;
 	struct tracer *tr = &x->tracer;
 
 	memset(tr, 0, sizeof *tr);
-	tr->pid = isolde_blk_driver_pid(dev);
+	tr->pid = driver;
 	tr->fault = x->t->type;
 	if (tr->fault == SWIFI_HEAP) {
 		tr->heap_seed = x->rng;
@@ -103,6 +112,69 @@ static void plant(struct isolde_blk *dev, void *arg)
 	}
 	if (tracer_start(tr) != 0)
 		snprintf(x->t->error, sizeof x->t->error, "cannot start the tracer");
+}
+
+static void plant(struct isolde_blk *dev, void *arg)
+{
+	plant_in(isolde_blk_driver_pid(dev), arg);
+}
+
+/* After the workload: the tracer's verdict on the fault; false if it was
+ * never planted (t->outcome set). */
+static bool fault_planted(struct trial_ctx *x)
+{
+	struct trial *t = x->t;
+
+	tracer_finish(&x->tracer);
+	if (t->type == SWIFI_HEAP)
+		snprintf(t->target, sizeof t->target, "driver data: %s", x->tracer.heap_what);
+	t->activated = x->tracer.activated;
+	if (x->tracer.applied)
+		return true;
+	t->outcome = OUT_NOT_INJECTED;
+	if (!t->error[0])
+		snprintf(t->error, sizeof t->error, "%s", x->tracer.error);
+	return false;
+}
+
+static void run_net_trial(struct campaign *c, uint64_t i, int out_fd)
+{
+	struct trial t = { .type = (enum swifi_fault)c->types[i % c->ntypes] };
+	struct trial_ctx x = { .c = c, .t = &t, .rng = c->seed * 1000003u + i + 1 };
+	struct net_verify_options o = { .frames = c->ops, .seed = c->seed + i, .opened = plant_in,
+					.opened_ctx = &x };
+	struct net_verify_result r;
+	char err[512];
+
+	isolde_net_config_default(&o.cfg);
+	o.cfg.driver = c->driver;
+	o.cfg.notify = c->notify;
+	o.cfg.timeout_ms = c->timeout_ms;
+	if (net_verify_run(&o, &r, err, sizeof err) != 0) {
+		snprintf(t.error, sizeof t.error, "%s", err);
+		t.outcome = OUT_NOT_INJECTED;
+	} else if (fault_planted(&x)) {
+		t.restarts = r.supervisor.restarts;
+		memcpy(t.by_failure, r.supervisor.by_failure, sizeof t.by_failure);
+		t.frames.sent = r.tx.sent + r.rx.sent;
+		t.frames.lost = r.tx.sent - r.tx.delivered + r.rx.sent - r.rx.delivered;
+		t.frames.duplicated = r.tx.duplicates + r.rx.duplicates;
+		t.frames.caught = r.tx.caught + r.rx.caught;
+		t.mismatches = r.tx.undetected + r.rx.undetected;
+		if (t.mismatches) {
+			t.outcome = OUT_CORRUPT;
+			snprintf(t.error, sizeof t.error, "%llu frame(s) passed the end-to-end hash and differ from "
+				 "what was sent", (unsigned long long)t.mismatches);
+		} else if (r.error[0]) {
+			t.outcome = OUT_IO_ERROR;
+			snprintf(t.error, sizeof t.error, "%s", r.error);
+		} else if (r.supervisor.restarts) {
+			t.outcome = OUT_RECOVERED;
+		} else {
+			t.outcome = t.activated ? OUT_NO_FAILURE : OUT_NOT_ACTIVATED;
+		}
+	}
+	(void)!write(out_fd, &t, sizeof t);
 }
 
 static void run_trial(struct campaign *c, uint64_t i, int out_fd)
@@ -124,20 +196,12 @@ static void run_trial(struct campaign *c, uint64_t i, int out_fd)
 	if (verify_run(&o, &r, err, sizeof err) != 0) {
 		snprintf(t.error, sizeof t.error, "%s", err);
 		t.outcome = OUT_NOT_INJECTED;
-	} else {
-		tracer_finish(&x.tracer);
-		if (t.type == SWIFI_HEAP)
-			snprintf(t.target, sizeof t.target, "driver data: %s", x.tracer.heap_what);
-		t.activated = x.tracer.activated;
+	} else if (fault_planted(&x)) {
 		t.restarts = r.supervisor.restarts;
 		memcpy(t.by_failure, r.supervisor.by_failure, sizeof t.by_failure);
 		t.errors = r.errors;
 		t.mismatches = r.mismatches;
-		if (!x.tracer.applied) {
-			t.outcome = OUT_NOT_INJECTED;
-			if (!t.error[0])
-				snprintf(t.error, sizeof t.error, "%s", x.tracer.error);
-		} else if (r.mismatches) {
+		if (r.mismatches) {
 			t.outcome = OUT_CORRUPT;
 		} else if (r.errors || r.error[0]) {
 			t.outcome = OUT_IO_ERROR;
@@ -177,6 +241,10 @@ static void record(struct campaign *c, const struct trial *t)
 			k[j]->by_failure[f] += t->by_failure[f];
 		if (t->by_failure[ISOLDE_FAIL_CORRUPTION])
 			k[j]->shield_caught++;
+		k[j]->frames.sent += t->frames.sent;
+		k[j]->frames.lost += t->frames.lost;
+		k[j]->frames.duplicated += t->frames.duplicated;
+		k[j]->frames.caught += t->frames.caught;
 	}
 	/* Keep the trials a reader has to be able to explain. */
 	if (c->trials_out && (t->outcome == OUT_IO_ERROR || t->outcome == OUT_CORRUPT ||
@@ -205,7 +273,10 @@ static int trial_in_child(struct campaign *c, uint64_t i, struct trial *t)
 		/* The driver's log lines are not the campaign's output. */
 		if (!getenv("ISOLDE_INJECT_VERBOSE"))
 			(void)!freopen("/dev/null", "w", stderr);
-		run_trial(c, i, p[1]);
+		if (c->network)
+			run_net_trial(c, i, p[1]);
+		else
+			run_trial(c, i, p[1]);
 		_exit(0);
 	}
 	close(p[1]);
@@ -229,7 +300,10 @@ static void write_tally_json(FILE *f, const struct tally *k)
 		(unsigned long long)k->activated);
 	for (int o = 0; o < OUT_COUNT; o++)
 		fprintf(f, ", \"%s\": %llu", outcome_names[o], (unsigned long long)k->outcomes[o]);
-	fprintf(f, ", \"shield_caught\": %llu, \"failures\": {", (unsigned long long)k->shield_caught);
+	fprintf(f, ", \"shield_caught\": %llu, \"frames\": {\"sent\": %llu, \"lost\": %llu, \"duplicated\": %llu, "
+		"\"caught_by_hash\": %llu}, \"failures\": {", (unsigned long long)k->shield_caught,
+		(unsigned long long)k->frames.sent, (unsigned long long)k->frames.lost,
+		(unsigned long long)k->frames.duplicated, (unsigned long long)k->frames.caught);
 	for (int j = 0; j < ISOLDE_FAIL_COUNT; j++)
 		fprintf(f, "%s\"%s\": %llu", j ? ", " : "", isolde_failure_name((enum isolde_failure)j),
 			(unsigned long long)k->by_failure[j]);
@@ -272,23 +346,36 @@ static int write_report(const struct campaign *c, const char *dir, const char *c
 		return -1;
 	}
 	fprintf(f, "# Fault-injection campaign\n\n%llu faults injected into the running %s driver "
-		"(%llu could not be planted), notify mode %s, %llu verified writes and their read-back per "
-		"trial at QD8 with the integrity shield on; %.0f s.\n\nReproduce with:\n\n```\n%s\n```\n\n",
+		"(%llu could not be planted), notify mode %s, %llu %s per trial%s; %.0f s.\n\nReproduce with:"
+		"\n\n```\n%s\n```\n\n",
 		(unsigned long long)c->total.injected, c->driver,
 		(unsigned long long)c->total.outcomes[OUT_NOT_INJECTED], isolde_notify_mode_name(c->notify),
-		(unsigned long long)c->ops, seconds, command);
+		(unsigned long long)c->ops,
+		c->network ? "frames each way through the driver and its TAP" :
+		"verified writes and their read-back",
+		c->network ? ", each checked end to end against what was sent (a 64-bit hash in the frame, as "
+		"a transport's checksum; a frame that passes it and differs counts as corrupt)" :
+		" at QD8 with the integrity shield on", seconds, command);
 	uint64_t detected = 0;
 	for (int j = 0; j < ISOLDE_FAIL_COUNT; j++)
 		detected += c->total.by_failure[j];
 	uint64_t failed_trials = c->total.outcomes[OUT_RECOVERED] + c->total.outcomes[OUT_IO_ERROR];
 	fprintf(f, "**Corrupt data returned to the application: %llu. Front-end crashes: %llu.** "
 		"Trials with a detected failure: %llu, of which %llu (%.2f%%) recovered transparently and "
-		"%llu returned an I/O error (explained below).\n\n",
+		"%llu %s (explained below).\n\n",
 		(unsigned long long)c->total.outcomes[OUT_CORRUPT],
 		(unsigned long long)c->total.outcomes[OUT_FRONT_CRASH], (unsigned long long)failed_trials,
 		(unsigned long long)c->total.outcomes[OUT_RECOVERED],
 		failed_trials ? 100.0 * (double)c->total.outcomes[OUT_RECOVERED] / (double)failed_trials : 100.0,
-		(unsigned long long)c->total.outcomes[OUT_IO_ERROR]);
+		(unsigned long long)c->total.outcomes[OUT_IO_ERROR],
+		c->network ? "left the device failed or dead" : "returned an I/O error");
+	if (c->network)
+		fprintf(f, "Frames: %llu sent (both ways), %llu lost, %llu duplicated, %llu damaged by the driver "
+			"and caught by the end-to-end hash: what a network may do, and a transport repairs. "
+			"In the table, \"I/O error\" is a trial whose device failed or went dead (no round "
+			"of frames arrived whole after the fault).\n\n",
+			(unsigned long long)c->total.frames.sent, (unsigned long long)c->total.frames.lost,
+			(unsigned long long)c->total.frames.duplicated, (unsigned long long)c->total.frames.caught);
 	fputs("Columns: trials with the fault planted; activated (the faulty instruction ran; not "
 	      "observable for heap faults); not activated and no failure; activated without failure; "
 	      "failures detected, counted as driver restarts (a trial can fail more than once) and by "
@@ -304,7 +391,8 @@ static int write_report(const struct campaign *c, const char *dir, const char *c
 	write_tally_row(f, "**total**", &c->total);
 	(void)detected;
 	if (notable_errors && *notable_errors)
-		fprintf(f, "\n## Trials that ended in an I/O error\n\n%s", notable_errors);
+		fprintf(f, "\n## Trials that ended in %s\n\n%s",
+			c->network ? "a failed or dead device" : "an I/O error", notable_errors);
 	fclose(f);
 	return 0;
 }
@@ -319,21 +407,24 @@ const struct cli_command inject_command = {
 	"\n"
 	"For each of N trials: start a driver domain, attach to the driver with\n"
 	"ptrace, mutate one instruction of the driver's own code (or one bit of its\n"
-	"data) by the fault type's rule, and run a verified workload through it with\n"
-	"the integrity shield on. Records whether the fault was activated, how the\n"
-	"failure was detected, whether it was recovered, and whether any error or\n"
-	"corrupt data reached the application. Exits 0 only if no corrupt data was\n"
-	"returned and the front end never crashed. THIS OVERWRITES THE IMAGE.\n"
+	"data) by the fault type's rule, and run a verified workload through it: a\n"
+	"block driver's writes and read-back with the integrity shield on, or a\n"
+	"network driver's (net-*) frames both ways through its TAP in a namespace\n"
+	"of the trial's own, each checked end to end. Records whether the fault was\n"
+	"activated, how the failure was detected, whether it was recovered, and\n"
+	"whether any error or corrupt data reached the application. Exits 0 only if\n"
+	"no corrupt data was returned and the front end never crashed. THIS\n"
+	"OVERWRITES THE IMAGE (a block driver's).\n"
 	"\n"
-	"  --image PATH       image (required; a few MiB is plenty)\n"
+	"  --image PATH       image (required for a block driver; a few MiB is plenty)\n"
 	"  --faults N         number of trials (required)\n"
 	"  --types LIST|all   of source-register, destination-register, pointer, interface,\n"
 	"                     branch, bit-flip, nop, heap (default all, taken in turn)\n"
 	"  --seed S           random seed (default 1)\n"
 	"  --notify MODE      event, spin or hybrid (default hybrid)\n"
-	"  --ops N            verified writes per trial (default 100)\n"
+	"  --ops N            verified writes (network: frames each way) per trial (default 100)\n"
 	"  --timeout-ms MS    hang detection per trial (default 300)\n"
-	"  --driver NAME      driver to inject into (default blk-file)\n"
+	"  --driver NAME      driver to inject into (default blk-file; net-tap: as root)\n"
 	"  --json FILE        write the campaign's results as JSON\n"
 	"  --report DIR       write DIR/campaign.md\n"
 	"  -h, --help         this text\n",
@@ -421,7 +512,11 @@ static int run_inject_command(int argc, char **argv)
 	}
 	if (optind < argc)
 		return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
-	if (!c.image)
+	const char *base = strrchr(c.driver, '/');
+	c.network = strncmp(base ? base + 1 : c.driver, "net-", 4) == 0;
+	if (c.network && c.image)
+		return cli_usage_error(cmd, "--image: a network driver (%s) has no image", c.driver);
+	if (!c.network && !c.image)
 		return cli_usage_error(cmd, "--image is required");
 	if (c.faults == 0)
 		return cli_usage_error(cmd, "--faults is required");

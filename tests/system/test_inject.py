@@ -96,3 +96,65 @@ def test_bad_arguments(isolde, image):
     assert p.returncode == 2 and "unknown fault type 'cosmic-ray'" in p.stderr
     p = isolde.run("inject", "--image", image)
     assert p.returncode == 2 and "--faults is required" in p.stderr
+
+
+# ---------------------------------------------------------------------------
+# the network driver: net-tap, its frames checked end to end (net_verify.c)
+# ---------------------------------------------------------------------------
+
+NET_FAULTS = 120
+NET_EXPLANATIONS = ("the device failed: ", "frames lost with no failure detected")
+
+
+@pytest.fixture(scope="module")
+def net_campaign(tmp_path_factory, isolde):
+    d = tmp_path_factory.mktemp("inject-net")
+    p = isolde.run("inject", "--driver", "net-tap", "--faults", NET_FAULTS, "--seed", 7, "--json", d / "c.json",
+                   "--report", d / "report", timeout=1200)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p, json.loads((d / "c.json").read_text()), (d / "report" / "campaign.md").read_text()
+
+
+def test_net_no_crash_no_corrupt_frame(net_campaign):
+    """A frame that passes the end-to-end hash is exactly a frame that was
+    sent; the front end never crashes; faults are really planted and some
+    strike and are recovered."""
+    _, doc, _ = net_campaign
+    t = doc["totals"]
+    assert t["front_end_crash"] == 0 and t["corrupt_returned"] == 0
+    assert t["injected"] + t["not_injected"] == NET_FAULTS
+    assert t["not_injected"] <= 5, "faults must really be planted"
+    assert t["activated"] > 0 and t["recovered"] > 0
+    assert set(doc["types"]) == TYPES
+    # Traffic went both ways in every trial: 100 frames each way at least.
+    assert t["frames"]["sent"] >= 200 * t["injected"]
+    assert t["frames"]["lost"] < t["frames"]["sent"]
+
+
+def test_net_every_failure_recovered_or_explained(net_campaign):
+    _, doc, md = net_campaign
+    t, types = doc["totals"], doc["types"].values()
+    assert sum(t[o] for o in OUTCOMES) == NET_FAULTS
+    for o in OUTCOMES:
+        assert sum(k[o] for k in types) == t[o], o
+    for name, k in doc["types"].items():
+        assert sum(k["failures"].values()) >= k["recovered"], name
+    errors = [x for x in doc["notable_trials"] if x["outcome"] == "io_error"]
+    assert len(errors) == t["io_error"]
+    for x in errors:
+        assert x["target"] and any(e in x["error"] for e in NET_EXPLANATIONS), x
+    assert "frames each way through the driver and its TAP" in md
+    assert f"and {t['io_error']} left the device failed or dead (explained below)" in md
+    f = t["frames"]
+    assert (f"Frames: {f['sent']} sent (both ways), {f['lost']} lost, {f['duplicated']} duplicated, "
+            f"{f['caught_by_hash']} damaged by the driver") in md
+    if errors:
+        listed = md.split("\n## Trials that ended in a failed or dead device\n")[1]
+        assert len([line for line in listed.splitlines() if line.startswith("- ")]) == len(errors)
+
+
+def test_net_bad_arguments(isolde, image):
+    p = isolde.run("inject", "--driver", "net-tap", "--image", image, "--faults", 5)
+    assert p.returncode == 2 and "--image: a network driver (net-tap) has no image" in p.stderr
+    p = isolde.run("inject", "--driver", "net-nonesuch", "--faults", 5)
+    assert p.returncode == 1 and "net-nonesuch" in p.stderr
