@@ -132,6 +132,25 @@ static size_t copy_tx(struct vhost_net *x, struct vhost_request *req)
 	return len;
 }
 
+/* The guest may ask only for the offloads it negotiated (virtio 1.x,
+ * 5.1.6.2); what the device carries is isolde_net_send's check. ECN was
+ * never offered (VIRTIO_NET_F_HOST_ECN). */
+static bool guest_may_send(const struct isolde_netif_offload *off, uint64_t features)
+{
+	if ((off->flags & ISOLDE_NETIF_O_NEEDS_CSUM) && !(features >> VIRTIO_NET_F_CSUM & 1))
+		return false;
+	if (off->gso_type & ISOLDE_NETIF_GSO_ECN)
+		return false;
+	switch (off->gso_type) {
+	case ISOLDE_NETIF_GSO_TCPV4:
+		return features >> VIRTIO_NET_F_HOST_TSO4 & 1;
+	case ISOLDE_NETIF_GSO_TCPV6:
+		return features >> VIRTIO_NET_F_HOST_TSO6 & 1;
+	default:
+		return true; /* none, or a type isolde_net_send refuses */
+	}
+}
+
 static void send_one(struct vhost_net *x, struct vhost_request *req)
 {
 	size_t len = copy_tx(x, req);
@@ -148,7 +167,8 @@ static void send_one(struct vhost_net *x, struct vhost_request *req)
 	struct isolde_netif_offload off = { .flags = h.flags, .gso_type = h.gso_type, .hdr_len = h.hdr_len,
 					    .gso_size = h.gso_size, .csum_start = h.csum_start,
 					    .csum_offset = h.csum_offset };
-	int r = isolde_net_send(x->net, x->frame + sizeof h, len - sizeof h, &off);
+	int r = guest_may_send(&off, vhost_user_features(x->vu))
+			? isolde_net_send(x->net, x->frame + sizeof h, len - sizeof h, &off) : -ENOPROTOOPT;
 	if (r == 0) {
 		x->stats.tx_frames++;
 	} else if (r == -EIO) {
@@ -157,7 +177,8 @@ static void send_one(struct vhost_net *x, struct vhost_request *req)
 		x->stats.tx_malformed++;
 		vhost_user_log(x->vu, "queue %u: frame at descriptor %u (%zu bytes, flags 0x%x, gso_type 0x%x): %s",
 			       TX_QUEUE, req->elem->head, len - sizeof h, h.flags, h.gso_type,
-			       r == -EMSGSIZE ? "not a frame's length" : "an offload the device does not carry");
+			       r == -EMSGSIZE ? "not a frame's length" : r == -ENOPROTOOPT ? "an offload the guest "
+			       "did not negotiate" : "an offload the device does not carry");
 	}
 	vhost_user_complete(req, 0);
 }
@@ -212,10 +233,16 @@ static bool guest_accepts(const struct isolde_netif_offload *off, uint64_t featu
 	}
 }
 
-static void drop_frame(struct vhost_net *x)
+/* Take the next frame from the device and throw it away. */
+static void discard_frame(struct vhost_net *x)
 {
 	uint8_t sink;
 	isolde_net_receive(x->net, &sink, sizeof sink, NULL);
+}
+
+static void drop_frame(struct vhost_net *x)
+{
+	discard_frame(x);
 	x->stats.rx_dropped++;
 }
 
@@ -255,7 +282,7 @@ static unsigned deliver_rx(struct vhost_net *x)
 		if (room < sizeof(struct virtio_net_hdr_v1) + (size_t)len) {
 			/* Answered empty: the guest's driver counts a length error
 			 * and posts the buffer again. */
-			drop_frame(x);
+			discard_frame(x); /* counted once, as too long */
 			x->stats.rx_too_long++;
 			vhost_user_complete(req, 0);
 			continue;

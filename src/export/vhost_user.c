@@ -1150,8 +1150,10 @@ static enum outcome on_get_config(struct vhost_conn *c)
 	uint8_t config[VU_CONFIG_MAX] = { 0 }, reply[sizeof ch + VU_CONFIG_MAX];
 
 	if (!c->vu->ops->get_config) {
+		/* GET_CONFIG always has a reply, or the front end waits for it
+		 * forever: an empty one is the refusal (as libvhost-user's). */
 		vhost_user_log(c->vu, "GET_CONFIG: refused: the device has no config space");
-		return REFUSED;
+		return send_reply(c, c->in.hdr.request, NULL, 0) ? MALFORMED : REPLIED;
 	}
 	if (c->in.hdr.size < sizeof ch)
 		return malformed(c, "payload of %u bytes, shorter than its %zu-byte head", c->in.hdr.size,
