@@ -238,25 +238,19 @@ class StorageDaemon:
             pass
 
 
-class VhostServed:
-    """`isolde serve --export vhost-user-blk:SOCK --control CTRL` on an image;
-    stderr drained by a thread; close() kills it and everything it started."""
+class ServedIsolde:
+    """`isolde ARGS...` (a serve), its stderr drained by a thread from the
+    start; close() kills it and everything it started, and prints what it
+    said. Subclasses wait for what makes it ready."""
 
-    def __init__(self, isolde, image, sock, control, *extra):
+    def __init__(self, isolde, *args):
         self.isolde = isolde
-        self.sock, self.control = sock, control
+        self.args = [str(a) for a in args]
         self._lines = []
         self._closed = False
-        self.proc = isolde.start("serve", "--image", image, "--export", f"vhost-user-blk:{sock}",
-                                 "--control", control, *extra)
+        self.proc = isolde.start(*args)
         self._drain = threading.Thread(target=self._read_stderr, daemon=True)
         self._drain.start()
-        try:
-            wait_for_socket(sock, self.proc, lambda: self.stderr)
-            wait_for_socket(control, self.proc, lambda: self.stderr)
-        except BaseException:
-            self.close()
-            raise
 
     def __enter__(self):
         return self
@@ -272,6 +266,11 @@ class VhostServed:
     def stderr(self):
         return "".join(self._lines)
 
+    def _log(self):
+        if self.proc.poll() is not None:
+            self._drain.join(timeout=5)  # all it said before it exited
+        return self.stderr
+
     @property
     def pid(self):
         return self.proc.pid
@@ -279,14 +278,9 @@ class VhostServed:
     def drivers(self):
         return driver_children(self.proc.pid)
 
-    def status(self):
-        p = subprocess.run([str(self.isolde.build.isolde), "status", "--control", self.control, "--json"],
-                           capture_output=True, text=True, timeout=20)
-        assert p.returncode == 0, p.stderr
-        return json.loads(p.stdout)
-
     def terminate(self, timeout=60):
-        """SIGTERM; the exit code once isolde (and its stderr) ended."""
+        """SIGTERM, as a user stops it; the exit code once isolde (and its
+        stderr) ended."""
         self.proc.send_signal(signal.SIGTERM)
         rc = self.proc.wait(timeout=timeout)
         self._drain.join(timeout=10)
@@ -299,7 +293,28 @@ class VhostServed:
         kill_session(self.proc)
         self._drain.join(timeout=10)
         stop(self.proc)
-        print(f"---- isolde serve vhost-user-blk:{self.sock} stderr ----\n{self.stderr}")
+        print(f"---- isolde {' '.join(self.args)} stderr ----\n{self.stderr}")
+
+
+class VhostServed(ServedIsolde):
+    """`isolde serve --export vhost-user-blk:SOCK --control CTRL` on an image."""
+
+    def __init__(self, isolde, image, sock, control, *extra):
+        self.sock, self.control = sock, control
+        super().__init__(isolde, "serve", "--image", image, "--export", f"vhost-user-blk:{sock}",
+                         "--control", control, *extra)
+        try:
+            wait_for_socket(sock, self.proc, self._log)
+            wait_for_socket(control, self.proc, self._log)
+        except BaseException:
+            self.close()
+            raise
+
+    def status(self):
+        p = subprocess.run([str(self.isolde.build.isolde), "status", "--control", self.control, "--json"],
+                           capture_output=True, text=True, timeout=20)
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)
 
 
 class DriverKiller(threading.Thread):

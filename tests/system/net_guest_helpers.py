@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, driver_children, kill_session, stop
-from guest_helpers import QEMU, SCALE, Guest, need_tools, wait_for_socket
+from conftest import ROOT, kill_session
+from guest_helpers import QEMU, SCALE, Guest, ServedIsolde, need_tools, wait_for_socket
 from net_helpers import sh
 
 NET_GUEST_SCRIPT = ROOT / "tests" / "guest" / "build-net-guest.sh"
@@ -422,22 +422,16 @@ class IperfServer:
         self.close()
 
 
-class VhostNetServed:
+class VhostNetServed(ServedIsolde):
     """`isolde serve --netdev n0,driver=net-tap,ifname=IF,netns=NS[,OPT...]
-    --export vhost-user-net:SOCK,netdev=n0`; stderr drained by a thread from
-    the start; ready once SOCK exists. The TAP the driver gets is set up by
-    a TapSetup (tap) as soon as isolde made it. close() kills isolde and
-    everything it started."""
+    --export vhost-user-net:SOCK,netdev=n0`; ready once SOCK exists. The TAP
+    the driver gets is set up by a TapSetup (tap) as soon as isolde made it."""
 
     def __init__(self, isolde, ns, ifname, sock, *netdev_opts, extra=()):
-        self.isolde, self.ns, self.ifname, self.sock = isolde, str(ns), ifname, sock
-        self._lines = []
-        self._closed = False
+        self.ns, self.ifname, self.sock = str(ns), ifname, sock
         spec = ",".join([f"n0,driver=net-tap,ifname={ifname},netns={self.ns}", *netdev_opts])
-        self.args = ["serve", "--netdev", spec, "--export", f"vhost-user-net:{sock},netdev=n0", *extra]
-        self.proc = isolde.start(*self.args)
-        self._drain = threading.Thread(target=self._read_stderr, daemon=True)
-        self._drain.start()
+        super().__init__(isolde, "serve", "--netdev", spec, "--export", f"vhost-user-net:{sock},netdev=n0",
+                         *extra)
         try:
             wait_for_socket(sock, self.proc, self._log)
             self.tap = TapSetup(ns, ifname, alive=lambda: self.proc.poll() is None)
@@ -445,45 +439,3 @@ class VhostNetServed:
             self.close()
             raise
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def _read_stderr(self):
-        for line in self.proc.stderr:
-            self._lines.append(line)
-
-    @property
-    def stderr(self):
-        return "".join(self._lines)
-
-    def _log(self):
-        if self.proc.poll() is not None:
-            self._drain.join(timeout=5)  # all it said before it exited
-        return self.stderr
-
-    @property
-    def pid(self):
-        return self.proc.pid
-
-    def drivers(self):
-        return driver_children(self.proc.pid)
-
-    def terminate(self, timeout=60):
-        """SIGTERM, as a user stops it; the exit code once isolde (and its
-        stderr) ended."""
-        self.proc.terminate()
-        rc = self.proc.wait(timeout=timeout)
-        self._drain.join(timeout=10)
-        return rc
-
-    def close(self):
-        if self._closed:
-            return
-        self._closed = True
-        kill_session(self.proc)
-        self._drain.join(timeout=10)
-        stop(self.proc)
-        print(f"---- isolde {' '.join(self.args)} stderr ----\n{self.stderr}")
