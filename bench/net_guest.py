@@ -24,16 +24,15 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import traceback
 from pathlib import Path
-from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "system"))
 
+from guest import IsoldeBinary  # noqa: E402 - bench/guest.py, beside this script
 from net_guest_helpers import (IperfServer, Namespace, TapSetup, VhostNetServed, boot_net_guest,  # noqa: E402
                                net_guest_files, tap_netdev, vhost_user_netdev)
 
@@ -42,17 +41,6 @@ LABEL = {"tap": "QEMU netdev tap (baseline)", "event": "isolde vhost-user-net, e
          "spin": "isolde vhost-user-net, spin", "hybrid": "isolde vhost-user-net, hybrid"}
 TAP = "isbgtap0"
 IPERF_PORT = 5201
-
-
-class IsoldeBinary:
-    """What VhostNetServed needs of the tests' Isolde: start() and build.isolde."""
-
-    def __init__(self, path):
-        self.build = SimpleNamespace(isolde=Path(path).resolve())
-
-    def start(self, *args):
-        return subprocess.Popen([str(self.build.isolde), *map(str, args)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def one_run(path, isolde, args, workdir):
