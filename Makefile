@@ -68,7 +68,7 @@ fuzz: deps
 
 check: unit unit-asan system fuzz
 
-# Every figure of docs/EVALUATION.md, measured in one run (about 8 minutes).
+# Every figure of docs/EVALUATION.md, measured in one run (bench/run-all.sh).
 bench: build bench-deps
 	./bench/run-all.sh $(BUILD)/src/tools/isolde
 
