@@ -236,6 +236,18 @@ bool isolde_blk_readonly(const struct isolde_blk *dev);
 /* The driver's name, without its directory (what `isolde status` shows). */
 const char *isolde_blk_driver_name(const struct isolde_blk *dev);
 
+/* What a system call the policy refused would have reached. */
+enum isolde_denial_class {
+	ISOLDE_DENY_DEVICE,    /* ioctl, fallocate and the like on a device */
+	ISOLDE_DENY_MEMORY,    /* mappings, protections, memory files */
+	ISOLDE_DENY_PROCESS,   /* processes, signals, namespaces, credentials, tracing */
+	ISOLDE_DENY_NETWORK,   /* sockets */
+	ISOLDE_DENY_FILE,      /* paths, file systems, file descriptors beyond its own */
+	ISOLDE_DENY_OTHER,
+	ISOLDE_DENIAL_CLASSES
+};
+const char *isolde_denial_class_name(enum isolde_denial_class c);
+
 struct isolde_blk_stats {
 	uint64_t requests;         /* completed */
 	uint64_t errors;           /* completed with an error */
@@ -245,6 +257,7 @@ struct isolde_blk_stats {
 	uint64_t bytes_copied;     /* copy-mode bytes through the data area */
 	uint64_t protocol_violations;
 	uint64_t denials;          /* system calls the driver's policy refused */
+	uint64_t denials_by_class[ISOLDE_DENIAL_CLASSES]; /* the same, by enum isolde_denial_class */
 	uint64_t shield_verified;  /* blocks read back and found as written */
 	uint64_t shield_learned;   /* blocks first seen by a read */
 	uint64_t shield_mismatches; /* blocks the driver returned different from written */

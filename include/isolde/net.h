@@ -160,6 +160,7 @@ struct isolde_net_stats {
 	uint64_t calls;
 	uint64_t protocol_violations;
 	uint64_t denials;
+	uint64_t denials_by_class[ISOLDE_DENIAL_CLASSES]; /* by enum isolde_denial_class (isolde/blk.h) */
 };
 void isolde_net_get_stats(const struct isolde_net *net, struct isolde_net_stats *st);
 

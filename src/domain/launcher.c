@@ -689,6 +689,7 @@ static unsigned answer_syscalls(struct isolde_domain *d)
 			continue;
 		}
 		d->denials++;
+		d->denials_by_class[is_connect ? ISOLDE_DENY_NETWORK : isolde_sandbox_syscall_class(req.data.nr)]++;
 		g->denials++;
 		if (is_connect) {
 			/* What Landlock would answer. */

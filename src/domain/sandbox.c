@@ -625,3 +625,55 @@ char *isolde_sandbox_syscall_name(int nr)
 {
 	return seccomp_syscall_resolve_num_arch(SCMP_ARCH_NATIVE, nr);
 }
+
+/* By name, so that one table serves every architecture libseccomp knows;
+ * a call in no list is "other". */
+static const char *const denial_classes[ISOLDE_DENY_OTHER][48] = {
+	[ISOLDE_DENY_DEVICE] = { "ioctl", "fallocate", "ioperm", "iopl", "pciconfig_read", "pciconfig_write",
+				 "pciconfig_iobase", "io_setup", "io_submit", "io_uring_setup", "io_uring_enter",
+				 "io_uring_register", "sync_file_range", "fadvise64", "readahead", NULL },
+	[ISOLDE_DENY_MEMORY] = { "mmap", "mprotect", "mremap", "madvise", "mlock", "mlock2", "mlockall",
+				 "munlock", "munlockall", "mbind", "set_mempolicy", "migrate_pages", "move_pages",
+				 "memfd_create", "memfd_secret", "pkey_mprotect", "pkey_alloc", "userfaultfd",
+				 "process_vm_readv", "process_vm_writev", "remap_file_pages", "shmget", "shmat",
+				 "shmctl", NULL },
+	[ISOLDE_DENY_PROCESS] = { "clone", "clone3", "fork", "vfork", "execve", "execveat", "kill", "tkill",
+				  "tgkill", "ptrace", "setns", "unshare", "prctl", "setuid", "setgid", "setreuid",
+				  "setregid", "setresuid", "setresgid", "setgroups", "capset", "seccomp", "bpf",
+				  "perf_event_open", "kexec_load", "init_module", "finit_module", "delete_module",
+				  "reboot", "setpriority", "sched_setscheduler", "sched_setaffinity", "prlimit64",
+				  "setrlimit", "pidfd_open", "pidfd_send_signal", "pidfd_getfd", "wait4", "waitid",
+				  "kcmp", "personality", NULL },
+	[ISOLDE_DENY_NETWORK] = { "socket", "socketpair", "connect", "bind", "listen", "accept", "accept4",
+				  "sendto", "sendmsg", "sendmmsg", "recvfrom", "recvmsg", "recvmmsg", "setsockopt",
+				  "getsockopt", "shutdown", "getsockname", "getpeername", NULL },
+	[ISOLDE_DENY_FILE] = { "open", "openat", "openat2", "creat", "unlink", "unlinkat", "rename", "renameat",
+			       "renameat2", "mkdir", "mkdirat", "rmdir", "stat", "lstat", "newfstatat", "statx",
+			       "chmod", "fchmod", "fchmodat", "chown", "fchown", "lchown", "fchownat", "link",
+			       "linkat", "symlink", "symlinkat", "truncate", "ftruncate", "readlink", "readlinkat",
+			       "access", "faccessat", "faccessat2", "statfs", "fstatfs", "getdents64", "chdir",
+			       "fchdir", "mount", "umount2", "pivot_root", "chroot", "mknod", "mknodat", "dup3",
+			       NULL },
+};
+
+const char *isolde_denial_class_name(enum isolde_denial_class c)
+{
+	static const char *const names[ISOLDE_DENIAL_CLASSES] = { "device", "memory", "process", "network",
+								   "file", "other" };
+	return (unsigned)c < ISOLDE_DENIAL_CLASSES ? names[c] : "unknown";
+}
+
+enum isolde_denial_class isolde_sandbox_syscall_class(int nr)
+{
+	char *name = isolde_sandbox_syscall_name(nr);
+	enum isolde_denial_class c = ISOLDE_DENY_OTHER;
+
+	for (int k = 0; name && k < ISOLDE_DENY_OTHER && c == ISOLDE_DENY_OTHER; k++)
+		for (int i = 0; denial_classes[k][i]; i++)
+			if (strcmp(name, denial_classes[k][i]) == 0) {
+				c = (enum isolde_denial_class)k;
+				break;
+			}
+	free(name);
+	return c;
+}

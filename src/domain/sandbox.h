@@ -127,5 +127,7 @@ int isolde_sandbox_load_filter(const void *bpf, size_t len);
 
 /* The name of syscall nr on this architecture, or NULL. Caller frees. */
 char *isolde_sandbox_syscall_name(int nr);
+/* What a refused system call would have reached, for the counts. */
+enum isolde_denial_class isolde_sandbox_syscall_class(int nr);
 
 #endif

@@ -806,4 +806,5 @@ void isolde_net_get_stats(const struct isolde_net *net, struct isolde_net_stats 
 	st->kicks = net->waiter.signals_sent;
 	st->calls = net->waiter.signals_received;
 	st->denials = net->domain.denials;
+	memcpy(st->denials_by_class, net->domain.denials_by_class, sizeof st->denials_by_class);
 }

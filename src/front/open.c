@@ -400,6 +400,7 @@ void isolde_blk_get_stats(const struct isolde_blk *dev, struct isolde_blk_stats 
 {
 	*st = dev->stats;
 	st->denials = dev->domain.denials;
+	memcpy(st->denials_by_class, dev->domain.denials_by_class, sizeof st->denials_by_class);
 	st->shield_verified = dev->shield.blocks_verified;
 	st->shield_learned = dev->shield.blocks_learned;
 	st->shield_mismatches = dev->shield.mismatches;

@@ -402,6 +402,11 @@ static void print_json(const struct verify_options *o, const struct verify_resul
 	       (unsigned long long)r->stats.protocol_violations, (unsigned long long)r->stats.denials,
 	       o->cfg.shield ? "true" : "false", (unsigned long long)r->stats.shield_verified,
 	       (unsigned long long)r->stats.shield_learned, (unsigned long long)r->stats.shield_mismatches);
+	printf("\"denials_by_class\": {");
+	for (int d = 0; d < ISOLDE_DENIAL_CLASSES; d++)
+		printf("%s\"%s\": %llu", d ? ", " : "", isolde_denial_class_name((enum isolde_denial_class)d),
+		       (unsigned long long)r->stats.denials_by_class[d]);
+	printf("}, ");
 	const struct isolde_enforcement *e = &r->enforcement;
 	printf("\"flushes\": %llu, \"flush_failures\": %llu, \"error_reads_with_data\": %llu, ",
 	       (unsigned long long)r->flushes, (unsigned long long)r->flush_failures,

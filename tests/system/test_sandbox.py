@@ -115,6 +115,10 @@ def test_forbidden_calls_are_refused_and_logged(isolde, image):
     assert p.returncode == 0, p.stderr
     assert r["errors"] == 0 and r["mismatches"] == 0 and r["restarts"] == 0
     assert r["denials"] >= 3
+    # Counted by what each would have reached (the campaign's report does the same).
+    by_class = r["denials_by_class"]
+    assert by_class["file"] >= 1 and by_class["network"] >= 1 and by_class["process"] >= 1, by_class
+    assert sum(by_class.values()) == r["denials"], by_class
     for call in ("openat", "socket", "execve"):
         assert re.search(rf"denied driver fault-driver \(pid \d+\) system call {call} \(\d+\): "
                          r"refused with EPERM", p.stderr), call

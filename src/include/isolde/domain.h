@@ -116,6 +116,7 @@ struct isolde_domain {
 	struct isolde_policy policy;
 	struct isolde_shm_header header_template; /* what start writes, every time */
 	uint64_t denials;              /* system calls refused by policy */
+	uint64_t denials_by_class[ISOLDE_DENIAL_CLASSES];
 	struct isolde_exit last_exit;
 	bool warned;                   /* sandbox degradation already reported */
 	struct isolde_enforcement applied; /* by the last start */
