@@ -28,7 +28,7 @@ BUILD := build
 ASAN_BUILD := build-asan
 PYTEST := /usr/bin/python3 -m pytest
 
-.PHONY: all deps bench-deps build build-asan demo check unit unit-asan system fuzz bench clean
+.PHONY: all deps bench-deps build build-asan demo check unit unit-asan system fuzz bench campaign clean
 
 all: build
 
@@ -71,6 +71,11 @@ check: unit unit-asan system fuzz
 # Every figure of docs/EVALUATION.md, measured in one run (bench/run-all.sh).
 bench: build bench-deps
 	./bench/run-all.sh $(BUILD)/src/tools/isolde
+
+# Fault injection at MINIX 3's scale: 8 types x 1000 trials x 100 faults into
+# each of blk-file, blk-uring and net-tap (TRIALS=, PER_TRIAL= for other sizes).
+campaign: build
+	./bench/campaign.sh $(BUILD)/src/tools/isolde
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/user.h>
 #include <unistd.h>
 
 static const char *const fault_names[SWIFI_COUNT] = {
@@ -328,6 +329,93 @@ out:
 	return ok;
 }
 
+/* A general register's value in regs (64-bit names and RIP); false for any
+ * other register, whose value the tracer does not take. */
+static bool reg_value(unsigned reg, const struct user_regs_struct *r, uint64_t next_rip, uint64_t *v)
+{
+	switch (reg) {
+	case X86_REG_RAX: *v = r->rax; return true;
+	case X86_REG_RBX: *v = r->rbx; return true;
+	case X86_REG_RCX: *v = r->rcx; return true;
+	case X86_REG_RDX: *v = r->rdx; return true;
+	case X86_REG_RSI: *v = r->rsi; return true;
+	case X86_REG_RDI: *v = r->rdi; return true;
+	case X86_REG_RBP: *v = r->rbp; return true;
+	case X86_REG_RSP: *v = r->rsp; return true;
+	case X86_REG_R8: *v = r->r8; return true;
+	case X86_REG_R9: *v = r->r9; return true;
+	case X86_REG_R10: *v = r->r10; return true;
+	case X86_REG_R11: *v = r->r11; return true;
+	case X86_REG_R12: *v = r->r12; return true;
+	case X86_REG_R13: *v = r->r13; return true;
+	case X86_REG_R14: *v = r->r14; return true;
+	case X86_REG_R15: *v = r->r15; return true;
+	case X86_REG_RIP: *v = next_rip; return true;
+	default: return false;
+	}
+}
+
+/* The explicit memory operand an instruction reads, if its address is one
+ * the tracer can compute: no segment override, base and index general
+ * registers (or RIP) by their 64-bit names, not a stack slot by RSP. */
+static bool read_operand(const cs_insn *insn, const cs_x86_op **op)
+{
+	const cs_x86 *x = &insn->detail->x86;
+	struct user_regs_struct none = { 0 };
+	uint64_t v;
+
+	if (strncmp(insn->mnemonic, "lea", 3) == 0 || strncmp(insn->mnemonic, "nop", 3) == 0 ||
+	    strncmp(insn->mnemonic, "prefetch", 8) == 0)
+		return false;
+	for (int i = 0; i < x->op_count; i++) {
+		const cs_x86_op *o = &x->operands[i];
+		if (o->type != X86_OP_MEM || !(o->access & CS_AC_READ) || o->size == 0 || o->size > 64)
+			continue;
+		if (o->mem.segment != X86_REG_INVALID || o->mem.base == X86_REG_RSP)
+			return false;
+		if ((o->mem.base != X86_REG_INVALID && !reg_value(o->mem.base, &none, 0, &v)) ||
+		    (o->mem.index != X86_REG_INVALID && !reg_value(o->mem.index, &none, 0, &v)))
+			return false;
+		*op = o;
+		return true;
+	}
+	return false;
+}
+
+int swifi_read_address(const struct swifi_code *c, const struct swifi_insn *si, const struct user_regs_struct *regs,
+		       uint64_t *addr, unsigned *len)
+{
+	cs_insn *insn = decode(c, si->bytes, si->size, si->addr);
+	const cs_x86_op *o;
+	int rc = -1;
+
+	if (!insn)
+		return -1;
+	if (read_operand(insn, &o)) {
+		uint64_t base = 0, index = 0, next = si->addr + si->size;
+		if ((o->mem.base == X86_REG_INVALID || reg_value(o->mem.base, regs, next, &base)) &&
+		    (o->mem.index == X86_REG_INVALID || reg_value(o->mem.index, regs, next, &index))) {
+			*addr = base + index * (uint64_t)(o->mem.scale ? o->mem.scale : 1) + (uint64_t)o->mem.disp;
+			*len = o->size;
+			rc = 0;
+		}
+	}
+	cs_free(insn, 1);
+	return rc;
+}
+
+static bool data_candidate(const struct swifi_code *c, const struct swifi_insn *si)
+{
+	cs_insn *insn = decode(c, si->bytes, si->size, si->addr);
+	const cs_x86_op *o;
+
+	if (!insn)
+		return false;
+	bool ok = read_operand(insn, &o);
+	cs_free(insn, 1);
+	return ok;
+}
+
 static bool is_arg_reg(unsigned reg)
 {
 	switch (reg) {
@@ -400,6 +488,10 @@ static bool mutate(const struct swifi_code *c, size_t i, enum swifi_fault f, uin
 		return mutate_register(c, si, true, rng, out);
 	case SWIFI_POINTER:
 		return mutate_pointer(c, si, rng, out);
+	case SWIFI_HEAP:
+		/* The code stays; the tracer flips the data it reads. */
+		memcpy(out, b, si->size);
+		return data_candidate(c, si);
 	default:
 		return false;
 	}
@@ -408,7 +500,7 @@ static bool mutate(const struct swifi_code *c, size_t i, enum swifi_fault f, uin
 int swifi_pick(const struct swifi_code *c, enum swifi_fault f, uint64_t *rng, struct swifi_insn *insn,
 	       uint8_t mutated[SWIFI_MAX_INSN], char *what, size_t whatlen)
 {
-	if (f == SWIFI_HEAP || c->n == 0)
+	if (c->n == 0)
 		return -1;
 	/* Random starting point, then walk until an instruction fits. */
 	size_t start = (size_t)(next_rand(rng) % c->n);
@@ -419,6 +511,11 @@ int swifi_pick(const struct swifi_code *c, enum swifi_fault f, uint64_t *rng, st
 			char hex[3 * SWIFI_MAX_INSN + 1] = "";
 			for (int j = 0; j < insn->size; j++)
 				snprintf(hex + 3 * j, 4, "%02x ", mutated[j]);
+			if (f == SWIFI_HEAP) {
+				snprintf(what, whatlen, "%s+0x%llx: %s reads a flipped bit", insn->function,
+					 (unsigned long long)insn->addr, insn->text);
+				return 0;
+			}
 			cs_insn *mut = decode(c, mutated, insn->size, insn->addr);
 			snprintf(what, whatlen, "%s+0x%llx: %s -> %s", insn->function,
 				 (unsigned long long)insn->addr, insn->text,

@@ -26,7 +26,7 @@ enum swifi_fault {
 	SWIFI_BRANCH,           /* a conditional branch (or loop condition) is inverted */
 	SWIFI_BIT_FLIP,         /* one random bit of an instruction is flipped */
 	SWIFI_NOP,              /* an instruction is replaced by NOPs */
-	SWIFI_HEAP,             /* one random bit of the driver's data or heap is flipped */
+	SWIFI_HEAP,             /* one bit of the heap or data an instruction reads is flipped as it reads it */
 	SWIFI_COUNT
 };
 
@@ -53,9 +53,17 @@ size_t swifi_insn_count(const struct swifi_code *c);
 /*
  * Pick an instruction the fault applies to (using *rng) and compute its
  * mutation. Returns 0 with the original in *insn and the mutated bytes in
- * mutated[] (same length), or -1 if no instruction fits. Not for SWIFI_HEAP.
+ * mutated[] (same length), or -1 if no instruction fits. SWIFI_HEAP picks
+ * an instruction that reads memory at an address the tracer can compute
+ * (swifi_read_address); its "mutation" is the original bytes.
  */
 int swifi_pick(const struct swifi_code *c, enum swifi_fault f, uint64_t *rng, struct swifi_insn *insn,
 	       uint8_t mutated[SWIFI_MAX_INSN], char *what, size_t whatlen);
+
+struct user_regs_struct;
+/* The address and length of the memory insn reads, with the registers it
+ * is about to run with (stopped at its address); 0, or -1. */
+int swifi_read_address(const struct swifi_code *c, const struct swifi_insn *insn,
+		       const struct user_regs_struct *regs, uint64_t *addr, unsigned *len);
 
 #endif

@@ -29,20 +29,19 @@ static int mem_rw(pid_t pid, uint64_t addr, void *buf, size_t len, bool write)
 	return n == (ssize_t)len ? 0 : -1;
 }
 
-/* One random bit of the driver's private writable memory: [heap] or the
- * binary's data and bss. Not the shared memory, not the stack. */
-static int flip_heap_bit(struct tracer *t)
+/* Is [addr, addr + len) inside the driver's own data: [heap] or the
+ * binary's data and bss, private and writable? Not the shared memory (a
+ * memfd), not a stack, not the vDSO's. */
+static bool driver_data(pid_t pid, uint64_t addr, unsigned len)
 {
 	char path[64], line[512];
-	uint64_t starts[32], ends[32];
-	int n = 0;
-	uint64_t total = 0, s = t->heap_seed;
+	bool inside = false;
 
-	snprintf(path, sizeof path, "/proc/%d/maps", (int)t->pid);
+	snprintf(path, sizeof path, "/proc/%d/maps", (int)pid);
 	FILE *f = fopen(path, "re");
 	if (!f)
-		return -1;
-	while (n < 32 && fgets(line, sizeof line, f)) {
+		return false;
+	while (!inside && fgets(line, sizeof line, f)) {
 		unsigned long long a, b;
 		char perms[8], name[256] = "";
 		if (sscanf(line, "%llx-%llx %7s %*s %*s %*s %255s", &a, &b, perms, name) < 3)
@@ -50,32 +49,26 @@ static int flip_heap_bit(struct tracer *t)
 		if (strcmp(perms, "rw-p") != 0 || strstr(name, "memfd") || strstr(name, "[stack") ||
 		    strstr(name, "[v"))
 			continue;
-		starts[n] = a;
-		ends[n] = b;
-		total += b - a;
-		n++;
+		inside = addr >= a && addr + len <= b && addr + len > addr;
 	}
 	fclose(f);
-	if (total == 0)
-		return -1;
+	return inside;
+}
+
+/* Flip one bit of the len bytes at addr (chosen by *seed); describe it. */
+static int flip_bit(struct tracer *t, uint64_t addr, unsigned len, char *what, size_t whatlen)
+{
+	uint64_t s = t->heap_seed;
 	s ^= s >> 12, s ^= s << 25, s ^= s >> 27;
-	uint64_t pick = (s * 0x2545f4914f6cdd1dull) % (total * 8);
-	for (int i = 0; i < n; i++) {
-		uint64_t bits = (ends[i] - starts[i]) * 8;
-		if (pick >= bits) {
-			pick -= bits;
-			continue;
-		}
-		uint64_t addr = starts[i] + pick / 8;
-		uint8_t byte;
-		if (mem_rw(t->pid, addr, &byte, 1, false))
-			return -1;
-		byte ^= (uint8_t)(1u << (pick % 8));
-		snprintf(t->heap_what, sizeof t->heap_what, "bit %u of byte 0x%llx", (unsigned)(pick % 8),
-			 (unsigned long long)addr);
-		return mem_rw(t->pid, addr, &byte, 1, true);
-	}
-	return -1;
+	t->heap_seed = s;
+	uint64_t pick = (s * 0x2545f4914f6cdd1dull) % ((uint64_t)len * 8);
+	uint8_t byte;
+
+	if (mem_rw(t->pid, addr + pick / 8, &byte, 1, false))
+		return -1;
+	byte ^= (uint8_t)(1u << (pick % 8));
+	snprintf(what, whatlen, "bit %u of byte 0x%llx", (unsigned)(pick % 8), (unsigned long long)(addr + pick / 8));
+	return mem_rw(t->pid, addr + pick / 8, &byte, 1, true);
 }
 
 /* Wait for a stop; false if the driver is gone (left unreaped). */
@@ -109,6 +102,80 @@ static void *trace(void *arg)
 	return r;
 }
 
+static struct tracer_fault *fault_at(struct tracer *t, uint64_t addr)
+{
+	for (unsigned i = 0; i < t->nfaults; i++)
+		if (t->faults[i].insn.addr == addr && !t->faults[i].activated && t->faults[i].rearms <= TRACER_MAX_REARMS)
+			return &t->faults[i];
+	return NULL;
+}
+
+static bool armed(const struct tracer_fault *f)
+{
+	return !f->activated && f->rearms <= TRACER_MAX_REARMS;
+}
+
+/* Each fault's instruction with int3 first (the rest already mutated); 0,
+ * or -1 with the error set and whatever was planted taken out again. */
+static int plant_all(struct tracer *t)
+{
+	for (unsigned i = 0; i < t->nfaults; i++) {
+		struct tracer_fault *f = &t->faults[i];
+		uint8_t now[SWIFI_MAX_INSN], planted[SWIFI_MAX_INSN];
+		if (mem_rw(t->pid, f->insn.addr, now, f->insn.size, false) != 0 ||
+		    memcmp(now, f->insn.bytes, f->insn.size) != 0) {
+			snprintf(t->error, sizeof t->error, "driver text at 0x%llx differs from its binary",
+				 (unsigned long long)f->insn.addr);
+		} else {
+			memcpy(planted, f->mutated, f->insn.size);
+			planted[0] = 0xcc;
+			if (mem_rw(t->pid, f->insn.addr, planted, f->insn.size, true) == 0)
+				continue;
+			snprintf(t->error, sizeof t->error, "cannot write driver text: %s", strerror(errno));
+		}
+		while (i-- > 0)
+			mem_rw(t->pid, t->faults[i].insn.addr, t->faults[i].insn.bytes, t->faults[i].insn.size, true);
+		return -1;
+	}
+	return 0;
+}
+
+/* A data fault hit at f: flip a bit of what the instruction reads if it is
+ * the driver's data (activated), else step over the original instruction
+ * and set the breakpoint again. The driver is stopped at f, rip rewound.
+ * false if the driver is gone. */
+static bool data_hit(struct tracer *t, struct tracer_fault *f, struct user_regs_struct *regs)
+{
+	uint64_t addr;
+	unsigned len;
+	char what[96];
+	int status;
+
+	if (swifi_read_address(t->code, &f->insn, regs, &addr, &len) == 0 && driver_data(t->pid, addr, len) &&
+	    flip_bit(t, addr, len, what, sizeof what) == 0) {
+		f->activated = true;
+		t->activated++;
+		if (!t->heap_what[0])
+			snprintf(t->heap_what, sizeof t->heap_what, "%s", what);
+		mem_rw(t->pid, f->insn.addr, f->insn.bytes, 1, true);
+		return true;
+	}
+	/* Not the driver's data this time (a stack slot through another
+	 * register, the shared memory): let this one read pass. */
+	mem_rw(t->pid, f->insn.addr, f->insn.bytes, 1, true);
+	if (++f->rearms > TRACER_MAX_REARMS)
+		return true;
+	if (ptrace(PTRACE_SINGLESTEP, t->pid, 0, 0) != 0 || !wait_stop(t->pid, &status))
+		return false;
+	uint8_t int3 = 0xcc;
+	mem_rw(t->pid, f->insn.addr, &int3, 1, true);
+	/* A signal that came with the step is the driver's; the next CONT
+	 * would lose it, so it ends the step as a SIGTRAP would not. */
+	if (WIFSTOPPED(status) && WSTOPSIG(status) != SIGTRAP && !(status >> 16))
+		kill(t->pid, WSTOPSIG(status));
+	return true;
+}
+
 static void *trace_and_plant(struct tracer *t)
 {
 	int status;
@@ -121,34 +188,16 @@ static void *trace_and_plant(struct tracer *t)
 		snprintf(t->error, sizeof t->error, "could not stop driver %d", (int)t->pid);
 		return NULL;
 	}
-	if (t->fault == SWIFI_HEAP) {
-		if (flip_heap_bit(t) == 0)
-			t->applied = true;
-		else
-			snprintf(t->error, sizeof t->error, "heap fault: cannot write driver memory");
-		ptrace(PTRACE_DETACH, t->pid, 0, 0);
-		if (t->applied)
-			sem_post(&t->placed);
-		return NULL;
-	}
-	uint8_t now[SWIFI_MAX_INSN], planted[SWIFI_MAX_INSN];
-	if (mem_rw(t->pid, t->insn.addr, now, t->insn.size, false) != 0 ||
-	    memcmp(now, t->insn.bytes, t->insn.size) != 0) {
-		snprintf(t->error, sizeof t->error, "driver text at 0x%llx differs from its binary",
-			 (unsigned long long)t->insn.addr);
-		ptrace(PTRACE_DETACH, t->pid, 0, 0);
-		return NULL;
-	}
-	memcpy(planted, t->mutated, t->insn.size);
-	planted[0] = 0xcc;
-	if (mem_rw(t->pid, t->insn.addr, planted, t->insn.size, true) != 0) {
-		snprintf(t->error, sizeof t->error, "cannot write driver text: %s", strerror(errno));
+	if (t->nfaults == 0 || plant_all(t) != 0) {
+		if (!t->error[0])
+			snprintf(t->error, sizeof t->error, "no fault to plant");
 		ptrace(PTRACE_DETACH, t->pid, 0, 0);
 		return NULL;
 	}
 	t->applied = true;
 	int sig = 0;
-	for (bool first = true;; first = false) {
+	unsigned live = t->nfaults;
+	for (bool first = true; live; first = false) {
 		if (ptrace(PTRACE_CONT, t->pid, 0, (void *)(long)sig) != 0)
 			return NULL;
 		if (first)
@@ -168,17 +217,26 @@ static void *trace_and_plant(struct tracer *t)
 		struct user_regs_struct regs;
 		if (ptrace(PTRACE_GETREGS, t->pid, 0, &regs) != 0)
 			return NULL;
-		if (regs.rip != t->insn.addr + 1) {
+		struct tracer_fault *f = fault_at(t, regs.rip - 1);
+		if (!f) {
 			sig = s;
 			continue;
 		}
-		t->activated = true;
-		mem_rw(t->pid, t->insn.addr, t->mutated, 1, true);
-		regs.rip = t->insn.addr;
+		regs.rip = f->insn.addr;
 		ptrace(PTRACE_SETREGS, t->pid, 0, &regs);
-		ptrace(PTRACE_DETACH, t->pid, 0, 0);
-		return NULL;
+		if (t->fault == SWIFI_HEAP) {
+			if (!data_hit(t, f, &regs))
+				return NULL;
+		} else {
+			f->activated = true;
+			t->activated++;
+			mem_rw(t->pid, f->insn.addr, f->mutated, 1, true);
+		}
+		if (!armed(f))
+			live--;
 	}
+	ptrace(PTRACE_DETACH, t->pid, 0, 0);
+	return NULL;
 }
 
 int tracer_start(struct tracer *t)

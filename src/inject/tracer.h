@@ -1,13 +1,18 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Plants one SWIFI fault into a running driver with ptrace.
+ * Plants a trial's SWIFI faults into a running driver with ptrace: up to
+ * TRACER_MAX_FAULTS of one type, at distinct instructions.
  *
- * A code fault is written over the instruction with its first byte replaced
- * by int3: when the driver first executes it, the breakpoint reports the
- * fault as activated, the mutated first byte goes back, and the tracer
- * detaches, leaving the driver to run the mutated instruction. A heap fault
- * flips one bit of the driver's private writable memory at once (its
- * activation cannot be observed). Memory is written through /proc/PID/mem.
+ * Each fault's instruction is written over with its first byte replaced by
+ * int3. When the driver first executes it, the breakpoint marks that fault
+ * activated: a code fault's mutated first byte goes in and the driver runs
+ * the mutated instruction; a data fault ("heap") flips one bit of the
+ * memory the instruction is about to read, if that memory is the driver's
+ * own data (its heap, data or bss: not the shared memory, not the stack),
+ * and the instruction runs on the flipped bit; if it is not, the breakpoint
+ * is stepped over and set again, up to TRACER_MAX_REARMS times. The tracer
+ * stays attached until every fault was activated or the driver is gone.
+ * Memory is written through /proc/PID/mem.
  *
  * The tracer runs in a thread of the process that is the driver's parent,
  * and never reaps the driver: it peeks at exits with WNOWAIT, so the front
@@ -24,23 +29,34 @@
 
 #include "swifi.h"
 
+#define TRACER_MAX_FAULTS 128
+#define TRACER_MAX_REARMS 64
+
+struct tracer_fault {
+	struct swifi_insn insn;
+	uint8_t mutated[SWIFI_MAX_INSN];    /* a data fault: the original bytes */
+	bool activated;
+	unsigned rearms;                    /* a data fault's hits on memory not the driver's data */
+};
+
 struct tracer {
 	pid_t pid;
 	enum swifi_fault fault;
-	struct swifi_insn insn;             /* code faults */
-	uint8_t mutated[SWIFI_MAX_INSN];
-	uint64_t heap_seed;                 /* heap faults: which bit */
-	char heap_what[96];
+	const struct swifi_code *code;      /* for a data fault's effective address */
+	unsigned nfaults;
+	struct tracer_fault faults[TRACER_MAX_FAULTS];
+	uint64_t heap_seed;                 /* data faults: which bit */
+	char heap_what[96];                 /* the first data fault's flipped bit */
 	pthread_t thread;
-	sem_t placed;                       /* posted once the fault is in (or failed) */
+	sem_t placed;                       /* posted once the faults are in (or failed) */
 	bool started;
 	/* Results, read after tracer_finish. */
 	bool applied;
-	bool activated;
+	unsigned activated;                 /* faults activated */
 	char error[160];
 };
 
-/* Start tracing and return once the fault is planted (or planting failed). */
+/* Start tracing and return once the faults are planted (or planting failed). */
 int tracer_start(struct tracer *t);
 /* Wait for the tracer (the driver must be dead or about to be). */
 void tracer_finish(struct tracer *t);

@@ -49,7 +49,9 @@ static const char *const outcome_names[OUT_COUNT] = {
 struct trial {
 	enum swifi_fault type;
 	enum outcome outcome;
-	bool activated;
+	bool activated;              /* one of its faults, at least */
+	unsigned faults, faults_activated;
+	uint64_t denials[ISOLDE_DENIAL_CLASSES];  /* system calls its policy refused the driver */
 	uint64_t restarts;
 	uint64_t by_failure[ISOLDE_FAIL_COUNT];
 	uint64_t errors, mismatches;
@@ -61,8 +63,10 @@ struct trial {
 };
 
 struct tally {
-	uint64_t injected;
-	uint64_t activated;
+	uint64_t injected;           /* trials with their faults planted */
+	uint64_t activated;          /* trials with a fault activated */
+	uint64_t faults, faults_activated;
+	uint64_t denials[ISOLDE_DENIAL_CLASSES];
 	uint64_t outcomes[OUT_COUNT];
 	uint64_t by_failure[ISOLDE_FAIL_COUNT];
 	uint64_t shield_caught; /* trials where the shield caught a lying driver */
@@ -73,7 +77,8 @@ struct campaign {
 	const char *image;
 	const char *driver;
 	bool network;              /* a net-* driver: the network workload */
-	uint64_t faults;
+	uint64_t faults;           /* trials */
+	unsigned per_trial;        /* faults planted together in each */
 	int types[SWIFI_COUNT];
 	unsigned ntypes;
 	uint64_t seed;
@@ -103,10 +108,24 @@ static void plant_in(pid_t driver, void *arg)
 	memset(tr, 0, sizeof *tr);
 	tr->pid = driver;
 	tr->fault = x->t->type;
-	if (tr->fault == SWIFI_HEAP) {
-		tr->heap_seed = x->rng;
-	} else if (swifi_pick(x->c->code, tr->fault, &x->rng, &tr->insn, tr->mutated, x->t->target,
-			      sizeof x->t->target) != 0) {
+	tr->code = x->c->code;
+	tr->heap_seed = x->rng ^ 0x5bd1e995u;
+	/* Distinct instructions: a few more draws than faults, for the
+	 * repeats of a small fault space. */
+	for (unsigned draw = 0; tr->nfaults < x->c->per_trial && draw < 4 * x->c->per_trial + 8; draw++) {
+		struct tracer_fault *f = &tr->faults[tr->nfaults];
+		char what[sizeof x->t->target];
+		if (swifi_pick(x->c->code, tr->fault, &x->rng, &f->insn, f->mutated, what, sizeof what) != 0)
+			break;
+		bool again = false;
+		for (unsigned k = 0; k < tr->nfaults; k++)
+			again |= tr->faults[k].insn.addr == f->insn.addr;
+		if (again)
+			continue;
+		if (tr->nfaults++ == 0)
+			snprintf(x->t->target, sizeof x->t->target, "%s", what);
+	}
+	if (!tr->nfaults) {
 		snprintf(x->t->error, sizeof x->t->error, "no instruction fits this fault type");
 		return;
 	}
@@ -126,9 +145,14 @@ static bool fault_planted(struct trial_ctx *x)
 	struct trial *t = x->t;
 
 	tracer_finish(&x->tracer);
-	if (t->type == SWIFI_HEAP)
-		snprintf(t->target, sizeof t->target, "driver data: %s", x->tracer.heap_what);
-	t->activated = x->tracer.activated;
+	size_t used = strlen(t->target);
+	if (t->type == SWIFI_HEAP && x->tracer.heap_what[0])
+		used += (size_t)snprintf(t->target + used, sizeof t->target - used, " (%s)", x->tracer.heap_what);
+	if (x->tracer.nfaults > 1 && used < sizeof t->target)
+		snprintf(t->target + used, sizeof t->target - used, ", and %u more", x->tracer.nfaults - 1);
+	t->activated = x->tracer.activated > 0;
+	t->faults = x->tracer.nfaults;
+	t->faults_activated = x->tracer.activated;
 	if (x->tracer.applied)
 		return true;
 	t->outcome = OUT_NOT_INJECTED;
@@ -160,6 +184,7 @@ static void run_net_trial(struct campaign *c, uint64_t i, int out_fd)
 		t.frames.lost = r.tx.sent - r.tx.delivered + r.rx.sent - r.rx.delivered;
 		t.frames.duplicated = r.tx.duplicates + r.rx.duplicates;
 		t.frames.caught = r.tx.caught + r.rx.caught;
+		memcpy(t.denials, r.stats.denials_by_class, sizeof t.denials);
 		t.mismatches = r.tx.undetected + r.rx.undetected;
 		if (t.mismatches) {
 			t.outcome = OUT_CORRUPT;
@@ -201,6 +226,7 @@ static void run_trial(struct campaign *c, uint64_t i, int out_fd)
 		memcpy(t.by_failure, r.supervisor.by_failure, sizeof t.by_failure);
 		t.errors = r.errors;
 		t.mismatches = r.mismatches;
+		memcpy(t.denials, r.stats.denials_by_class, sizeof t.denials);
 		if (r.mismatches) {
 			t.outcome = OUT_CORRUPT;
 		} else if (r.errors || r.error[0]) {
@@ -235,6 +261,10 @@ static void record(struct campaign *c, const struct trial *t)
 		if (t->outcome == OUT_NOT_INJECTED)
 			continue;
 		k[j]->injected++;
+		k[j]->faults += t->faults;
+		k[j]->faults_activated += t->faults_activated;
+		for (int d = 0; d < ISOLDE_DENIAL_CLASSES; d++)
+			k[j]->denials[d] += t->denials[d];
 		if (t->activated)
 			k[j]->activated++;
 		for (int f = 0; f < ISOLDE_FAIL_COUNT; f++)
@@ -296,10 +326,16 @@ static int trial_in_child(struct campaign *c, uint64_t i, struct trial *t)
 
 static void write_tally_json(FILE *f, const struct tally *k)
 {
-	fprintf(f, "{\"injected\": %llu, \"activated\": %llu", (unsigned long long)k->injected,
-		(unsigned long long)k->activated);
+	fprintf(f, "{\"injected\": %llu, \"activated\": %llu, \"faults\": %llu, \"faults_activated\": %llu",
+		(unsigned long long)k->injected, (unsigned long long)k->activated, (unsigned long long)k->faults,
+		(unsigned long long)k->faults_activated);
 	for (int o = 0; o < OUT_COUNT; o++)
 		fprintf(f, ", \"%s\": %llu", outcome_names[o], (unsigned long long)k->outcomes[o]);
+	fputs(", \"denials\": {", f);
+	for (int d = 0; d < ISOLDE_DENIAL_CLASSES; d++)
+		fprintf(f, "%s\"%s\": %llu", d ? ", " : "", isolde_denial_class_name((enum isolde_denial_class)d),
+			(unsigned long long)k->denials[d]);
+	fputs("}", f);
 	fprintf(f, ", \"shield_caught\": %llu, \"frames\": {\"sent\": %llu, \"lost\": %llu, \"duplicated\": %llu, "
 		"\"caught_by_hash\": %llu}, \"failures\": {", (unsigned long long)k->shield_caught,
 		(unsigned long long)k->frames.sent, (unsigned long long)k->frames.lost,
@@ -315,8 +351,9 @@ static void write_tally_row(FILE *f, const char *name, const struct tally *k)
 	uint64_t detected = 0;
 	for (int j = 0; j < ISOLDE_FAIL_COUNT; j++)
 		detected += k->by_failure[j];
-	fprintf(f, "| %s | %llu | %llu | %llu | %llu | %llu | %llu | %llu | %llu | %llu | %llu | %llu | %llu | %llu | %llu | %llu |\n",
-		name, (unsigned long long)k->injected, (unsigned long long)k->activated,
+	fprintf(f, "| %s | %llu | %llu | %llu | %llu | %llu | %llu | %llu | %llu | %llu | %llu | %llu | %llu | %llu | %llu | %llu | %llu | %llu |\n",
+		name, (unsigned long long)k->injected, (unsigned long long)k->faults,
+		(unsigned long long)k->faults_activated, (unsigned long long)k->activated,
 		(unsigned long long)k->outcomes[OUT_NOT_ACTIVATED], (unsigned long long)k->outcomes[OUT_NO_FAILURE],
 		(unsigned long long)detected, (unsigned long long)k->by_failure[ISOLDE_FAIL_CPU],
 		(unsigned long long)k->by_failure[ISOLDE_FAIL_MMU],
@@ -345,10 +382,10 @@ static int write_report(const struct campaign *c, const char *dir, const char *c
 		fprintf(stderr, "isolde inject: cannot write %s: %s\n", path, strerror(errno));
 		return -1;
 	}
-	fprintf(f, "# Fault-injection campaign\n\n%llu faults injected into the running %s driver "
-		"(%llu could not be planted), notify mode %s, %llu %s per trial%s; %.0f s.\n\nReproduce with:"
-		"\n\n```\n%s\n```\n\n",
-		(unsigned long long)c->total.injected, c->driver,
+	fprintf(f, "# Fault-injection campaign\n\n%llu faults in %llu trials (%u per trial, of one type) injected "
+		"into the running %s driver (%llu trials could not be planted), notify mode %s, %llu %s per "
+		"trial%s; %.0f s.\n\nReproduce with:\n\n```\n%s\n```\n\n",
+		(unsigned long long)c->total.faults, (unsigned long long)c->total.injected, c->per_trial, c->driver,
 		(unsigned long long)c->total.outcomes[OUT_NOT_INJECTED], isolde_notify_mode_name(c->notify),
 		(unsigned long long)c->ops,
 		c->network ? "frames each way through the driver and its TAP" :
@@ -376,19 +413,40 @@ static int write_report(const struct campaign *c, const char *dir, const char *c
 			"of frames arrived whole after the fault).\n\n",
 			(unsigned long long)c->total.frames.sent, (unsigned long long)c->total.frames.lost,
 			(unsigned long long)c->total.frames.duplicated, (unsigned long long)c->total.frames.caught);
-	fputs("Columns: trials with the fault planted; activated (the faulty instruction ran; not "
-	      "observable for heap faults); not activated and no failure; activated without failure; "
+	fputs("Columns: trials with their faults planted; faults planted; faults activated (a code fault "
+	      "when its instruction first ran, a heap fault when its instruction read the driver's own "
+	      "data and the bit was flipped as it did); trials with a fault activated; not activated and no "
+	      "failure; activated without failure; "
 	      "failures detected, counted as driver restarts (a trial can fail more than once) and by "
 	      "class: CPU exception, MMU exception, panic/exit/policy kill, hang, protocol violation, "
 	      "silent corruption caught by the integrity shield, error status re-checked on a fresh "
 	      "driver; trials recovered transparently; trials that returned an I/O error; trials with "
 	      "corrupt data returned or a front-end crash (must be 0).\n\n"
-	      "| fault type | trials | activated | not activated | no failure | restarts | CPU | MMU | "
-	      "panic | hang | protocol | shield | error status | recovered | I/O error | corrupt/crash |\n"
-	      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n", f);
+	      "| fault type | trials | faults | activated | trials activated | not activated | no failure | "
+	      "restarts | CPU | MMU | panic | hang | protocol | shield | error status | recovered | I/O error | "
+	      "corrupt/crash |\n"
+	      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n", f);
 	for (unsigned i = 0; i < c->ntypes; i++)
 		write_tally_row(f, swifi_fault_name((enum swifi_fault)c->types[i]), &c->tally[c->types[i]]);
 	write_tally_row(f, "**total**", &c->total);
+	fputs("\nSystem calls the driver's policy refused (seccomp, answered EPERM; a connect outside the "
+	      "policy, EACCES), by what they would have reached:\n\n| fault type |", f);
+	for (int d = 0; d < ISOLDE_DENIAL_CLASSES; d++)
+		fprintf(f, " %s |", isolde_denial_class_name((enum isolde_denial_class)d));
+	fputs(" total |\n|---|", f);
+	for (int d = 0; d <= ISOLDE_DENIAL_CLASSES; d++)
+		fputs("---|", f);
+	fputc('\n', f);
+	for (unsigned i = 0; i <= c->ntypes; i++) {
+		const struct tally *k = i < c->ntypes ? &c->tally[c->types[i]] : &c->total;
+		uint64_t sum = 0;
+		fprintf(f, "| %s |", i < c->ntypes ? swifi_fault_name((enum swifi_fault)c->types[i]) : "**total**");
+		for (int d = 0; d < ISOLDE_DENIAL_CLASSES; d++) {
+			fprintf(f, " %llu |", (unsigned long long)k->denials[d]);
+			sum += k->denials[d];
+		}
+		fprintf(f, " %llu |\n", (unsigned long long)sum);
+	}
 	(void)detected;
 	if (notable_errors && *notable_errors)
 		fprintf(f, "\n## Trials that ended in %s\n\n%s",
@@ -417,7 +475,9 @@ const struct cli_command inject_command = {
 	"OVERWRITES THE IMAGE (a block driver's).\n"
 	"\n"
 	"  --image PATH       image (required for a block driver; a few MiB is plenty)\n"
-	"  --faults N         number of trials (required)\n"
+	"  --faults N         number of trials (or --trials-per-type T: T of each type)\n"
+	"  --faults-per-trial N  faults of the trial's type planted together, at distinct\n"
+	"                     instructions (1 to 128, default 1)\n"
 	"  --types LIST|all   of source-register, destination-register, pointer, interface,\n"
 	"                     branch, bit-flip, nop, heap (default all, taken in turn)\n"
 	"  --seed S           random seed (default 1)\n"
@@ -431,13 +491,15 @@ const struct cli_command inject_command = {
 	.run = run_inject_command,
 };
 
-enum { OPT_TYPES = 256, OPT_JSON, OPT_REPORT, OPT_TIMEOUT };
+enum { OPT_TYPES = 256, OPT_JSON, OPT_REPORT, OPT_TIMEOUT, OPT_PER_TRIAL, OPT_PER_TYPE };
 
 static int run_inject_command(int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{ "image", required_argument, NULL, 'i' },
 		{ "faults", required_argument, NULL, 'f' },
+		{ "faults-per-trial", required_argument, NULL, OPT_PER_TRIAL },
+		{ "trials-per-type", required_argument, NULL, OPT_PER_TYPE },
 		{ "types", required_argument, NULL, OPT_TYPES },
 		{ "seed", required_argument, NULL, 's' },
 		{ "notify", required_argument, NULL, 'n' },
@@ -450,10 +512,10 @@ static int run_inject_command(int argc, char **argv)
 		{ NULL, 0, NULL, 0 },
 	};
 	const struct cli_command *cmd = &inject_command;
-	struct campaign c = { .driver = "blk-file", .seed = 1, .ops = 100, .timeout_ms = 300,
+	struct campaign c = { .driver = "blk-file", .seed = 1, .ops = 100, .timeout_ms = 300, .per_trial = 1,
 			      .notify = ISOLDE_NOTIFY_HYBRID };
 	const char *json = NULL, *report = NULL;
-	uint64_t v;
+	uint64_t v, per_type = 0;
 	char err[512];
 	int opt;
 
@@ -497,6 +559,15 @@ static int run_inject_command(int argc, char **argv)
 			if (!cli_parse_u64(cmd, "--ops", optarg, 1, 1000000, &c.ops))
 				return EXIT_USAGE;
 			break;
+		case OPT_PER_TRIAL:
+			if (!cli_parse_u64(cmd, "--faults-per-trial", optarg, 1, TRACER_MAX_FAULTS, &v))
+				return EXIT_USAGE;
+			c.per_trial = (unsigned)v;
+			break;
+		case OPT_PER_TYPE:
+			if (!cli_parse_u64(cmd, "--trials-per-type", optarg, 1, 1000000, &per_type))
+				return EXIT_USAGE;
+			break;
 		case OPT_TIMEOUT:
 			if (!cli_parse_u64(cmd, "--timeout-ms", optarg, 10, 600000, &v))
 				return EXIT_USAGE;
@@ -518,8 +589,13 @@ static int run_inject_command(int argc, char **argv)
 		return cli_usage_error(cmd, "--image: a network driver (%s) has no image", c.driver);
 	if (!c.network && !c.image)
 		return cli_usage_error(cmd, "--image is required");
+	if (c.faults && per_type)
+		return cli_usage_error(cmd, "--faults and --trials-per-type both give the number of trials: "
+				       "give one");
+	if (per_type)
+		c.faults = per_type * c.ntypes;
 	if (c.faults == 0)
-		return cli_usage_error(cmd, "--faults is required");
+		return cli_usage_error(cmd, "--faults (or --trials-per-type) is required");
 
 	char binary[PATH_MAX];
 	if (isolde_driver_resolve(c.driver, binary, sizeof binary, err, sizeof err)) {
@@ -579,8 +655,9 @@ static int run_inject_command(int argc, char **argv)
 			fprintf(stderr, "isolde inject: cannot write %s: %s\n", json, strerror(errno));
 			rc = 1;
 		} else {
-			fprintf(f, "{\"campaign\": {\"faults\": %llu, \"seed\": %llu, \"notify\": \"%s\", \"ops\": %llu, "
-				"\"driver\": ", (unsigned long long)c.faults, (unsigned long long)c.seed,
+			fprintf(f, "{\"campaign\": {\"faults\": %llu, \"faults_per_trial\": %u, \"seed\": %llu, "
+				"\"notify\": \"%s\", \"ops\": %llu, \"driver\": ", (unsigned long long)c.faults,
+				c.per_trial, (unsigned long long)c.seed,
 				isolde_notify_mode_name(c.notify), (unsigned long long)c.ops);
 			json_write_string(f, c.driver);
 			fprintf(f, ", \"seconds\": %.1f, \"command\": ", seconds);
@@ -599,8 +676,9 @@ static int run_inject_command(int argc, char **argv)
 	}
 	if (report && write_report(&c, report, command, seconds, errors_md))
 		rc = 1;
-	printf("%llu faults injected, %llu activated: %llu not activated, %llu no failure, %llu recovered, "
-	       "%llu I/O errors, %llu corrupt data returned, %llu front-end crashes, %llu not injected\n",
+	printf("%llu faults in %llu trials injected, %llu trials activated: %llu not activated, %llu no failure, "
+	       "%llu recovered, %llu I/O errors, %llu corrupt data returned, %llu front-end crashes, %llu not "
+	       "injected\n", (unsigned long long)c.total.faults,
 	       (unsigned long long)c.total.injected, (unsigned long long)c.total.activated,
 	       (unsigned long long)c.total.outcomes[OUT_NOT_ACTIVATED],
 	       (unsigned long long)c.total.outcomes[OUT_NO_FAILURE],

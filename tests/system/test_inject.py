@@ -2,6 +2,7 @@
 driver. Zero front-end crashes, zero corrupt data returned, every detected
 failure recovered or failed cleanly with an explained error."""
 import json
+import os
 
 import pytest
 
@@ -95,7 +96,7 @@ def test_bad_arguments(isolde, image):
     p = isolde.run("inject", "--image", image, "--faults", 5, "--types", "cosmic-ray")
     assert p.returncode == 2 and "unknown fault type 'cosmic-ray'" in p.stderr
     p = isolde.run("inject", "--image", image)
-    assert p.returncode == 2 and "--faults is required" in p.stderr
+    assert p.returncode == 2 and "--faults (or --trials-per-type) is required" in p.stderr
 
 
 # ---------------------------------------------------------------------------
@@ -158,3 +159,49 @@ def test_net_bad_arguments(isolde, image):
     assert p.returncode == 2 and "--image: a network driver (net-tap) has no image" in p.stderr
     p = isolde.run("inject", "--driver", "net-nonesuch", "--faults", 5)
     assert p.returncode == 1 and "net-nonesuch" in p.stderr
+
+
+# ---------------------------------------------------------------------------
+# MINIX's shape: many faults of one type planted together (make campaign)
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("driver", ["blk-file", "net-tap"])
+def test_many_faults_per_trial(tmp_path, isolde, driver):
+    """--trials-per-type 3 --faults-per-trial 20: every trial plants 20
+    faults of its type at distinct instructions; heap faults are observable
+    (activated when their instruction reads the driver's own data); every
+    detected failure is recovered or explained; no corrupt data, no crash."""
+    image = []
+    if driver.startswith("blk-"):
+        (tmp_path / "image").write_bytes(b"")
+        os.truncate(tmp_path / "image", 8 << 20)
+        image = ["--image", tmp_path / "image"]
+    p = isolde.run("inject", "--driver", driver, *image, "--trials-per-type", 3, "--faults-per-trial", 20,
+                   "--seed", 11, "--json", tmp_path / "c.json", "--report", tmp_path / "r", timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    doc = json.loads((tmp_path / "c.json").read_text())
+    t = doc["totals"]
+    assert doc["campaign"]["faults"] == 24 and doc["campaign"]["faults_per_trial"] == 20
+    assert t["injected"] == 24 and t["faults"] == 24 * 20
+    assert t["corrupt_returned"] == 0 and t["front_end_crash"] == 0
+    for name, k in doc["types"].items():
+        assert k["faults"] == 3 * 20, name
+        assert k["faults_activated"] <= k["faults"] and (k["activated"] > 0) == (k["faults_activated"] > 0)
+    # With 20 faults a trial, every type strikes, heap included.
+    assert doc["types"]["heap"]["faults_activated"] > 0, doc["types"]["heap"]
+    assert sum(1 for k in doc["types"].values() if k["activated"]) == len(TYPES)
+    assert set(t["denials"]) == {"device", "memory", "process", "network", "file", "other"}
+    md = (tmp_path / "r" / "campaign.md").read_text()
+    assert md.startswith(f"# Fault-injection campaign\n\n{24 * 20} faults in 24 trials (20 per trial, of one type)")
+    assert "| fault type | device | memory | process | network | file | other | total |" in md
+    errors = [x for x in doc["notable_trials"] if x["outcome"] == "io_error"]
+    assert len(errors) == t["io_error"]
+    for x in errors:
+        assert any(e in x["error"] for e in EXPLANATIONS + NET_EXPLANATIONS), x
+
+
+def test_trial_count_arguments(isolde, image):
+    p = isolde.run("inject", "--image", image, "--faults", 8, "--trials-per-type", 2)
+    assert p.returncode == 2 and "--faults and --trials-per-type both give the number of trials" in p.stderr
+    p = isolde.run("inject", "--image", image, "--faults", 8, "--faults-per-trial", 129)
+    assert p.returncode == 2 and "--faults-per-trial" in p.stderr

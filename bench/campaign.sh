@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# make campaign: fault injection at MINIX 3's scale (Herder et al., DSN 2009:
+# 8 fault types x 1000 trials x 100 faults per trial, per driver
+# configuration), over every driver `isolde inject` can plant faults in:
+# blk-file, blk-uring and net-tap. Each driver's report goes to
+# docs/eval/minix/DRIVER/campaign.{md,json}; bench/campaign_summary.py
+# writes docs/eval/minix/README.md, one row per driver.
+#
+# TRIALS=T trials per type (default 1000), PER_TRIAL=N faults per trial
+# (default 100). Hang detection is --timeout-ms 300 for every trial (a
+# driver whose heartbeat stops, or that leaves a request unanswered ten
+# times as long, is a hang), so that a hung driver costs a trial 0.3-3 s,
+# not the policies' 2 s heartbeat.
+#
+# usage: bench/campaign.sh ISOLDE
+set -euo pipefail
+isolde=${1:?usage: campaign.sh ISOLDE}
+trials=${TRIALS:-1000}
+per_trial=${PER_TRIAL:-100}
+root=$(cd "$(dirname "$0")/.." && pwd)
+out=$root/docs/eval/minix
+img_dir=$(mktemp -d /dev/shm/isolde-campaign.XXXXXX)
+trap 'rm -rf "$img_dir"' EXIT
+truncate -s 8M "$img_dir/image"
+mkdir -p "$out"
+
+for driver in blk-file blk-uring net-tap; do
+	echo "== $driver: $trials trials per type, $per_trial faults per trial" >&2
+	mkdir -p "$out/$driver"
+	image=()
+	[[ $driver == net-* ]] || image=(--image "$img_dir/image")
+	"$isolde" inject --driver "$driver" "${image[@]}" --trials-per-type "$trials" \
+		--faults-per-trial "$per_trial" --timeout-ms 300 --seed 1 \
+		--json "$out/$driver/campaign.json" --report "$out/$driver" >/dev/null
+	sed -i -e "s#$img_dir/image#IMAGE#g" -e "s#$root/##g" "$out/$driver/campaign.md" "$out/$driver/campaign.json"
+done
+"$root/bench/campaign_summary.py" "$out" blk-file blk-uring net-tap >"$out/README.md"
+echo "wrote $out/README.md" >&2

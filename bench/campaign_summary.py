@@ -1,0 +1,68 @@
+#!/usr/bin/python3
+"""The MINIX-style summary of a fault-injection campaign over several drivers
+(bench/campaign.sh): one row per driver from DIR/DRIVER/campaign.json, the
+table of Herder et al. (DSN 2009) - faults injected, trials, faults
+activated, failures detected by class, trials recovered transparently,
+trials that failed cleanly, corrupt data or crashes - and the system calls
+each driver's policy refused, by class.
+
+usage: bench/campaign_summary.py DIR DRIVER...    (Markdown on stdout)"""
+import json
+import sys
+from pathlib import Path
+
+FAILURE_CLASSES = [("CPU", ["cpu-exception"]), ("MMU", ["mmu-exception"]),
+                   ("panic", ["panic", "policy-kill", "killed", "start-failure"]), ("hang", ["hang"]),
+                   ("protocol", ["protocol-violation"]), ("shield", ["silent-corruption"]),
+                   ("error status", ["error-status"])]
+DENIAL_CLASSES = ["device", "memory", "process", "network", "file", "other"]
+
+
+def main():
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    out = Path(sys.argv[1])
+    rows, denials, commands = [], [], []
+    for driver in sys.argv[2:]:
+        doc = json.loads((out / driver / "campaign.json").read_text())
+        c, t = doc["campaign"], doc["totals"]
+        f = t["failures"]
+        detected = sum(f.values())
+        clean = t["io_error"]
+        rows.append([driver, t["faults"], t["injected"], t["faults_activated"], detected,
+                     *[sum(f.get(k, 0) for k in keys) for _, keys in FAILURE_CLASSES],
+                     t["recovered"], clean, t["corrupt_returned"] + t["front_end_crash"],
+                     f"{c['seconds']:.0f}"])
+        denials.append([driver, *[t["denials"][k] for k in DENIAL_CLASSES], sum(t["denials"].values())])
+        commands.append(c["command"])
+    total = ["**total**", *[sum(r[i] for r in rows) for i in range(1, len(rows[0]) - 1)],
+             f"{sum(float(r[-1]) for r in rows):.0f}"]
+    print("# Fault injection at MINIX 3's scale\n")
+    print("Per driver: 8 fault types, the same number of trials of each, each trial many faults of "
+          "its type planted together in the running driver (docs/FAULTS.md). Made by `make campaign` "
+          "(bench/campaign.sh); each driver's own report, with every trial that failed and why, is "
+          "DRIVER/campaign.md beside this file.\n")
+    head = ["driver", "faults", "trials", "faults activated", "failures detected",
+            *[n for n, _ in FAILURE_CLASSES], "recovered transparently", "failed cleanly",
+            "corrupt or crash", "seconds"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows + [total]:
+        print("| " + " | ".join(str(x) for x in r) + " |")
+    print("\nFailures detected count driver restarts (a trial can fail more than once); recovered "
+          "and failed cleanly count trials. A trial that failed cleanly ended with an I/O error "
+          "(block) or a failed or dead device (network), its reason in the driver's report.\n")
+    print("System calls the drivers' policies refused, by what they would have reached:\n")
+    head = ["driver", *DENIAL_CLASSES, "total"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in denials:
+        print("| " + " | ".join(str(x) for x in r) + " |")
+    print("\nCommands:\n\n```")
+    for cmd in commands:
+        print(cmd)
+    print("```")
+
+
+if __name__ == "__main__":
+    main()
