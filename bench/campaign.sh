@@ -2,7 +2,8 @@
 # make campaign: fault injection at MINIX 3's scale (Herder et al., DSN 2009:
 # 8 fault types x 1000 trials x 100 faults per trial, per driver
 # configuration), over every driver `isolde inject` can plant faults in:
-# blk-file, blk-uring and net-tap. Each driver's report goes to
+# blk-file, blk-uring, blk-nbd (against nbdkit's memory plugin on a Unix
+# socket this script starts) and net-tap. Each driver's report goes to
 # docs/eval/minix/DRIVER/campaign.{md,json}; bench/campaign_summary.py
 # writes docs/eval/minix/README.md, one row per driver.
 #
@@ -20,19 +21,29 @@ per_trial=${PER_TRIAL:-100}
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=$root/docs/eval/minix
 img_dir=$(mktemp -d /dev/shm/isolde-campaign.XXXXXX)
-trap 'rm -rf "$img_dir"' EXIT
+nbdkit_pid=
+trap '[ -z "$nbdkit_pid" ] || kill "$nbdkit_pid" 2>/dev/null; rm -rf "$img_dir"' EXIT
 truncate -s 8M "$img_dir/image"
 mkdir -p "$out"
+drivers="blk-file blk-uring blk-nbd net-tap"
+nbdkit --foreground --exit-with-parent -P "$img_dir/nbdkit.pid" --unix "$img_dir/nbd.sock" memory 8M \
+	2>"$img_dir/nbdkit.log" &
+nbdkit_pid=$!
+for _ in $(seq 200); do [ -e "$img_dir/nbdkit.pid" ] && break; sleep 0.05; done
 
-for driver in blk-file blk-uring net-tap; do
+for driver in $drivers; do
 	echo "== $driver: $trials trials per type, $per_trial faults per trial" >&2
 	mkdir -p "$out/$driver"
 	image=()
-	[[ $driver == net-* ]] || image=(--image "$img_dir/image")
+	case $driver in
+	net-*) ;;
+	blk-nbd) image=(--image "nbd+unix:///?socket=$img_dir/nbd.sock") ;;
+	*) image=(--image "$img_dir/image") ;;
+	esac
 	"$isolde" inject --driver "$driver" "${image[@]}" --trials-per-type "$trials" \
 		--faults-per-trial "$per_trial" --timeout-ms 300 --seed 1 \
 		--json "$out/$driver/campaign.json" --report "$out/$driver" >/dev/null
-	sed -i -e "s#$img_dir/image#IMAGE#g" -e "s#$root/##g" "$out/$driver/campaign.md" "$out/$driver/campaign.json"
+	sed -i -e "s#$img_dir/image#IMAGE#g" -e "s#$img_dir/nbd.sock#NBD_SOCKET#g" -e "s#$root/##g" "$out/$driver/campaign.md" "$out/$driver/campaign.json"
 done
-"$root/bench/campaign_summary.py" "$out" blk-file blk-uring net-tap >"$out/README.md"
+"$root/bench/campaign_summary.py" "$out" $drivers >"$out/README.md"
 echo "wrote $out/README.md" >&2

@@ -123,6 +123,21 @@ static int reopen_image(void *ctx, char *err, size_t errlen)
  * parses the name and makes each generation's fd 6. The driver must be the
  * one for the kind, and its arguments get the remote's.
  */
+/* The integrity shield over the device's dev->size bytes. A remote image
+ * has no fd here and no side file: its checksums last for the session. */
+static int open_shield(struct isolde_blk *dev, const struct isolde_blk_config *cfg, char *err, size_t errlen)
+{
+	dev->shield_sums_per_io = cfg->max_io / ISOLDE_SHIELD_BLOCK + 1;
+	if (!(dev->shield_sums = calloc((size_t)cfg->queue_depth * dev->shield_sums_per_io, sizeof *dev->shield_sums))) {
+		set_err(err, errlen, "out of memory");
+		return -1;
+	}
+	if (isolde_shield_open(&dev->shield, cfg->image, dev->remote ? -1 : dev->device_fd, dev->size, err, errlen))
+		return -1;
+	dev->shield_on = true;
+	return 0;
+}
+
 static int open_remote(struct isolde_blk *dev, const struct isolde_blk_config *cfg, uint32_t *flags,
 		       char *err, size_t errlen)
 {
@@ -134,9 +149,9 @@ static int open_remote(struct isolde_blk *dev, const struct isolde_blk_config *c
 		set_err(err, errlen, "image %s is served by driver %s, not %s", cfg->image, want, cfg->driver);
 		return -1;
 	}
-	if (cfg->direct || cfg->shield) {
-		set_err(err, errlen, "image %s is remote: %s applies to local images only", cfg->image,
-			cfg->direct ? "direct (O_DIRECT)" : "the integrity shield");
+	if (cfg->direct) {
+		set_err(err, errlen, "image %s is remote: direct (O_DIRECT) applies to local images only",
+			cfg->image);
 		return -1;
 	}
 	if (!(dev->remote = calloc(1, sizeof *dev->remote))) {
@@ -316,25 +331,19 @@ struct isolde_blk *isolde_blk_open(const struct isolde_blk_config *cfg, char *er
 		set_err(err, errlen, "out of memory");
 		goto fail;
 	}
-	/* The shield first: a side file it refuses costs no driver start. */
-	if (cfg->shield) {
-		dev->shield_sums_per_io = cfg->max_io / ISOLDE_SHIELD_BLOCK + 1;
-		if (!(dev->shield_sums = calloc((size_t)cfg->queue_depth * dev->shield_sums_per_io,
-						sizeof *dev->shield_sums))) {
-			set_err(err, errlen, "out of memory");
-			goto fail;
-		}
-		if (isolde_shield_open(&dev->shield, cfg->image, dev->device_fd, dev->size, err, errlen))
-			goto fail;
-		dev->shield_on = true;
-	}
+	/* The shield first: a side file it refuses costs no driver start. A
+	 * remote image's size is known once its first driver reached it. */
+	if (cfg->shield && !dev->remote && open_shield(dev, cfg, err, errlen))
+		goto fail;
 	if (isolde_domain_create(&dev->domain, &params, err, errlen))
 		goto fail;
 	if (isolde_domain_start(&dev->domain, err, errlen))
 		goto fail;
-	/* A remote device's size is what its first driver reached. */
-	if (dev->remote)
+	if (dev->remote) {
 		dev->size = dev->domain.reported_size;
+		if (cfg->shield && open_shield(dev, cfg, err, errlen))
+			goto fail;
+	}
 	isolde_front_ring_attach(&dev->ring, dev->domain.sring, params.ring_slots, ISOLDE_BLK_SLOT_SIZE);
 	dev->ring.peer_sleeps = cfg->notify != ISOLDE_NOTIFY_SPIN;
 	isolde_waiter_init(&dev->waiter, cfg->notify, dev->domain.call_fd, dev->domain.kick_fd,

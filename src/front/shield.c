@@ -706,7 +706,9 @@ int isolde_shield_open(struct isolde_shield *sh, const char *image, int image_fd
 		shield_free(sh);
 		return -1;
 	}
-	name_sidecar(sh, image);
+	/* A remote image (no fd) has nowhere isolde owns beside it. */
+	if (image_fd >= 0)
+		name_sidecar(sh, image);
 	if (!sh->sidecar[0])
 		return 0;
 	if (load_sidecar(sh, image, err, errlen) != 0 ||

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/user.h>
 #include <unistd.h>
 
@@ -39,6 +40,9 @@ struct swifi_code {
 	csh cs;
 	struct swifi_insn *insns;
 	size_t n;
+	bool pie;                 /* addresses are relative to where the binary is loaded */
+	dev_t dev;                /* the binary, to find that place in /proc/PID/maps */
+	ino_t ino;
 };
 
 size_t swifi_insn_count(const struct swifi_code *c) { return c->n; }
@@ -48,7 +52,8 @@ size_t swifi_insn_count(const struct swifi_code *c) { return c->n; }
 static bool ours(const char *name)
 {
 	return strncmp(name, "isolde_", 7) == 0 || strncmp(name, "blk_file_", 9) == 0 ||
-	       strncmp(name, "blk_uring_", 10) == 0 || strcmp(name, "main") == 0;
+	       strncmp(name, "blk_uring_", 10) == 0 || strncmp(name, "blk_nbd_", 8) == 0 ||
+	       strncmp(name, "blk_rbd_", 8) == 0 || strncmp(name, "net_tap_", 8) == 0 || strcmp(name, "main") == 0;
 }
 
 struct func {
@@ -88,8 +93,9 @@ struct swifi_code *swifi_load(const char *binary, char *err, size_t errlen)
 	}
 	const Elf64_Ehdr *eh = (const Elf64_Ehdr *)img;
 	if ((size_t)st.st_size < sizeof *eh || memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0 ||
-	    eh->e_ident[EI_CLASS] != ELFCLASS64 || eh->e_machine != EM_X86_64 || eh->e_type != ET_EXEC) {
-		snprintf(err, errlen, "%s is not a static x86-64 executable (ET_EXEC)", binary);
+	    eh->e_ident[EI_CLASS] != ELFCLASS64 || eh->e_machine != EM_X86_64 ||
+	    (eh->e_type != ET_EXEC && eh->e_type != ET_DYN)) {
+		snprintf(err, errlen, "%s is not an x86-64 executable", binary);
 		goto out;
 	}
 	const Elf64_Shdr *sh = (const Elf64_Shdr *)(img + eh->e_shoff);
@@ -133,6 +139,9 @@ struct swifi_code *swifi_load(const char *binary, char *err, size_t errlen)
 		goto out;
 	}
 	cs_option(c->cs, CS_OPT_DETAIL, CS_OPT_ON);
+	c->pie = eh->e_type == ET_DYN;
+	c->dev = st.st_dev;
+	c->ino = st.st_ino;
 	size_t cap = 4096;
 	c->insns = malloc(cap * sizeof *c->insns);
 	for (size_t f = 0; c->insns && f < nfuncs; f++) {
@@ -141,7 +150,8 @@ struct swifi_code *swifi_load(const char *binary, char *err, size_t errlen)
 		/* File offset of the function: through the section holding it. */
 		const Elf64_Shdr *text = NULL;
 		for (int i = 0; i < eh->e_shnum; i++)
-			if (sh[i].sh_type == SHT_PROGBITS && funcs[f].addr >= sh[i].sh_addr &&
+			if (sh[i].sh_type == SHT_PROGBITS && (sh[i].sh_flags & SHF_EXECINSTR) &&
+			    funcs[f].addr >= sh[i].sh_addr &&
 			    funcs[f].addr + funcs[f].size <= sh[i].sh_addr + sh[i].sh_size)
 				text = &sh[i];
 		if (!text)
@@ -178,6 +188,31 @@ out:
 	if (fd >= 0)
 		close(fd);
 	return c;
+}
+
+int swifi_load_base(const struct swifi_code *c, pid_t pid, uint64_t *base)
+{
+	char path[64], line[512];
+	int rc = -1;
+
+	*base = 0;
+	if (!c->pie)
+		return 0;
+	snprintf(path, sizeof path, "/proc/%d/maps", (int)pid);
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return -1;
+	while (rc != 0 && fgets(line, sizeof line, f)) {
+		unsigned long long start, offset, inode;
+		unsigned major, minor;
+		if (sscanf(line, "%llx-%*x %*s %llx %x:%x %llu", &start, &offset, &major, &minor, &inode) == 5 &&
+		    offset == 0 && inode == (unsigned long long)c->ino && makedev(major, minor) == c->dev) {
+			*base = start;
+			rc = 0;
+		}
+	}
+	fclose(f);
+	return rc;
 }
 
 void swifi_free(struct swifi_code *c)

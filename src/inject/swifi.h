@@ -17,6 +17,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 enum swifi_fault {
 	SWIFI_SOURCE_REGISTER,  /* a register an instruction reads is swapped for another */
@@ -45,8 +46,12 @@ struct swifi_insn {
 
 struct swifi_code;            /* the decoded text of one driver binary */
 
-/* Decode the driver's own functions from its executable. */
+/* Decode the driver's own functions from its executable (static, or a PIE:
+ * then addresses are relative to its load base). */
 struct swifi_code *swifi_load(const char *binary, char *err, size_t errlen);
+/* Where process pid has the binary loaded: 0 for a static executable; 0,
+ * or -1 if it is not in pid's maps. Add it to an instruction's address. */
+int swifi_load_base(const struct swifi_code *c, pid_t pid, uint64_t *base);
 void swifi_free(struct swifi_code *c);
 size_t swifi_insn_count(const struct swifi_code *c);
 

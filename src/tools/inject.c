@@ -129,6 +129,15 @@ static void plant_in(pid_t driver, void *arg)
 		snprintf(x->t->error, sizeof x->t->error, "no instruction fits this fault type");
 		return;
 	}
+	uint64_t base;
+	if (swifi_load_base(x->c->code, driver, &base) != 0) {
+		snprintf(x->t->error, sizeof x->t->error, "driver %d: its binary is not in /proc/%d/maps",
+			 (int)driver, (int)driver);
+		tr->nfaults = 0;
+		return;
+	}
+	for (unsigned k = 0; k < tr->nfaults; k++)
+		tr->faults[k].insn.addr += base;
 	if (tracer_start(tr) != 0)
 		snprintf(x->t->error, sizeof x->t->error, "cannot start the tracer");
 }

@@ -200,6 +200,28 @@ def test_many_faults_per_trial(tmp_path, isolde, driver):
         assert any(e in x["error"] for e in EXPLANATIONS + NET_EXPLANATIONS), x
 
 
+def test_remote_driver_blk_nbd(tmp_path, isolde):
+    """blk-nbd (a PIE linked with libnbd: its own code, relocated to where it
+    is loaded) against nbdkit's memory plugin: faults strike, no corrupt
+    data - the shield guards a remote image for the session - no crash."""
+    from test_blk_nbd import Nbdkit
+    srv = Nbdkit("unix", plugin_args=["memory", "16M"]).start()
+    try:
+        p = isolde.run("inject", "--driver", "blk-nbd", "--image", srv.uri(), "--trials-per-type", 4,
+                       "--faults-per-trial", 10, "--seed", 5, "--json", tmp_path / "c.json", timeout=900)
+        log = srv.log()
+    finally:
+        srv.close()
+    assert p.returncode == 0, p.stderr[-3000:]
+    doc = json.loads((tmp_path / "c.json").read_text())
+    t = doc["totals"]
+    assert t["injected"] == 32 and t["not_injected"] == 0, (doc["notable_trials"][:3], log)
+    assert t["corrupt_returned"] == 0 and t["front_end_crash"] == 0
+    assert t["faults_activated"] > 0 and t["recovered"] > 0
+    for x in (x for x in doc["notable_trials"] if x["outcome"] == "io_error"):
+        assert any(e in x["error"] for e in EXPLANATIONS), x
+
+
 def test_trial_count_arguments(isolde, image):
     p = isolde.run("inject", "--image", image, "--faults", 8, "--trials-per-type", 2)
     assert p.returncode == 2 and "--faults and --trials-per-type both give the number of trials" in p.stderr
