@@ -376,8 +376,9 @@ static int start_network(const struct plan *p, struct net_export **started, unsi
 			return -1;
 		}
 		if (paired[k] >= 0) {
-			fprintf(stderr, "isolde serve: %s: network device %s has an export already (%s)\n",
-				e->origin, p->netdevs[k].name, p->exports[paired[k]].origin);
+			fprintf(stderr, "isolde serve: %s %s: network device %s has an export already (%s %s); a "
+				"network device has one export\n", e->origin, e->spec, p->netdevs[k].name,
+				p->exports[paired[k]].origin, p->exports[paired[k]].spec);
 			return -1;
 		}
 		paired[k] = (int)i;
