@@ -198,10 +198,12 @@ static void *trace_and_plant(struct tracer *t)
 	int sig = 0;
 	unsigned live = t->nfaults;
 	for (bool first = true; live; first = false) {
-		if (ptrace(PTRACE_CONT, t->pid, 0, (void *)(long)sig) != 0)
-			return NULL;
+		long cont = ptrace(PTRACE_CONT, t->pid, 0, (void *)(long)sig);
+		/* Planted: the caller goes on, even if the driver is gone now. */
 		if (first)
 			sem_post(&t->placed);
+		if (cont != 0)
+			return NULL;
 		if (!wait_stop(t->pid, &status))
 			return NULL; /* it died: the front end sees how */
 		sig = 0;
