@@ -25,7 +25,7 @@ import time
 
 from vhost_user_client import (DESC, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, F_PROTOCOL_FEATURES, F_VERSION_1,
                                GET_QUEUE_NUM, PROTOCOL_F_MQ, PROTOCOL_F_REPLY_ACK, RING_F_EVENT_IDX,
-                               RING_F_INDIRECT_DESC, Desc, Rel, VhostUserBlk, VhostUserError, bit)
+                               RING_F_INDIRECT_DESC, Desc, VhostUserBlk, VhostUserError, bit)
 
 MiB = 1 << 20
 
@@ -160,15 +160,7 @@ class Ring:
             self.publish([chain.head])
         return chain
 
-    @staticmethod
-    def _next(d, i, slots):
-        if isinstance(d.next, Rel):
-            return slots[d.next.k]
-        if d.next is not None:
-            return d.next & 0xFFFF
-        if d.flags & DESC_F_NEXT and i + 1 < len(slots):
-            return slots[i + 1]
-        return 0
+    _next = staticmethod(VhostUserBlk._resolve_next)
 
     def publish(self, heads, kick=True):
         for h in heads:
