@@ -96,6 +96,7 @@ static void *trace(void *arg)
 {
 	struct tracer *t = arg;
 	void *r = trace_and_plant(t);
+	__atomic_store_n(&t->done, true, __ATOMIC_RELEASE);
 	/* Planting failed before the breakpoint loop: let the caller go on. */
 	if (!t->applied)
 		sem_post(&t->placed);
@@ -197,6 +198,7 @@ static void *trace_and_plant(struct tracer *t)
 	t->applied = true;
 	int sig = 0;
 	unsigned live = t->nfaults;
+	__atomic_store_n(&t->live, live, __ATOMIC_RELEASE);
 	for (bool first = true; live; first = false) {
 		long cont = ptrace(PTRACE_CONT, t->pid, 0, (void *)(long)sig);
 		/* Planted: the caller goes on, even if the driver is gone now. */
@@ -235,10 +237,15 @@ static void *trace_and_plant(struct tracer *t)
 			mem_rw(t->pid, f->insn.addr, f->mutated, 1, true);
 		}
 		if (!armed(f))
-			live--;
+			__atomic_store_n(&t->live, --live, __ATOMIC_RELEASE);
 	}
 	ptrace(PTRACE_DETACH, t->pid, 0, 0);
 	return NULL;
+}
+
+bool tracer_waiting(const struct tracer *t)
+{
+	return t->started && !__atomic_load_n(&t->done, __ATOMIC_ACQUIRE) && __atomic_load_n(&t->live, __ATOMIC_ACQUIRE);
 }
 
 int tracer_start(struct tracer *t)

@@ -50,6 +50,8 @@ struct tracer {
 	pthread_t thread;
 	sem_t placed;                       /* posted once the faults are in (or failed) */
 	bool started;
+	unsigned live;                      /* faults still armed (atomic: tracer_waiting) */
+	bool done;                          /* the tracer left the driver (atomic) */
 	/* Results, read after tracer_finish. */
 	bool applied;
 	unsigned activated;                 /* faults activated */
@@ -58,6 +60,9 @@ struct tracer {
 
 /* Start tracing and return once the faults are planted (or planting failed). */
 int tracer_start(struct tracer *t);
+/* While the workload runs: are faults still armed in a driver the tracer is
+ * attached to (worth running the workload on for)? */
+bool tracer_waiting(const struct tracer *t);
 /* Wait for the tracer (the driver must be dead or about to be). */
 void tracer_finish(struct tracer *t);
 

@@ -51,6 +51,7 @@ struct trial {
 	enum outcome outcome;
 	bool activated;              /* one of its faults, at least */
 	unsigned faults, faults_activated;
+	unsigned rounds;             /* of the workload run */
 	uint64_t denials[ISOLDE_DENIAL_CLASSES];  /* system calls its policy refused the driver */
 	uint64_t restarts;
 	uint64_t by_failure[ISOLDE_FAIL_COUNT];
@@ -66,6 +67,7 @@ struct tally {
 	uint64_t injected;           /* trials with their faults planted */
 	uint64_t activated;          /* trials with a fault activated */
 	uint64_t faults, faults_activated;
+	uint64_t rounds;
 	uint64_t denials[ISOLDE_DENIAL_CLASSES];
 	uint64_t outcomes[OUT_COUNT];
 	uint64_t by_failure[ISOLDE_FAIL_COUNT];
@@ -79,6 +81,7 @@ struct campaign {
 	bool network;              /* a net-* driver: the network workload */
 	uint64_t faults;           /* trials */
 	unsigned per_trial;        /* faults planted together in each */
+	unsigned rounds;           /* of the workload at most, while faults wait to be activated */
 	int types[SWIFI_COUNT];
 	unsigned ntypes;
 	uint64_t seed;
@@ -147,6 +150,13 @@ static void plant(struct isolde_blk *dev, void *arg)
 	plant_in(isolde_blk_driver_pid(dev), arg);
 }
 
+/* Another round of the workload: faults wait to be activated. */
+static bool faults_waiting(void *arg)
+{
+	struct trial_ctx *x = arg;
+	return tracer_waiting(&x->tracer);
+}
+
 /* After the workload: the tracer's verdict on the fault; false if it was
  * never planted (t->outcome set). */
 static bool fault_planted(struct trial_ctx *x)
@@ -175,7 +185,7 @@ static void run_net_trial(struct campaign *c, uint64_t i, int out_fd)
 	struct trial t = { .type = (enum swifi_fault)c->types[i % c->ntypes] };
 	struct trial_ctx x = { .c = c, .t = &t, .rng = c->seed * 1000003u + i + 1 };
 	struct net_verify_options o = { .frames = c->ops, .seed = c->seed + i, .opened = plant_in,
-					.opened_ctx = &x };
+					.opened_ctx = &x, .again = faults_waiting, .max_rounds = c->rounds };
 	struct net_verify_result r;
 	char err[512];
 
@@ -194,6 +204,7 @@ static void run_net_trial(struct campaign *c, uint64_t i, int out_fd)
 		t.frames.duplicated = r.tx.duplicates + r.rx.duplicates;
 		t.frames.caught = r.tx.caught + r.rx.caught;
 		memcpy(t.denials, r.stats.denials_by_class, sizeof t.denials);
+		t.rounds = r.rounds;
 		t.mismatches = r.tx.undetected + r.rx.undetected;
 		if (t.mismatches) {
 			t.outcome = OUT_CORRUPT;
@@ -216,7 +227,7 @@ static void run_trial(struct campaign *c, uint64_t i, int out_fd)
 	struct trial t = { .type = (enum swifi_fault)c->types[i % c->ntypes] };
 	struct trial_ctx x = { .c = c, .t = &t, .rng = c->seed * 1000003u + i + 1 };
 	struct verify_options o = { .ops = c->ops, .bs = 4096, .seed = c->seed + i, .opened = plant,
-				    .opened_ctx = &x };
+				    .opened_ctx = &x, .again = faults_waiting, .max_rounds = c->rounds };
 	struct verify_result r;
 	char err[512];
 
@@ -236,6 +247,7 @@ static void run_trial(struct campaign *c, uint64_t i, int out_fd)
 		t.errors = r.errors;
 		t.mismatches = r.mismatches;
 		memcpy(t.denials, r.stats.denials_by_class, sizeof t.denials);
+		t.rounds = r.rounds;
 		if (r.mismatches) {
 			t.outcome = OUT_CORRUPT;
 		} else if (r.errors || r.error[0]) {
@@ -272,6 +284,7 @@ static void record(struct campaign *c, const struct trial *t)
 		k[j]->injected++;
 		k[j]->faults += t->faults;
 		k[j]->faults_activated += t->faults_activated;
+		k[j]->rounds += t->rounds;
 		for (int d = 0; d < ISOLDE_DENIAL_CLASSES; d++)
 			k[j]->denials[d] += t->denials[d];
 		if (t->activated)
@@ -335,9 +348,9 @@ static int trial_in_child(struct campaign *c, uint64_t i, struct trial *t)
 
 static void write_tally_json(FILE *f, const struct tally *k)
 {
-	fprintf(f, "{\"injected\": %llu, \"activated\": %llu, \"faults\": %llu, \"faults_activated\": %llu",
-		(unsigned long long)k->injected, (unsigned long long)k->activated, (unsigned long long)k->faults,
-		(unsigned long long)k->faults_activated);
+	fprintf(f, "{\"injected\": %llu, \"activated\": %llu, \"faults\": %llu, \"faults_activated\": %llu, "
+		"\"rounds\": %llu", (unsigned long long)k->injected, (unsigned long long)k->activated,
+		(unsigned long long)k->faults, (unsigned long long)k->faults_activated, (unsigned long long)k->rounds);
 	for (int o = 0; o < OUT_COUNT; o++)
 		fprintf(f, ", \"%s\": %llu", outcome_names[o], (unsigned long long)k->outcomes[o]);
 	fputs(", \"denials\": {", f);
@@ -393,7 +406,8 @@ static int write_report(const struct campaign *c, const char *dir, const char *c
 	}
 	fprintf(f, "# Fault-injection campaign\n\n%llu faults in %llu trials (%u per trial, of one type) injected "
 		"into the running %s driver (%llu trials could not be planted), notify mode %s, %llu %s per "
-		"trial%s; %.0f s.\n\nReproduce with:\n\n```\n%s\n```\n\n",
+		"round%s, up to %u round(s) a trial while one of its faults waits to be activated; %.0f s.\n\n"
+		"Reproduce with:\n\n```\n%s\n```\n\n",
 		(unsigned long long)c->total.faults, (unsigned long long)c->total.injected, c->per_trial, c->driver,
 		(unsigned long long)c->total.outcomes[OUT_NOT_INJECTED], isolde_notify_mode_name(c->notify),
 		(unsigned long long)c->ops,
@@ -401,7 +415,7 @@ static int write_report(const struct campaign *c, const char *dir, const char *c
 		"verified writes and their read-back",
 		c->network ? ", each checked end to end against what was sent (a 64-bit hash in the frame, as "
 		"a transport's checksum; a frame that passes it and differs counts as corrupt)" :
-		" at QD8 with the integrity shield on", seconds, command);
+		" at QD8 with the integrity shield on", c->rounds, seconds, command);
 	uint64_t detected = 0;
 	for (int j = 0; j < ISOLDE_FAIL_COUNT; j++)
 		detected += c->total.by_failure[j];
@@ -491,7 +505,9 @@ const struct cli_command inject_command = {
 	"                     branch, bit-flip, nop, heap (default all, taken in turn)\n"
 	"  --seed S           random seed (default 1)\n"
 	"  --notify MODE      event, spin or hybrid (default hybrid)\n"
-	"  --ops N            verified writes (network: frames each way) per trial (default 100)\n"
+	"  --ops N            verified writes (network: frames each way) per round (default 100)\n"
+	"  --rounds N         rounds of the workload at most, another while a planted fault\n"
+	"                     waits to be activated in the driver it was planted in (default 1)\n"
 	"  --timeout-ms MS    hang detection per trial (default 300)\n"
 	"  --driver NAME      driver to inject into (default blk-file; net-tap: as root)\n"
 	"  --json FILE        write the campaign's results as JSON\n"
@@ -500,7 +516,7 @@ const struct cli_command inject_command = {
 	.run = run_inject_command,
 };
 
-enum { OPT_TYPES = 256, OPT_JSON, OPT_REPORT, OPT_TIMEOUT, OPT_PER_TRIAL, OPT_PER_TYPE };
+enum { OPT_TYPES = 256, OPT_JSON, OPT_REPORT, OPT_TIMEOUT, OPT_PER_TRIAL, OPT_PER_TYPE, OPT_ROUNDS };
 
 static int run_inject_command(int argc, char **argv)
 {
@@ -509,6 +525,7 @@ static int run_inject_command(int argc, char **argv)
 		{ "faults", required_argument, NULL, 'f' },
 		{ "faults-per-trial", required_argument, NULL, OPT_PER_TRIAL },
 		{ "trials-per-type", required_argument, NULL, OPT_PER_TYPE },
+		{ "rounds", required_argument, NULL, OPT_ROUNDS },
 		{ "types", required_argument, NULL, OPT_TYPES },
 		{ "seed", required_argument, NULL, 's' },
 		{ "notify", required_argument, NULL, 'n' },
@@ -522,6 +539,7 @@ static int run_inject_command(int argc, char **argv)
 	};
 	const struct cli_command *cmd = &inject_command;
 	struct campaign c = { .driver = "blk-file", .seed = 1, .ops = 100, .timeout_ms = 300, .per_trial = 1,
+			      .rounds = 1,
 			      .notify = ISOLDE_NOTIFY_HYBRID };
 	const char *json = NULL, *report = NULL;
 	uint64_t v, per_type = 0;
@@ -572,6 +590,11 @@ static int run_inject_command(int argc, char **argv)
 			if (!cli_parse_u64(cmd, "--faults-per-trial", optarg, 1, TRACER_MAX_FAULTS, &v))
 				return EXIT_USAGE;
 			c.per_trial = (unsigned)v;
+			break;
+		case OPT_ROUNDS:
+			if (!cli_parse_u64(cmd, "--rounds", optarg, 1, 1000, &v))
+				return EXIT_USAGE;
+			c.rounds = (unsigned)v;
 			break;
 		case OPT_PER_TYPE:
 			if (!cli_parse_u64(cmd, "--trials-per-type", optarg, 1, 1000000, &per_type))
@@ -664,9 +687,9 @@ static int run_inject_command(int argc, char **argv)
 			fprintf(stderr, "isolde inject: cannot write %s: %s\n", json, strerror(errno));
 			rc = 1;
 		} else {
-			fprintf(f, "{\"campaign\": {\"faults\": %llu, \"faults_per_trial\": %u, \"seed\": %llu, "
-				"\"notify\": \"%s\", \"ops\": %llu, \"driver\": ", (unsigned long long)c.faults,
-				c.per_trial, (unsigned long long)c.seed,
+			fprintf(f, "{\"campaign\": {\"faults\": %llu, \"faults_per_trial\": %u, \"rounds\": %u, "
+				"\"seed\": %llu, \"notify\": \"%s\", \"ops\": %llu, \"driver\": ",
+				(unsigned long long)c.faults, c.per_trial, c.rounds, (unsigned long long)c.seed,
 				isolde_notify_mode_name(c.notify), (unsigned long long)c.ops);
 			json_write_string(f, c.driver);
 			fprintf(f, ", \"seconds\": %.1f, \"command\": ", seconds);

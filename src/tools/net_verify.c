@@ -254,7 +254,8 @@ int net_verify_run(const struct net_verify_options *o, struct net_verify_result 
 	v->o = o;
 	v->r = r;
 	v->ps = -1;
-	v->limit = o->frames + (uint64_t)NV_LIVENESS_ROUNDS * NV_LIVENESS_FRAMES;
+	unsigned rounds = o->max_rounds ? o->max_rounds : 1;
+	v->limit = o->frames * rounds + (uint64_t)NV_LIVENESS_ROUNDS * NV_LIVENESS_FRAMES;
 	for (int d = DIR_TX; d <= DIR_RX; d++)
 		if (!(v->seen[d] = calloc(1, v->limit / 8 + 1))) {
 			snprintf(err, errlen, "out of memory");
@@ -276,14 +277,20 @@ int net_verify_run(const struct net_verify_options *o, struct net_verify_result 
 	if (o->opened)
 		o->opened(isolde_net_driver_pid(v->net), o->opened_ctx);
 
-	uint64_t start = isolde_now_ns();
-	int failed = traffic(v, 0, o->frames, start + NV_TRAFFIC_LIMIT_NS);
+	uint64_t next = 0;
+	int failed = 0;
+	for (unsigned round = 1; !failed; round++) {
+		r->rounds = round;
+		failed = traffic(v, next, next + o->frames, isolde_now_ns() + NV_TRAFFIC_LIMIT_NS);
+		next += o->frames;
+		if (!failed)
+			failed = settle(v, r->tx.sent, r->rx.sent, isolde_now_ns() + 200000000ull);
+		if (round >= rounds || !o->again || !o->again(o->opened_ctx))
+			break;
+	}
 	unsigned hang_ms = cfg.timeout_ms ? cfg.timeout_ms : 2000;
 	uint64_t grace = (uint64_t)(hang_ms * 3 + 500) * 1000000ull;
-	if (!failed)
-		failed = settle(v, r->tx.sent, r->rx.sent, isolde_now_ns() + 200000000ull);
 	/* Alive: one whole round each way, after whatever the fault did. */
-	uint64_t next = o->frames;
 	for (unsigned round = 0; !failed && !r->alive && round < NV_LIVENESS_ROUNDS; round++) {
 		uint64_t tx0 = r->tx.delivered, rx0 = r->rx.delivered;
 		uint64_t until = isolde_now_ns() + grace;

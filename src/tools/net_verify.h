@@ -36,6 +36,10 @@ struct net_verify_options {
 	 * attaches to the driver here). */
 	void (*opened)(pid_t driver_pid, void *ctx);
 	void *opened_ctx;
+	/* After a round of traffic, another while again(opened_ctx) says so,
+	 * up to max_rounds in all; then the liveness check. */
+	bool (*again)(void *ctx);
+	unsigned max_rounds;
 };
 
 struct net_verify_direction {
@@ -50,6 +54,7 @@ struct net_verify_result {
 	struct net_verify_direction tx, rx;   /* front end to TAP, TAP to front end */
 	uint64_t foreign;        /* other frames (the namespace's own chatter), ignored */
 	bool alive;              /* the last round arrived whole both ways */
+	unsigned rounds;         /* of traffic run, before the liveness check */
 	struct isolde_net_stats stats;
 	struct isolde_supervisor_stats supervisor;
 	char error[512];         /* why the device is failed or not alive */

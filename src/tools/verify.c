@@ -37,6 +37,7 @@ struct workload {
 	struct slot **free_slots;
 	unsigned nfree;
 	uint64_t rng;
+	uint64_t seq;       /* of the last write issued, over every round */
 };
 
 static uint64_t pick_idle_block(struct workload *w)
@@ -158,7 +159,7 @@ static void request_stop(int sig)
 static int write_phase(struct workload *w)
 {
 	unsigned inflight = 0;
-	uint64_t issued = 0, seq = 0, limit = w->o->ops;
+	uint64_t issued = 0, limit = w->o->ops;
 	bool refused = false, flush_due = false;
 
 	while ((issued < limit && !refused) || inflight > 0) {
@@ -171,7 +172,7 @@ static int write_phase(struct workload *w)
 		while (inflight < w->depth && issued < limit && !refused && !flush_due) {
 			struct slot *s = w->free_slots[w->nfree - 1];
 			s->block = pick_idle_block(w);
-			s->seq = ++seq;
+			s->seq = ++w->seq;
 			pattern_fill(s->buf, w->o->bs, w->o->seed, s->block, s->seq);
 			issued++;
 			if (!submit(w, s, ISOLDE_BLK_OP_WRITE, &inflight)) {
@@ -285,8 +286,13 @@ int verify_run(const struct verify_options *o, struct verify_result *r, char *er
 	if (o->opened)
 		o->opened(w.dev, o->opened_ctx);
 	start = isolde_now_ns();
-	if (write_phase(&w) == 0)
-		read_phase(&w);
+	for (unsigned round = 1;; round++) {
+		r->rounds = round;
+		if (write_phase(&w) != 0 || read_phase(&w) != 0 || verify_stop_requested)
+			break;
+		if (round >= o->max_rounds || !o->again || !o->again(o->opened_ctx))
+			break;
+	}
 	r->seconds = (double)(isolde_now_ns() - start) / 1e9;
 	isolde_blk_get_stats(w.dev, &r->stats);
 	r->supervisor = *isolde_blk_supervisor_stats(w.dev);

@@ -25,6 +25,11 @@ struct verify_options {
 	 * attaches to the driver here). */
 	void (*opened)(struct isolde_blk *dev, void *ctx);
 	void *opened_ctx;
+	/* After a round (ops writes, then every block written read back),
+	 * another while again(opened_ctx) says so, up to max_rounds in all (a
+	 * campaign runs until its faults were activated or the bound passed). */
+	bool (*again)(void *ctx);
+	unsigned max_rounds;
 };
 
 struct verify_result {
@@ -35,6 +40,7 @@ struct verify_result {
 	uint64_t flush_failures;
 	uint64_t error_reads_with_data; /* failed reads (shield, copy mode) that left data in the buffer */
 	uint64_t mismatches;  /* blocks that read back different from what was written */
+	unsigned rounds;      /* of the workload run */
 	pid_t driver_pid;
 	double seconds;
 	struct isolde_blk_stats stats;

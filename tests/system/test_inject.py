@@ -227,3 +227,23 @@ def test_trial_count_arguments(isolde, image):
     assert p.returncode == 2 and "--faults and --trials-per-type both give the number of trials" in p.stderr
     p = isolde.run("inject", "--image", image, "--faults", 8, "--faults-per-trial", 129)
     assert p.returncode == 2 and "--faults-per-trial" in p.stderr
+    p = isolde.run("inject", "--image", image, "--faults", 8, "--rounds", 0)
+    assert p.returncode == 2 and "--rounds" in p.stderr
+
+
+def test_rounds_run_while_faults_wait(tmp_path, isolde, image):
+    """--rounds 4: a trial whose fault never ran is given up to 4 rounds of
+    the workload (4 x --ops writes), one whose fault ran and killed the
+    driver just one; the campaign records the bound."""
+    p = isolde.run("inject", "--image", image, "--types", "nop", "--faults", 6, "--ops", 50, "--rounds", 4,
+                   "--seed", 3, "--json", tmp_path / "c.json", timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    doc = json.loads((tmp_path / "c.json").read_text())
+    assert doc["campaign"]["rounds"] == 4
+    t = doc["totals"]
+    assert t["corrupt_returned"] == 0 and t["front_end_crash"] == 0
+    # Each trial ran 1 to 4 rounds, and those whose fault never ran all 4.
+    assert 4 * t["not_activated"] <= t["rounds"] <= 4 * t["injected"]
+    assert t["rounds"] >= t["injected"]
+    if t["recovered"]:
+        assert t["rounds"] < 4 * t["injected"], "a trial whose driver died still ran every round"
