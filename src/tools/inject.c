@@ -484,7 +484,7 @@ const struct cli_command inject_command = {
 	.name = "inject",
 	.summary = "fault-injection campaign: SWIFI faults into a running driver, recovery checked",
 	.usage =
-	"usage: isolde inject --image PATH --faults N [OPTIONS]\n"
+	"usage: isolde inject [--image PATH] --faults N | --trials-per-type T [OPTIONS]\n"
 	"\n"
 	"For each of N trials: start a driver domain, attach to the driver with\n"
 	"ptrace, mutate one instruction of the driver's own code (or one bit of its\n"
