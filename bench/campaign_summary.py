@@ -8,7 +8,9 @@ each driver's policy refused, by class.
 
 usage: bench/campaign_summary.py DIR DRIVER...    (Markdown on stdout)"""
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 FAILURE_CLASSES = [("CPU", ["cpu-exception"]), ("MMU", ["mmu-exception"]),
@@ -16,6 +18,16 @@ FAILURE_CLASSES = [("CPU", ["cpu-exception"]), ("MMU", ["mmu-exception"]),
                    ("protocol", ["protocol-violation"]), ("shield", ["silent-corruption"]),
                    ("error status", ["error-status"])]
 DENIAL_CLASSES = ["device", "memory", "process", "network", "file", "other"]
+
+
+def machine():
+    model = "an unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{os.cpu_count()} CPUs ({model}), Linux {os.uname().release}"
 
 
 def main():
@@ -37,11 +49,15 @@ def main():
         commands.append(c["command"])
     total = ["**total**", *[sum(r[i] for r in rows) for i in range(1, len(rows[0]) - 1)],
              f"{sum(float(r[-1]) for r in rows):.0f}"]
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(max(
+        (out / d / "campaign.json").stat().st_mtime for d in sys.argv[2:])))
     print("# Fault injection at MINIX 3's scale\n")
     print("Per driver: 8 fault types, the same number of trials of each, each trial many faults of "
           "its type planted together in the running driver (docs/FAULTS.md). Made by `make campaign` "
-          "(bench/campaign.sh); each driver's own report, with every trial that failed and why, is "
-          "DRIVER/campaign.md beside this file.\n")
+          "(bench/campaign.sh), finished " + when + " on " + machine() + "; each driver's own report, "
+          "with every trial that failed and why, is DRIVER/campaign.md beside this file. Hang "
+          "detection is the commands' `--timeout-ms 300`: a driver whose heartbeat stops for 300 ms "
+          "while requests wait, or that leaves one unanswered for 3 s, is a hang.\n")
     head = ["driver", "faults", "trials", "faults activated", "failures detected",
             *[n for n, _ in FAILURE_CLASSES], "recovered transparently", "failed cleanly",
             "corrupt or crash", "seconds"]
