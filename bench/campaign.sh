@@ -44,6 +44,12 @@ for driver in $drivers; do
 		--faults-per-trial "$per_trial" --timeout-ms 300 --seed 1 \
 		--json "$out/$driver/campaign.json" --report "$out/$driver" >/dev/null
 	sed -i -e "s#$img_dir/image#IMAGE#g" -e "s#$img_dir/nbd.sock#NBD_SOCKET#g" -e "s#$root/##g" "$out/$driver/campaign.md" "$out/$driver/campaign.json"
+	# Trials against a server that went away measure nothing: say so, loudly.
+	if [ "$driver" = blk-nbd ] && ! kill -0 "$nbdkit_pid" 2>/dev/null; then
+		echo "campaign.sh: nbdkit exited during the blk-nbd campaign; its log:" >&2
+		tail -20 "$img_dir/nbdkit.log" >&2
+		exit 1
+	fi
 done
 "$root/bench/campaign_summary.py" "$out" $drivers >"$out/README.md"
 echo "wrote $out/README.md" >&2
