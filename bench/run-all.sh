@@ -265,7 +265,7 @@ sound driver answer; FAULTS.md says why isolde does not restart a driver
 for that. No frame that passed the end-to-end hash differed from what
 was sent.
 EOT
-	# make campaign's summary, if it ran (it takes about an hour; make bench does not run it).
+	# make campaign's summary, if it ran (about 50 minutes; make bench does not run it).
 	if [ -f "$out/minix/README.md" ]; then
 		echo
 		sed -e "s/^# Fault injection at MINIX 3's scale/## 13. Fault injection at MINIX 3's scale (make campaign)/" \
