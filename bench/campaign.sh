@@ -26,7 +26,10 @@ trap '[ -z "$nbdkit_pid" ] || kill "$nbdkit_pid" 2>/dev/null; rm -rf "$img_dir"'
 truncate -s 8M "$img_dir/image"
 mkdir -p "$out"
 drivers="blk-file blk-uring blk-nbd net-tap"
-nbdkit --foreground --exit-with-parent -P "$img_dir/nbdkit.pid" --unix "$img_dir/nbd.sock" memory 8M \
+# One thread per connection: Debian 12's nbdkit 1.32 can abort (connections.c,
+# raw_send_socket: `sock >= 0`) when a faulty client drops the connection in
+# the middle of a reply while other threads of it still answer.
+nbdkit --foreground --exit-with-parent --threads 1 -P "$img_dir/nbdkit.pid" --unix "$img_dir/nbd.sock" memory 8M \
 	2>"$img_dir/nbdkit.log" &
 nbdkit_pid=$!
 for _ in $(seq 200); do [ -e "$img_dir/nbdkit.pid" ] && break; sleep 0.05; done
