@@ -33,7 +33,12 @@
  *                   memory runs out at the policy's limit; then abort
  *   grow-image      write past the end of the image (the launcher's file size
  *                   limit makes that a policy kill)
- *   lie-ioerr       answer a valid request with an I/O error it did not have
+ *   lie-ioerr       answer a valid READ or WRITE with an I/O error it did not
+ *                   have (a FLUSH or FUA write at --after is served as is: an
+ *                   error on one is final by the durability rule, PROTOCOL.md
+ *                   §7, so a lie there is a failed flush, not a recovery, and
+ *                   which request of a restarted generation is its --after-th
+ *                   depends on what was in flight)
  *   lie-invalid     answer a valid request with "invalid request"
  *   flush-and-die   in the first generation only: at the first FLUSH, sync
  *                   the device (taking whatever write-back error it reports)
@@ -138,6 +143,11 @@ static void leak_one_mib(struct isolde_driver *drv)
 	memset(p, 0xa5, 1 << 20); /* touched, so it is really used */
 }
 
+static bool durability_request(const struct isolde_blk_request *req)
+{
+	return req->op == ISOLDE_BLK_OP_FLUSH || (req->op == ISOLDE_BLK_OP_WRITE && (req->flags & ISOLDE_BLK_F_FUA));
+}
+
 static void misbehave(struct isolde_driver *drv, const struct isolde_blk_request *req)
 {
 	struct isolde_blk_response rsp;
@@ -237,7 +247,7 @@ static void misbehave(struct isolde_driver *drv, const struct isolde_blk_request
 		rsp.length = req->length / 2;
 	else if (is("bad-status"))
 		rsp.status = 200;
-	else if (is("lie-ioerr"))
+	else if (is("lie-ioerr") && !durability_request(req))
 		rsp.status = ISOLDE_BLK_S_IOERR, rsp.length = 0;
 	else if (is("lie-invalid"))
 		rsp.status = ISOLDE_BLK_S_INVALID, rsp.length = 0;
