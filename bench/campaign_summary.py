@@ -34,7 +34,7 @@ def main():
     if len(sys.argv) < 3:
         sys.exit(__doc__)
     out = Path(sys.argv[1])
-    rows, denials, commands = [], [], []
+    rows, denials, commands, libraries = [], [], [], []
     for driver in sys.argv[2:]:
         doc = json.loads((out / driver / "campaign.json").read_text())
         c, t = doc["campaign"], doc["totals"]
@@ -47,6 +47,11 @@ def main():
                      f"{c['seconds']:.0f}"])
         denials.append([driver, *[t["denials"][k] for k in DENIAL_CLASSES], sum(t["denials"].values())])
         commands.append(c["command"])
+        if t.get("faults_activated_in_libraries") or t.get("faults_activated_off_main_thread"):
+            libraries.append(f"{driver}: {t['faults_activated_in_libraries']} of its {t['faults_activated']} "
+                             f"activated faults were in a library's code, "
+                             f"{t['faults_activated_off_main_thread']} were reached by a thread other than "
+                             "the driver's first")
     total = ["**total**", *[sum(r[i] for r in rows) for i in range(1, len(rows[0]) - 1)],
              f"{sum(float(r[-1]) for r in rows):.0f}"]
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(max(
@@ -65,6 +70,13 @@ def main():
     print("|" + "---|" * len(head))
     for r in rows + [total]:
         print("| " + " | ".join(str(x) for x in r) + " |")
+    wall = os.environ.get("CAMPAIGN_WALL_SECONDS")
+    if wall:
+        print(f"\nThe drivers ran in two lanes side by side (bench/campaign.sh): {wall} s from the first "
+              f"trial to the last, against {total[-1]} s for the drivers one after another.")
+    if libraries:
+        print("\nThe fault space of a driver built on a library holds the library's code too: "
+              + "; ".join(libraries) + ".")
     print("\nFailures detected count driver restarts (a trial can fail more than once); recovered "
           "and failed cleanly count trials. A trial that failed cleanly ended with an I/O error "
           "(block) or a failed or dead device (network), its reason in the driver's report.\n")

@@ -36,13 +36,19 @@ int swifi_fault_parse(const char *name, enum swifi_fault *f)
 	return -1;
 }
 
+struct swifi_object {
+	bool pie;                 /* addresses are relative to where it is loaded */
+	dev_t dev;                /* the file, to find that place in /proc/PID/maps */
+	ino_t ino;
+	size_t insns;
+};
+
 struct swifi_code {
 	csh cs;
 	struct swifi_insn *insns;
-	size_t n;
-	bool pie;                 /* addresses are relative to where the binary is loaded */
-	dev_t dev;                /* the binary, to find that place in /proc/PID/maps */
-	ino_t ino;
+	size_t n, cap;
+	unsigned nobjects;
+	struct swifi_object objects[SWIFI_MAX_OBJECTS];
 };
 
 size_t swifi_insn_count(const struct swifi_code *c) { return c->n; }
@@ -77,47 +83,64 @@ static uint64_t next_rand(uint64_t *s)
 	return x * 0x2545f4914f6cdd1dull;
 }
 
-struct swifi_code *swifi_load(const char *binary, char *err, size_t errlen)
+/* Is a function in the fault space: isolde's driver code (by name, and
+ * static functions between, by address), or a library's exported functions
+ * whose names start with prefix. */
+static bool wanted(const struct func *f, const char *prefix, uint64_t lo, uint64_t hi)
 {
-	int fd = open(binary, O_RDONLY | O_CLOEXEC);
+	return prefix ? strncmp(f->name, prefix, strlen(prefix)) == 0 : f->addr >= lo && f->addr < hi;
+}
+
+/* Decode an object's functions into c: the driver's own (prefix NULL, from
+ * its symbol table) or a library's exported ones (from its dynamic symbol
+ * table, which a stripped library keeps). */
+static int load_object(struct swifi_code *c, const char *path, const char *prefix, char *err, size_t errlen)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	struct stat st;
 	unsigned char *img = MAP_FAILED;
-	struct swifi_code *c = NULL;
 	struct func *funcs = NULL;
-	size_t nfuncs = 0;
+	size_t nfuncs = 0, first = c->n;
+	int rc = -1;
 
+	if (c->nobjects == SWIFI_MAX_OBJECTS) {
+		snprintf(err, errlen, "%s: no room for another object", path);
+		goto out;
+	}
 	if (fd < 0 || fstat(fd, &st) != 0 ||
 	    (img = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0)) == MAP_FAILED) {
-		snprintf(err, errlen, "cannot read %s: %s", binary, strerror(errno));
+		snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
 		goto out;
 	}
 	const Elf64_Ehdr *eh = (const Elf64_Ehdr *)img;
 	if ((size_t)st.st_size < sizeof *eh || memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0 ||
 	    eh->e_ident[EI_CLASS] != ELFCLASS64 || eh->e_machine != EM_X86_64 ||
-	    (eh->e_type != ET_EXEC && eh->e_type != ET_DYN)) {
-		snprintf(err, errlen, "%s is not an x86-64 executable", binary);
+	    (eh->e_type != ET_EXEC && eh->e_type != ET_DYN) || eh->e_shoff == 0 ||
+	    eh->e_shoff + (uint64_t)eh->e_shnum * sizeof(Elf64_Shdr) > (uint64_t)st.st_size) {
+		snprintf(err, errlen, "%s is not an x86-64 executable or library", path);
 		goto out;
 	}
 	const Elf64_Shdr *sh = (const Elf64_Shdr *)(img + eh->e_shoff);
 	const Elf64_Shdr *symtab = NULL, *strtab = NULL;
 	for (int i = 0; i < eh->e_shnum; i++) {
-		if (sh[i].sh_type == SHT_SYMTAB) {
+		if (sh[i].sh_type == (prefix ? SHT_DYNSYM : SHT_SYMTAB) && sh[i].sh_link < eh->e_shnum) {
 			symtab = &sh[i];
 			strtab = &sh[sh[i].sh_link];
 		}
 	}
 	if (!symtab) {
-		snprintf(err, errlen, "%s has no symbol table (stripped?)", binary);
+		snprintf(err, errlen, "%s has no %s (stripped?)", path, prefix ? "dynamic symbol table" : "symbol table");
 		goto out;
 	}
 	const Elf64_Sym *syms = (const Elf64_Sym *)(img + symtab->sh_offset);
 	size_t nsyms = symtab->sh_size / sizeof *syms;
 	const char *names = (const char *)(img + strtab->sh_offset);
-	funcs = calloc(nsyms, sizeof *funcs);
+	funcs = calloc(nsyms ? nsyms : 1, sizeof *funcs);
 	uint64_t lo = UINT64_MAX, hi = 0;
 	for (size_t i = 0; funcs && i < nsyms; i++) {
 		if (ELF64_ST_TYPE(syms[i].st_info) != STT_FUNC || syms[i].st_size == 0 ||
-		    syms[i].st_shndx == SHN_UNDEF || syms[i].st_shndx >= eh->e_shnum)
+		    syms[i].st_shndx == SHN_UNDEF || syms[i].st_shndx >= eh->e_shnum ||
+		    syms[i].st_name >= strtab->sh_size)
 			continue;
 		funcs[nfuncs++] = (struct func){ syms[i].st_value, syms[i].st_size, names + syms[i].st_name };
 		if (ours(names + syms[i].st_name)) {
@@ -125,34 +148,22 @@ struct swifi_code *swifi_load(const char *binary, char *err, size_t errlen)
 			hi = syms[i].st_value + syms[i].st_size > hi ? syms[i].st_value + syms[i].st_size : hi;
 		}
 	}
-	if (hi == 0) {
-		snprintf(err, errlen, "%s has no isolde driver functions", binary);
+	if (!prefix && hi == 0) {
+		snprintf(err, errlen, "%s has no isolde driver functions", path);
 		goto out;
 	}
 	qsort(funcs, nfuncs, sizeof *funcs, by_addr);
 
-	c = calloc(1, sizeof *c);
-	if (!c || cs_open(CS_ARCH_X86, CS_MODE_64, &c->cs) != CS_ERR_OK) {
-		snprintf(err, errlen, "capstone: cannot open x86-64");
-		free(c);
-		c = NULL;
-		goto out;
-	}
-	cs_option(c->cs, CS_OPT_DETAIL, CS_OPT_ON);
-	c->pie = eh->e_type == ET_DYN;
-	c->dev = st.st_dev;
-	c->ino = st.st_ino;
-	size_t cap = 4096;
-	c->insns = malloc(cap * sizeof *c->insns);
-	for (size_t f = 0; c->insns && f < nfuncs; f++) {
-		if (funcs[f].addr < lo || funcs[f].addr >= hi || (f && funcs[f].addr == funcs[f - 1].addr))
+	for (size_t f = 0; f < nfuncs; f++) {
+		if (!wanted(&funcs[f], prefix, lo, hi) || (f && funcs[f].addr == funcs[f - 1].addr))
 			continue;
 		/* File offset of the function: through the section holding it. */
 		const Elf64_Shdr *text = NULL;
 		for (int i = 0; i < eh->e_shnum; i++)
 			if (sh[i].sh_type == SHT_PROGBITS && (sh[i].sh_flags & SHF_EXECINSTR) &&
 			    funcs[f].addr >= sh[i].sh_addr &&
-			    funcs[f].addr + funcs[f].size <= sh[i].sh_addr + sh[i].sh_size)
+			    funcs[f].addr + funcs[f].size <= sh[i].sh_addr + sh[i].sh_size &&
+			    sh[i].sh_offset + sh[i].sh_size <= (uint64_t)st.st_size)
 				text = &sh[i];
 		if (!text)
 			continue;
@@ -160,59 +171,99 @@ struct swifi_code *swifi_load(const char *binary, char *err, size_t errlen)
 		cs_insn *insn;
 		size_t count = cs_disasm(c->cs, code, funcs[f].size, funcs[f].addr, 0, &insn);
 		for (size_t k = 0; k < count; k++) {
-			if (c->n == cap) {
-				struct swifi_insn *more = realloc(c->insns, 2 * cap * sizeof *more);
+			if (c->n == c->cap) {
+				size_t cap = c->cap ? 2 * c->cap : 4096;
+				struct swifi_insn *more = realloc(c->insns, cap * sizeof *more);
 				if (!more)
 					break;
 				c->insns = more;
-				cap *= 2;
+				c->cap = cap;
 			}
 			struct swifi_insn *si = &c->insns[c->n++];
 			si->addr = insn[k].address;
 			si->size = (uint8_t)insn[k].size;
+			si->object = (uint8_t)c->nobjects;
 			memcpy(si->bytes, insn[k].bytes, insn[k].size);
 			snprintf(si->text, sizeof si->text, "%.31s %.31s", insn[k].mnemonic, insn[k].op_str);
 			snprintf(si->function, sizeof si->function, "%s", funcs[f].name);
 		}
 		cs_free(insn, count);
 	}
-	if (!c->insns || c->n == 0) {
-		snprintf(err, errlen, "%s: nothing decoded", binary);
-		swifi_free(c);
-		c = NULL;
+	if (c->n == first) {
+		snprintf(err, errlen, "%s: nothing decoded", path);
+		goto out;
 	}
+	c->objects[c->nobjects++] = (struct swifi_object){
+		.pie = eh->e_type == ET_DYN, .dev = st.st_dev, .ino = st.st_ino, .insns = c->n - first
+	};
+	rc = 0;
 out:
 	free(funcs);
 	if (img != MAP_FAILED)
 		munmap(img, (size_t)st.st_size);
 	if (fd >= 0)
 		close(fd);
+	return rc;
+}
+
+struct swifi_code *swifi_load(const char *binary, char *err, size_t errlen)
+{
+	struct swifi_code *c = calloc(1, sizeof *c);
+
+	if (!c || cs_open(CS_ARCH_X86, CS_MODE_64, &c->cs) != CS_ERR_OK) {
+		snprintf(err, errlen, "capstone: cannot open x86-64");
+		free(c);
+		return NULL;
+	}
+	cs_option(c->cs, CS_OPT_DETAIL, CS_OPT_ON);
+	if (load_object(c, binary, NULL, err, errlen) != 0) {
+		swifi_free(c);
+		return NULL;
+	}
 	return c;
 }
 
-int swifi_load_base(const struct swifi_code *c, pid_t pid, uint64_t *base)
+int swifi_add_library(struct swifi_code *c, const char *library, const char *prefix, char *err, size_t errlen)
+{
+	return load_object(c, library, prefix, err, errlen);
+}
+
+size_t swifi_object_insn_count(const struct swifi_code *c, unsigned object)
+{
+	return object < c->nobjects ? c->objects[object].insns : 0;
+}
+
+int swifi_load_bases(const struct swifi_code *c, pid_t pid, uint64_t bases[SWIFI_MAX_OBJECTS])
 {
 	char path[64], line[512];
-	int rc = -1;
+	unsigned found = 0, needed = 0;
 
-	*base = 0;
-	if (!c->pie)
+	for (unsigned k = 0; k < c->nobjects; k++) {
+		bases[k] = 0;
+		needed += c->objects[k].pie;
+	}
+	if (!needed)
 		return 0;
 	snprintf(path, sizeof path, "/proc/%d/maps", (int)pid);
 	FILE *f = fopen(path, "re");
 	if (!f)
 		return -1;
-	while (rc != 0 && fgets(line, sizeof line, f)) {
+	while (found < needed && fgets(line, sizeof line, f)) {
 		unsigned long long start, offset, inode;
 		unsigned major, minor;
-		if (sscanf(line, "%llx-%*x %*s %llx %x:%x %llu", &start, &offset, &major, &minor, &inode) == 5 &&
-		    offset == 0 && inode == (unsigned long long)c->ino && makedev(major, minor) == c->dev) {
-			*base = start;
-			rc = 0;
+		if (sscanf(line, "%llx-%*x %*s %llx %x:%x %llu", &start, &offset, &major, &minor, &inode) != 5 ||
+		    offset != 0)
+			continue;
+		for (unsigned k = 0; k < c->nobjects; k++) {
+			const struct swifi_object *o = &c->objects[k];
+			if (o->pie && !bases[k] && inode == (unsigned long long)o->ino && makedev(major, minor) == o->dev) {
+				bases[k] = start;
+				found++;
+			}
 		}
 	}
 	fclose(f);
-	return rc;
+	return found == needed ? 0 : -1;
 }
 
 void swifi_free(struct swifi_code *c)
@@ -532,8 +583,16 @@ static bool mutate(const struct swifi_code *c, size_t i, enum swifi_fault f, uin
 	}
 }
 
-int swifi_pick(const struct swifi_code *c, enum swifi_fault f, uint64_t *rng, struct swifi_insn *insn,
-	       uint8_t mutated[SWIFI_MAX_INSN], char *what, size_t whatlen)
+bool swifi_has_function(const struct swifi_code *c, const char *function)
+{
+	for (size_t i = 0; i < c->n; i++)
+		if (strcmp(c->insns[i].function, function) == 0)
+			return true;
+	return false;
+}
+
+int swifi_pick(const struct swifi_code *c, enum swifi_fault f, const char *function, uint64_t *rng,
+	       struct swifi_insn *insn, uint8_t mutated[SWIFI_MAX_INSN], char *what, size_t whatlen)
 {
 	if (c->n == 0)
 		return -1;
@@ -541,7 +600,7 @@ int swifi_pick(const struct swifi_code *c, enum swifi_fault f, uint64_t *rng, st
 	size_t start = (size_t)(next_rand(rng) % c->n);
 	for (size_t k = 0; k < c->n; k++) {
 		size_t i = (start + k) % c->n;
-		if (mutate(c, i, f, rng, mutated)) {
+		if ((!function || strcmp(c->insns[i].function, function) == 0) && mutate(c, i, f, rng, mutated)) {
 			*insn = c->insns[i];
 			char hex[3 * SWIFI_MAX_INSN + 1] = "";
 			for (int j = 0; j < insn->size; j++)

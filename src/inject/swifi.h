@@ -35,10 +35,12 @@ const char *swifi_fault_name(enum swifi_fault f);
 int swifi_fault_parse(const char *name, enum swifi_fault *f);
 
 #define SWIFI_MAX_INSN 15
+#define SWIFI_MAX_OBJECTS 4   /* the driver's binary and the libraries in its fault space */
 
 struct swifi_insn {
 	uint64_t addr;
 	uint8_t size;
+	uint8_t object;           /* whose code: 0 the driver's binary, then the libraries added */
 	uint8_t bytes[SWIFI_MAX_INSN];
 	char text[64];            /* "mov rdi, qword ptr [rbx + 8]" */
 	char function[48];
@@ -49,21 +51,28 @@ struct swifi_code;            /* the decoded text of one driver binary */
 /* Decode the driver's own functions from its executable (static, or a PIE:
  * then addresses are relative to its load base). */
 struct swifi_code *swifi_load(const char *binary, char *err, size_t errlen);
-/* Where process pid has the binary loaded: 0 for a static executable; 0,
- * or -1 if it is not in pid's maps. Add it to an instruction's address. */
-int swifi_load_base(const struct swifi_code *c, pid_t pid, uint64_t *base);
+/* Add a shared library's exported functions whose names start with prefix
+ * (a library's own code the driver runs, such as librbd's C API). */
+int swifi_add_library(struct swifi_code *c, const char *library, const char *prefix, char *err, size_t errlen);
+/* Where process pid has each object loaded (0 for a static executable):
+ * 0, or -1 if one is not in pid's maps. Add an instruction's object's base
+ * to its address. */
+int swifi_load_bases(const struct swifi_code *c, pid_t pid, uint64_t bases[SWIFI_MAX_OBJECTS]);
+size_t swifi_object_insn_count(const struct swifi_code *c, unsigned object);
 void swifi_free(struct swifi_code *c);
 size_t swifi_insn_count(const struct swifi_code *c);
 
 /*
  * Pick an instruction the fault applies to (using *rng) and compute its
  * mutation. Returns 0 with the original in *insn and the mutated bytes in
- * mutated[] (same length), or -1 if no instruction fits. SWIFI_HEAP picks
+ * mutated[] (same length), or -1 if no instruction fits. With function,
+ * only that function's instructions are candidates. SWIFI_HEAP picks
  * an instruction that reads memory at an address the tracer can compute
  * (swifi_read_address); its "mutation" is the original bytes.
  */
-int swifi_pick(const struct swifi_code *c, enum swifi_fault f, uint64_t *rng, struct swifi_insn *insn,
-	       uint8_t mutated[SWIFI_MAX_INSN], char *what, size_t whatlen);
+int swifi_pick(const struct swifi_code *c, enum swifi_fault f, const char *function, uint64_t *rng,
+	       struct swifi_insn *insn, uint8_t mutated[SWIFI_MAX_INSN], char *what, size_t whatlen);
+bool swifi_has_function(const struct swifi_code *c, const char *function);
 
 struct user_regs_struct;
 /* The address and length of the memory insn reads, with the registers it

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "tracer.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -71,21 +72,97 @@ static int flip_bit(struct tracer *t, uint64_t addr, unsigned len, char *what, s
 	return mem_rw(t->pid, addr + pick / 8, &byte, 1, true);
 }
 
-/* Wait for a stop; false if the driver is gone (left unreaped). */
-static bool wait_stop(pid_t pid, int *status)
+static struct tracer_thread *thread_of(struct tracer *t, pid_t tid)
+{
+	for (unsigned i = 0; i < t->nthreads; i++)
+		if (t->threads[i].tid == tid)
+			return &t->threads[i];
+	return NULL;
+}
+
+/* A thread the tracer traces from now on; NULL once the table is full (a
+ * thread then runs untraced: should it reach a breakpoint, its SIGTRAP ends
+ * the driver, a failure the trial sees like any other). */
+static struct tracer_thread *add_thread(struct tracer *t, pid_t tid)
+{
+	struct tracer_thread *th = thread_of(t, tid);
+	if (th || t->nthreads == TRACER_MAX_THREADS)
+		return th;
+	th = &t->threads[t->nthreads++];
+	*th = (struct tracer_thread){ .tid = tid };
+	return th;
+}
+
+static void forget_thread(struct tracer *t, pid_t tid)
+{
+	struct tracer_thread *th = thread_of(t, tid);
+	if (th)
+		*th = t->threads[--t->nthreads];
+}
+
+static bool gone(const siginfo_t *info)
+{
+	return info->si_code == CLD_EXITED || info->si_code == CLD_KILLED || info->si_code == CLD_DUMPED;
+}
+
+/*
+ * Wait for the next stop of any of the driver's threads: 1 with its tid and
+ * status, or 0 once the driver is gone. The driver's own exit is only
+ * peeked at (WNOWAIT), never reaped; its other threads' exits are consumed,
+ * as only then is the driver's own reported.
+ */
+static int wait_any(struct tracer *t, pid_t *tid, int *status)
 {
 	for (;;) {
 		siginfo_t info;
 		memset(&info, 0, sizeof info);
-		if (waitid(P_PID, (id_t)pid, &info, WEXITED | WSTOPPED | WNOWAIT | __WALL) != 0) {
+		if (waitid(t->by_group ? P_PGID : P_PID, (id_t)t->pid, &info, WEXITED | WSTOPPED | WNOWAIT | __WALL) != 0) {
+			if (errno == EINTR)
+				continue;
+			return 0;
+		}
+		pid_t who = info.si_pid;
+		if (who == t->pid && gone(&info))
+			return 0;
+		int st;
+		/* Peeked, so there: if it cannot be taken, nothing else will be. */
+		if (waitpid(who, &st, __WALL | WNOHANG) != who)
+			return 0;
+		if (WIFEXITED(st) || WIFSIGNALED(st)) {
+			forget_thread(t, who);
+			continue;
+		}
+		*tid = who;
+		*status = st;
+		return 1;
+	}
+}
+
+/* Wait for thread tid's next stop (a single step's end); false if it or the
+ * driver is gone. Other threads' stops stay queued for wait_any. */
+static bool wait_thread(struct tracer *t, pid_t tid, int *status)
+{
+	if (tid != t->pid) {
+		while (waitpid(tid, status, __WALL) != tid)
+			if (errno != EINTR)
+				return false;
+		if (WIFEXITED(*status) || WIFSIGNALED(*status)) {
+			forget_thread(t, tid);
+			return false;
+		}
+		return true;
+	}
+	for (;;) {
+		siginfo_t info;
+		memset(&info, 0, sizeof info);
+		if (waitid(P_PID, (id_t)tid, &info, WEXITED | WSTOPPED | WNOWAIT | __WALL) != 0) {
 			if (errno == EINTR)
 				continue;
 			return false;
 		}
-		if (info.si_code == CLD_EXITED || info.si_code == CLD_KILLED || info.si_code == CLD_DUMPED)
+		if (gone(&info))
 			return false;
-		/* A stop: consume just that. */
-		if (waitpid(pid, status, __WALL | WNOHANG) == pid && !WIFEXITED(*status) && !WIFSIGNALED(*status))
+		if (waitpid(tid, status, __WALL | WNOHANG) == tid && !WIFEXITED(*status) && !WIFSIGNALED(*status))
 			return true;
 	}
 }
@@ -141,11 +218,11 @@ static int plant_all(struct tracer *t)
 	return 0;
 }
 
-/* A data fault hit at f: flip a bit of what the instruction reads if it is
- * the driver's data (activated), else step over the original instruction
- * and set the breakpoint again. The driver is stopped at f, rip rewound.
- * false if the driver is gone. */
-static bool data_hit(struct tracer *t, struct tracer_fault *f, struct user_regs_struct *regs)
+/* A data fault hit at f by thread tid: flip a bit of what the instruction
+ * reads if it is the driver's data (activated), else step over the original
+ * instruction and set the breakpoint again. The thread is stopped at f, rip
+ * rewound. false if the driver is gone. */
+static bool data_hit(struct tracer *t, pid_t tid, struct tracer_fault *f, struct user_regs_struct *regs)
 {
 	uint64_t addr;
 	unsigned len;
@@ -155,6 +232,7 @@ static bool data_hit(struct tracer *t, struct tracer_fault *f, struct user_regs_
 	if (swifi_read_address(t->code, &f->insn, regs, &addr, &len) == 0 && driver_data(t->pid, addr, len) &&
 	    flip_bit(t, addr, len, what, sizeof what) == 0) {
 		f->activated = true;
+		f->by = tid;
 		t->activated++;
 		if (!t->heap_what[0])
 			snprintf(t->heap_what, sizeof t->heap_what, "%s", what);
@@ -166,80 +244,214 @@ static bool data_hit(struct tracer *t, struct tracer_fault *f, struct user_regs_
 	mem_rw(t->pid, f->insn.addr, f->insn.bytes, 1, true);
 	if (++f->rearms > TRACER_MAX_REARMS)
 		return true;
-	if (ptrace(PTRACE_SINGLESTEP, t->pid, 0, 0) != 0 || !wait_stop(t->pid, &status))
+	if (ptrace(PTRACE_SINGLESTEP, tid, 0, 0) != 0 || !wait_thread(t, tid, &status))
 		return false;
 	uint8_t int3 = 0xcc;
 	mem_rw(t->pid, f->insn.addr, &int3, 1, true);
-	/* A signal that came with the step is the driver's; the next CONT
-	 * would lose it, so it ends the step as a SIGTRAP would not. */
+	/* A signal that came with the step is the thread's: deliver it when
+	 * it is resumed, as a SIGTRAP of the step's own is not. */
 	if (WIFSTOPPED(status) && WSTOPSIG(status) != SIGTRAP && !(status >> 16))
-		kill(t->pid, WSTOPSIG(status));
+		thread_of(t, tid)->pending_signal = WSTOPSIG(status);
 	return true;
+}
+
+/* Is addr a fault's instruction that no longer starts with int3: a thread
+ * that trapped there raced the tracer taking the breakpoint out. */
+static bool stale_breakpoint(struct tracer *t, uint64_t addr)
+{
+	for (unsigned i = 0; i < t->nfaults; i++) {
+		if (t->faults[i].insn.addr == addr) {
+			uint8_t now;
+			return mem_rw(t->pid, addr, &now, 1, false) == 0 && now != 0xcc;
+		}
+	}
+	return false;
+}
+
+/* Seize every thread of the driver, those it creates later too, and stop
+ * them; false with the error set if the driver itself cannot be. */
+static bool seize_all(struct tracer *t)
+{
+	char path[64];
+	unsigned before;
+
+	/* Its threads' stops are waited for by its process group (the
+	 * launcher gives each driver its own); without one, only the driver's
+	 * first thread can be waited for, and only it is traced. */
+	t->by_group = getpgid(t->pid) == t->pid;
+	snprintf(path, sizeof path, "/proc/%d/task", (int)t->pid);
+	if (!t->by_group) {
+		if (ptrace(PTRACE_SEIZE, t->pid, 0, 0) != 0) {
+			snprintf(t->error, sizeof t->error, "ptrace seize %d: %s", (int)t->pid, strerror(errno));
+			return false;
+		}
+		add_thread(t, t->pid);
+	} else do { /* until a pass finds no thread the last one missed */
+		before = t->nthreads;
+		DIR *d = opendir(path);
+		if (!d)
+			break;
+		for (struct dirent *e; (e = readdir(d));) {
+			pid_t tid = (pid_t)atoi(e->d_name);
+			if (tid <= 0 || thread_of(t, tid))
+				continue;
+			/* Not every thread can be traced (io_uring's workers cannot,
+			 * and run no user code): those are left alone. */
+			if (ptrace(PTRACE_SEIZE, tid, 0, (void *)(long)PTRACE_O_TRACECLONE) != 0) {
+				if (tid == t->pid) {
+					snprintf(t->error, sizeof t->error, "ptrace seize %d: %s", (int)t->pid, strerror(errno));
+					closedir(d);
+					return false;
+				}
+				continue;
+			}
+			add_thread(t, tid);
+		}
+		closedir(d);
+	} while (t->nthreads != before);
+	if (!thread_of(t, t->pid)) {
+		snprintf(t->error, sizeof t->error, "ptrace seize %d: %s", (int)t->pid, strerror(ESRCH));
+		return false;
+	}
+	for (unsigned i = 0; i < t->nthreads; i++)
+		ptrace(PTRACE_INTERRUPT, t->threads[i].tid, 0, 0);
+	for (unsigned i = 0; i < t->nthreads;) {
+		struct tracer_thread *th = &t->threads[i];
+		int status;
+		if (!wait_thread(t, th->tid, &status)) {
+			if (th->tid == t->pid) {
+				snprintf(t->error, sizeof t->error, "could not stop driver %d", (int)t->pid);
+				return false;
+			}
+			forget_thread(t, th->tid); /* it exited: the last one moved here */
+			continue;
+		}
+		th->stopped = true;
+		/* A real signal is the thread's; an event stop has none. */
+		if (!(status >> 16) && WSTOPSIG(status) != SIGTRAP)
+			th->pending_signal = WSTOPSIG(status);
+		i++;
+	}
+	return true;
+}
+
+static bool resume(struct tracer_thread *th)
+{
+	int sig = th->pending_signal;
+	th->pending_signal = 0;
+	th->stopped = false;
+	return ptrace(PTRACE_CONT, th->tid, 0, (void *)(long)sig) == 0;
+}
+
+/* Stop the running threads and let every thread go; a breakpoint a thread
+ * raced is undone first, and a signal it was stopped with goes with it. */
+static void detach_all(struct tracer *t)
+{
+	for (unsigned i = 0; i < t->nthreads; i++)
+		if (!t->threads[i].stopped)
+			ptrace(PTRACE_INTERRUPT, t->threads[i].tid, 0, 0);
+	for (;;) {
+		bool all = true;
+		for (unsigned i = 0; i < t->nthreads; i++)
+			all &= t->threads[i].stopped;
+		if (all)
+			break;
+		pid_t tid;
+		int status;
+		if (!wait_any(t, &tid, &status))
+			return; /* the driver died: nothing to detach from */
+		struct tracer_thread *th = add_thread(t, tid);
+		if (!th)
+			continue;
+		th->stopped = true;
+		if (status >> 16) {
+			if ((status >> 16) == PTRACE_EVENT_CLONE) {
+				unsigned long child;
+				if (ptrace(PTRACE_GETEVENTMSG, tid, 0, &child) == 0 && add_thread(t, (pid_t)child))
+					ptrace(PTRACE_INTERRUPT, (pid_t)child, 0, 0);
+			}
+			continue;
+		}
+		struct user_regs_struct regs;
+		if (WSTOPSIG(status) == SIGTRAP && ptrace(PTRACE_GETREGS, tid, 0, &regs) == 0 &&
+		    stale_breakpoint(t, regs.rip - 1)) {
+			regs.rip--;
+			ptrace(PTRACE_SETREGS, tid, 0, &regs);
+		} else {
+			th->pending_signal = WSTOPSIG(status);
+		}
+	}
+	for (unsigned i = 0; i < t->nthreads; i++)
+		ptrace(PTRACE_DETACH, t->threads[i].tid, 0, (void *)(long)t->threads[i].pending_signal);
 }
 
 static void *trace_and_plant(struct tracer *t)
 {
-	int status;
-
-	if (ptrace(PTRACE_SEIZE, t->pid, 0, 0) != 0) {
-		snprintf(t->error, sizeof t->error, "ptrace seize %d: %s", (int)t->pid, strerror(errno));
+	if (!seize_all(t))
 		return NULL;
-	}
-	if (ptrace(PTRACE_INTERRUPT, t->pid, 0, 0) != 0 || !wait_stop(t->pid, &status)) {
-		snprintf(t->error, sizeof t->error, "could not stop driver %d", (int)t->pid);
-		return NULL;
-	}
 	if (t->nfaults == 0 || plant_all(t) != 0) {
 		if (!t->error[0])
 			snprintf(t->error, sizeof t->error, "no fault to plant");
-		ptrace(PTRACE_DETACH, t->pid, 0, 0);
+		detach_all(t);
 		return NULL;
 	}
 	t->applied = true;
-	int sig = 0;
 	unsigned live = t->nfaults;
 	__atomic_store_n(&t->live, live, __ATOMIC_RELEASE);
-	for (bool first = true; live; first = false) {
-		long cont = ptrace(PTRACE_CONT, t->pid, 0, (void *)(long)sig);
-		/* Planted: the caller goes on, even if the driver is gone now. */
-		if (first)
-			sem_post(&t->placed);
-		if (cont != 0)
-			return NULL;
-		if (!wait_stop(t->pid, &status))
+	for (unsigned i = 0; i < t->nthreads; i++)
+		resume(&t->threads[i]);
+	/* Planted: the caller goes on, even if the driver is gone now. */
+	sem_post(&t->placed);
+	while (live) {
+		pid_t tid;
+		int status;
+		if (!wait_any(t, &tid, &status))
 			return NULL; /* it died: the front end sees how */
-		sig = 0;
-		if (!WIFSTOPPED(status))
-			continue;
-		int s = WSTOPSIG(status);
-		if (status >> 16) /* an event stop (e.g. PTRACE_INTERRUPT): no signal to pass */
-			continue;
-		if (s != SIGTRAP) {
-			sig = s; /* not ours: deliver it */
+		struct tracer_thread *th = add_thread(t, tid);
+		if (!th) {
+			ptrace(PTRACE_DETACH, tid, 0, 0);
 			continue;
 		}
-		struct user_regs_struct regs;
-		if (ptrace(PTRACE_GETREGS, t->pid, 0, &regs) != 0)
-			return NULL;
-		struct tracer_fault *f = fault_at(t, regs.rip - 1);
-		if (!f) {
-			sig = s;
-			continue;
-		}
-		regs.rip = f->insn.addr;
-		ptrace(PTRACE_SETREGS, t->pid, 0, &regs);
-		if (t->fault == SWIFI_HEAP) {
-			if (!data_hit(t, f, &regs))
-				return NULL;
+		th->stopped = true;
+		int event = status >> 16, s = WSTOPSIG(status);
+		if (event == PTRACE_EVENT_CLONE) {
+			unsigned long child;
+			if (ptrace(PTRACE_GETEVENTMSG, tid, 0, &child) == 0)
+				add_thread(t, (pid_t)child); /* it reports its first stop itself */
+		} else if (event) {
+			/* An event stop (a new thread's first, an interrupt): no signal. */
+		} else if (s != SIGTRAP) {
+			th->pending_signal = s; /* not ours: deliver it */
 		} else {
-			f->activated = true;
-			t->activated++;
-			mem_rw(t->pid, f->insn.addr, f->mutated, 1, true);
+			struct user_regs_struct regs;
+			if (ptrace(PTRACE_GETREGS, tid, 0, &regs) != 0)
+				return NULL;
+			struct tracer_fault *f = fault_at(t, regs.rip - 1);
+			if (f) {
+				regs.rip = f->insn.addr;
+				ptrace(PTRACE_SETREGS, tid, 0, &regs);
+				if (t->fault == SWIFI_HEAP) {
+					if (!data_hit(t, tid, f, &regs))
+						return NULL;
+				} else {
+					f->activated = true;
+					f->by = tid;
+					t->activated++;
+					mem_rw(t->pid, f->insn.addr, f->mutated, 1, true);
+				}
+				if (!armed(f))
+					__atomic_store_n(&t->live, --live, __ATOMIC_RELEASE);
+			} else if (stale_breakpoint(t, regs.rip - 1)) {
+				regs.rip--;
+				ptrace(PTRACE_SETREGS, tid, 0, &regs);
+			} else {
+				th->pending_signal = s;
+			}
 		}
-		if (!armed(f))
-			__atomic_store_n(&t->live, --live, __ATOMIC_RELEASE);
+		if (live && !resume(th))
+			forget_thread(t, tid);
 	}
-	ptrace(PTRACE_DETACH, t->pid, 0, 0);
+	detach_all(t);
 	return NULL;
 }
 

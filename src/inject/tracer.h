@@ -14,9 +14,17 @@
  * stays attached until every fault was activated or the driver is gone.
  * Memory is written through /proc/PID/mem.
  *
+ * Every thread of the driver is traced (a library such as librbd runs the
+ * driver's code, and its own, on threads of its own): those there when the
+ * tracer seizes the driver, and each one they create (PTRACE_O_TRACECLONE).
+ * A thread that reaches a breakpoint another thread has just taken out is
+ * put back on the instruction, unharmed.
+ *
  * The tracer runs in a thread of the process that is the driver's parent,
  * and never reaps the driver: it peeks at exits with WNOWAIT, so the front
- * end still learns how its driver ended.
+ * end still learns how its driver ended. (The driver's other threads are
+ * the tracer's to reap: the driver's own exit is not reported until they
+ * are.)
  */
 #ifndef ISOLDE_INJECT_TRACER_H
 #define ISOLDE_INJECT_TRACER_H
@@ -31,12 +39,20 @@
 
 #define TRACER_MAX_FAULTS 128
 #define TRACER_MAX_REARMS 64
+#define TRACER_MAX_THREADS 512
 
 struct tracer_fault {
 	struct swifi_insn insn;
 	uint8_t mutated[SWIFI_MAX_INSN];    /* a data fault: the original bytes */
 	bool activated;
+	pid_t by;                           /* the thread that activated it */
 	unsigned rearms;                    /* a data fault's hits on memory not the driver's data */
+};
+
+struct tracer_thread {
+	pid_t tid;
+	bool stopped;                       /* in a ptrace-stop the tracer has taken */
+	int pending_signal;                 /* to deliver when it is resumed */
 };
 
 struct tracer {
@@ -47,6 +63,9 @@ struct tracer {
 	struct tracer_fault faults[TRACER_MAX_FAULTS];
 	uint64_t heap_seed;                 /* data faults: which bit */
 	char heap_what[96];                 /* the first data fault's flipped bit */
+	bool by_group;                      /* the driver leads its process group: wait for it by that */
+	unsigned nthreads;
+	struct tracer_thread threads[TRACER_MAX_THREADS];
 	pthread_t thread;
 	sem_t placed;                       /* posted once the faults are in (or failed) */
 	bool started;

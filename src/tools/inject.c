@@ -51,6 +51,8 @@ struct trial {
 	enum outcome outcome;
 	bool activated;              /* one of its faults, at least */
 	unsigned faults, faults_activated;
+	unsigned activated_in_libraries;  /* of faults_activated: in a library's code */
+	unsigned activated_off_main;      /* of faults_activated: by a thread not the driver's first */
 	unsigned rounds;             /* of the workload run */
 	uint64_t denials[ISOLDE_DENIAL_CLASSES];  /* system calls its policy refused the driver */
 	uint64_t restarts;
@@ -67,6 +69,7 @@ struct tally {
 	uint64_t injected;           /* trials with their faults planted */
 	uint64_t activated;          /* trials with a fault activated */
 	uint64_t faults, faults_activated;
+	uint64_t activated_in_libraries, activated_off_main;
 	uint64_t rounds;
 	uint64_t denials[ISOLDE_DENIAL_CLASSES];
 	uint64_t outcomes[OUT_COUNT];
@@ -89,10 +92,94 @@ struct campaign {
 	unsigned timeout_ms;
 	enum isolde_notify_mode notify;
 	struct swifi_code *code;
+	char space[PATH_MAX + 160]; /* the fault space, in words */
+	bool libraries;            /* a library's code is in it */
+	const char *function;      /* faults only in this function (--function) */
 	struct tally tally[SWIFI_COUNT], total;
 	FILE *trials_out;          /* per-trial lines for the JSON, failures only */
 	size_t notable;
 };
+
+/*
+ * Libraries whose own code is in a driver's fault space, beside the
+ * driver's: the functions they export under a prefix. librbd does a
+ * blk-rbd request's work on threads of its own; Debian's librbd is
+ * stripped, so its exported C API (the calls blk-rbd makes, and the code
+ * they run before librbd's internals) is the part of it that has names.
+ */
+static const struct {
+	const char *driver, *soname, *prefix, *what;
+} fault_libraries[] = {
+	{ "blk-rbd", "librbd.so.1", "rbd_", "librbd's C API" },
+};
+
+/* The file the dynamic loader maps for soname into binary, as ldd finds
+ * it: the loader itself is asked (LD_TRACE_LOADED_OBJECTS), not a guess of
+ * its search path. */
+static int find_library(const char *binary, const char *soname, char *path, size_t len, char *err, size_t errlen)
+{
+	int fds[2];
+	if (pipe2(fds, O_CLOEXEC) != 0) {
+		snprintf(err, errlen, "pipe: %s", strerror(errno));
+		return -1;
+	}
+	pid_t pid = fork();
+	if (pid == 0) {
+		dup2(fds[1], STDOUT_FILENO);
+		char *const argv[] = { (char *)binary, NULL };
+		char *const envp[] = { "LD_TRACE_LOADED_OBJECTS=1", NULL };
+		execve(binary, argv, envp);
+		_exit(127);
+	}
+	close(fds[1]);
+	FILE *f = pid > 0 ? fdopen(fds[0], "re") : NULL;
+	char line[PATH_MAX + 128];
+	int rc = -1;
+	while (f && fgets(line, sizeof line, f)) {
+		char name[256], where[PATH_MAX];
+		if (rc != 0 && sscanf(line, " %255s => %4095s", name, where) == 2 && strcmp(name, soname) == 0 &&
+		    realpath(where, path) && strlen(path) < len)
+			rc = 0;
+	}
+	if (f)
+		fclose(f);
+	else
+		close(fds[0]);
+	if (pid > 0)
+		while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+			;
+	if (rc != 0)
+		snprintf(err, errlen, "%.*s: the dynamic loader does not find %s for it", (int)(errlen / 2), binary, soname);
+	return rc;
+}
+
+/* The driver's code, and that of the libraries in its fault space. */
+static int load_fault_space(struct campaign *c, const char *binary, char *err, size_t errlen)
+{
+	const char *base = strrchr(c->driver, '/');
+	base = base ? base + 1 : c->driver;
+	c->code = swifi_load(binary, err, errlen);
+	if (!c->code)
+		return -1;
+	size_t used = (size_t)snprintf(c->space, sizeof c->space, "%zu instructions of its own code",
+				       swifi_object_insn_count(c->code, 0));
+	unsigned object = 0;
+	for (size_t i = 0; i < sizeof fault_libraries / sizeof fault_libraries[0]; i++) {
+		char library[PATH_MAX];
+		if (strcmp(base, fault_libraries[i].driver) != 0)
+			continue;
+		if (find_library(binary, fault_libraries[i].soname, library, sizeof library, err, errlen) != 0 ||
+		    swifi_add_library(c->code, library, fault_libraries[i].prefix, err, errlen) != 0)
+			return -1;
+		object++; /* objects are numbered in the order added */
+		c->libraries = true;
+		if (used < sizeof c->space)
+			used += (size_t)snprintf(c->space + used, sizeof c->space - used, " and %zu of %s (%s, %s*)",
+						 swifi_object_insn_count(c->code, object), fault_libraries[i].what,
+						 library, fault_libraries[i].prefix);
+	}
+	return 0;
+}
 
 /* ---- one trial, in a child process ---- */
 
@@ -118,7 +205,7 @@ static void plant_in(pid_t driver, void *arg)
 	for (unsigned draw = 0; tr->nfaults < x->c->per_trial && draw < 4 * x->c->per_trial + 8; draw++) {
 		struct tracer_fault *f = &tr->faults[tr->nfaults];
 		char what[sizeof x->t->target];
-		if (swifi_pick(x->c->code, tr->fault, &x->rng, &f->insn, f->mutated, what, sizeof what) != 0)
+		if (swifi_pick(x->c->code, tr->fault, x->c->function, &x->rng, &f->insn, f->mutated, what, sizeof what) != 0)
 			break;
 		bool again = false;
 		for (unsigned k = 0; k < tr->nfaults; k++)
@@ -132,15 +219,15 @@ static void plant_in(pid_t driver, void *arg)
 		snprintf(x->t->error, sizeof x->t->error, "no instruction fits this fault type");
 		return;
 	}
-	uint64_t base;
-	if (swifi_load_base(x->c->code, driver, &base) != 0) {
-		snprintf(x->t->error, sizeof x->t->error, "driver %d: its binary is not in /proc/%d/maps",
-			 (int)driver, (int)driver);
+	uint64_t bases[SWIFI_MAX_OBJECTS];
+	if (swifi_load_bases(x->c->code, driver, bases) != 0) {
+		snprintf(x->t->error, sizeof x->t->error, "driver %d: its binary or a library of its fault space "
+			 "is not in /proc/%d/maps", (int)driver, (int)driver);
 		tr->nfaults = 0;
 		return;
 	}
 	for (unsigned k = 0; k < tr->nfaults; k++)
-		tr->faults[k].insn.addr += base;
+		tr->faults[k].insn.addr += bases[tr->faults[k].insn.object];
 	if (tracer_start(tr) != 0)
 		snprintf(x->t->error, sizeof x->t->error, "cannot start the tracer");
 }
@@ -172,6 +259,11 @@ static bool fault_planted(struct trial_ctx *x)
 	t->activated = x->tracer.activated > 0;
 	t->faults = x->tracer.nfaults;
 	t->faults_activated = x->tracer.activated;
+	for (unsigned k = 0; k < x->tracer.nfaults; k++) {
+		const struct tracer_fault *f = &x->tracer.faults[k];
+		t->activated_in_libraries += f->activated && f->insn.object != 0;
+		t->activated_off_main += f->activated && f->by != x->tracer.pid;
+	}
 	if (x->tracer.applied)
 		return true;
 	t->outcome = OUT_NOT_INJECTED;
@@ -284,6 +376,8 @@ static void record(struct campaign *c, const struct trial *t)
 		k[j]->injected++;
 		k[j]->faults += t->faults;
 		k[j]->faults_activated += t->faults_activated;
+		k[j]->activated_in_libraries += t->activated_in_libraries;
+		k[j]->activated_off_main += t->activated_off_main;
 		k[j]->rounds += t->rounds;
 		for (int d = 0; d < ISOLDE_DENIAL_CLASSES; d++)
 			k[j]->denials[d] += t->denials[d];
@@ -349,8 +443,10 @@ static int trial_in_child(struct campaign *c, uint64_t i, struct trial *t)
 static void write_tally_json(FILE *f, const struct tally *k)
 {
 	fprintf(f, "{\"injected\": %llu, \"activated\": %llu, \"faults\": %llu, \"faults_activated\": %llu, "
-		"\"rounds\": %llu", (unsigned long long)k->injected, (unsigned long long)k->activated,
-		(unsigned long long)k->faults, (unsigned long long)k->faults_activated, (unsigned long long)k->rounds);
+		"\"faults_activated_in_libraries\": %llu, \"faults_activated_off_main_thread\": %llu, \"rounds\": %llu",
+		(unsigned long long)k->injected, (unsigned long long)k->activated, (unsigned long long)k->faults,
+		(unsigned long long)k->faults_activated, (unsigned long long)k->activated_in_libraries,
+		(unsigned long long)k->activated_off_main, (unsigned long long)k->rounds);
 	for (int o = 0; o < OUT_COUNT; o++)
 		fprintf(f, ", \"%s\": %llu", outcome_names[o], (unsigned long long)k->outcomes[o]);
 	fputs(", \"denials\": {", f);
@@ -405,11 +501,11 @@ static int write_report(const struct campaign *c, const char *dir, const char *c
 		return -1;
 	}
 	fprintf(f, "# Fault-injection campaign\n\n%llu faults in %llu trials (%u per trial, of one type) injected "
-		"into the running %s driver (%llu trials could not be planted), notify mode %s, %llu %s per "
+		"into the running %s driver, %s (%llu trials could not be planted), notify mode %s, %llu %s per "
 		"round%s, up to %u round(s) a trial while one of its faults waits to be activated; %.0f s.\n\n"
 		"Reproduce with:\n\n```\n%s\n```\n\n",
 		(unsigned long long)c->total.faults, (unsigned long long)c->total.injected, c->per_trial, c->driver,
-		(unsigned long long)c->total.outcomes[OUT_NOT_INJECTED], isolde_notify_mode_name(c->notify),
+		c->space, (unsigned long long)c->total.outcomes[OUT_NOT_INJECTED], isolde_notify_mode_name(c->notify),
 		(unsigned long long)c->ops,
 		c->network ? "frames each way through the driver and its TAP" :
 		"verified writes and their read-back",
@@ -429,6 +525,11 @@ static int write_report(const struct campaign *c, const char *dir, const char *c
 		failed_trials ? 100.0 * (double)c->total.outcomes[OUT_RECOVERED] / (double)failed_trials : 100.0,
 		(unsigned long long)c->total.outcomes[OUT_IO_ERROR],
 		c->network ? "left the device failed or dead" : "returned an I/O error");
+	if (c->libraries || c->total.activated_off_main)
+		fprintf(f, "Of the %llu faults activated, %llu were in a library's code and %llu were reached by "
+			"a thread other than the driver's first (the tracer follows them all).\n\n",
+			(unsigned long long)c->total.faults_activated, (unsigned long long)c->total.activated_in_libraries,
+			(unsigned long long)c->total.activated_off_main);
 	if (c->network)
 		fprintf(f, "Frames: %llu sent (both ways), %llu lost, %llu duplicated, %llu damaged by the driver "
 			"and caught by the end-to-end hash: what a network may do, and a transport repairs. "
@@ -512,11 +613,12 @@ const struct cli_command inject_command = {
 	"  --driver NAME      driver to inject into (default blk-file; net-tap: as root)\n"
 	"  --json FILE        write the campaign's results as JSON\n"
 	"  --report DIR       write DIR/campaign.md\n"
+	"  --function NAME    plant faults only in this function of the fault space\n"
 	"  -h, --help         this text\n",
 	.run = run_inject_command,
 };
 
-enum { OPT_TYPES = 256, OPT_JSON, OPT_REPORT, OPT_TIMEOUT, OPT_PER_TRIAL, OPT_PER_TYPE, OPT_ROUNDS };
+enum { OPT_TYPES = 256, OPT_JSON, OPT_REPORT, OPT_TIMEOUT, OPT_PER_TRIAL, OPT_PER_TYPE, OPT_ROUNDS, OPT_FUNCTION };
 
 static int run_inject_command(int argc, char **argv)
 {
@@ -534,6 +636,7 @@ static int run_inject_command(int argc, char **argv)
 		{ "driver", required_argument, NULL, 'd' },
 		{ "json", required_argument, NULL, OPT_JSON },
 		{ "report", required_argument, NULL, OPT_REPORT },
+		{ "function", required_argument, NULL, OPT_FUNCTION },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -608,6 +711,7 @@ static int run_inject_command(int argc, char **argv)
 		case 'd': c.driver = optarg; break;
 		case OPT_JSON: json = optarg; break;
 		case OPT_REPORT: report = optarg; break;
+		case OPT_FUNCTION: c.function = optarg; break;
 		case 'h': return cli_help(cmd);
 		case ':': return cli_usage_error(cmd, "%s needs a value", argv[optind - 1]);
 		default: return cli_usage_error(cmd, "unknown option '%s'", argv[optind - 1]);
@@ -634,10 +738,18 @@ static int run_inject_command(int argc, char **argv)
 		fprintf(stderr, "isolde inject: %s\n", err);
 		return 1;
 	}
-	c.code = swifi_load(binary, err, sizeof err);
-	if (!c.code) {
+	if (load_fault_space(&c, binary, err, sizeof err) != 0) {
 		fprintf(stderr, "isolde inject: %s\n", err);
 		return 1;
+	}
+	if (c.function && !swifi_has_function(c.code, c.function)) {
+		fprintf(stderr, "isolde inject: --function: %s is not a function of %s's fault space (%s)\n",
+			c.function, c.driver, c.space);
+		return EXIT_USAGE;
+	}
+	if (c.function) {
+		size_t used = strlen(c.space);
+		snprintf(c.space + used, sizeof c.space - used, ", faults only in %s", c.function);
 	}
 	char *notable = NULL, *errors_md = NULL;
 	size_t notable_len = 0, errors_len = 0;
@@ -645,8 +757,7 @@ static int run_inject_command(int argc, char **argv)
 	FILE *errors_out = open_memstream(&errors_md, &errors_len);
 	uint64_t start = isolde_now_ns(), last_progress = start;
 
-	fprintf(stderr, "isolde inject: %llu trials into %s (%zu instructions of its own code)\n",
-		(unsigned long long)c.faults, binary, swifi_insn_count(c.code));
+	fprintf(stderr, "isolde inject: %llu trials into %s (%s)\n", (unsigned long long)c.faults, binary, c.space);
 	for (uint64_t i = 0; i < c.faults; i++) {
 		struct trial t;
 		if (trial_in_child(&c, i, &t) != 0) {
