@@ -30,13 +30,40 @@ def machine():
     return f"{os.cpu_count()} CPUs ({model}), Linux {os.uname().release}"
 
 
+def add(a, b):
+    """b's counts added into a (nested dicts of numbers)."""
+    for k, v in b.items():
+        if isinstance(v, dict):
+            add(a.setdefault(k, {}), v)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            a[k] = a.get(k, 0) + v
+
+
+def campaign_files(out, driver):
+    """DRIVER/campaign.json, or the parts it ran in (DRIVER/part-K/)."""
+    whole = out / driver / "campaign.json"
+    return [whole] if whole.exists() else sorted((out / driver).glob("part-*/campaign.json"))
+
+
+def load(out, driver):
+    """A driver's campaign: its parts' counts summed, their commands kept."""
+    docs = [json.loads(p.read_text()) for p in campaign_files(out, driver)]
+    if not docs:
+        sys.exit(f"campaign_summary.py: no {out / driver}/campaign.json (nor part-*/campaign.json)")
+    totals, seconds = {}, 0.0
+    for d in docs:
+        add(totals, d["totals"])
+        seconds += d["campaign"]["seconds"]
+    return {"campaign": {"seconds": seconds}, "totals": totals}, [d["campaign"]["command"] for d in docs]
+
+
 def main():
     if len(sys.argv) < 3:
         sys.exit(__doc__)
     out = Path(sys.argv[1])
     rows, denials, commands, libraries = [], [], [], []
     for driver in sys.argv[2:]:
-        doc = json.loads((out / driver / "campaign.json").read_text())
+        doc, driver_commands = load(out, driver)
         c, t = doc["campaign"], doc["totals"]
         f = t["failures"]
         detected = sum(f.values())
@@ -46,7 +73,7 @@ def main():
                      t["recovered"], clean, t["corrupt_returned"] + t["front_end_crash"],
                      f"{c['seconds']:.0f}"])
         denials.append([driver, *[t["denials"][k] for k in DENIAL_CLASSES], sum(t["denials"].values())])
-        commands.append(c["command"])
+        commands.extend(driver_commands)
         if t.get("faults_activated_in_libraries") or t.get("faults_activated_off_main_thread"):
             libraries.append(f"{driver}: {t['faults_activated_in_libraries']} of its {t['faults_activated']} "
                              f"activated faults were in a library's code, "
@@ -55,12 +82,12 @@ def main():
     total = ["**total**", *[sum(r[i] for r in rows) for i in range(1, len(rows[0]) - 1)],
              f"{sum(float(r[-1]) for r in rows):.0f}"]
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(max(
-        (out / d / "campaign.json").stat().st_mtime for d in sys.argv[2:])))
+        p.stat().st_mtime for d in sys.argv[2:] for p in campaign_files(out, d))))
     print("# Fault injection at MINIX 3's scale\n")
     print("Per driver: 8 fault types, the same number of trials of each, each trial many faults of "
           "its type planted together in the running driver (docs/FAULTS.md). Made by `make campaign` "
           "(bench/campaign.sh), finished " + when + " on " + machine() + "; each driver's own report, "
-          "with every trial that failed and why, is DRIVER/campaign.md beside this file. Hang "
+          "with every trial that failed and why, is DRIVER/campaign.md beside this file (a driver run in parts: DRIVER/part-K/campaign.md, the row their sum). Hang "
           "detection is the commands' `--timeout-ms 300`: a driver whose heartbeat stops for 300 ms "
           "while requests wait, or that leaves one unanswered for 3 s, is a hang.\n")
     head = ["driver", "faults", "trials", "faults activated", "failures detected",
@@ -72,8 +99,9 @@ def main():
         print("| " + " | ".join(str(x) for x in r) + " |")
     wall = os.environ.get("CAMPAIGN_WALL_SECONDS")
     if wall:
-        print(f"\nThe drivers ran in two lanes side by side (bench/campaign.sh): {wall} s from the first "
-              f"trial to the last, against {total[-1]} s for the drivers one after another.")
+        print(f"\nThe campaigns ran side by side (bench/campaign.sh: blk-file, blk-uring, blk-nbd and "
+              f"net-tap one after another, and blk-rbd in two parts of four fault types each): {wall} s "
+              f"from the campaign's start to its end, against {total[-1]} s for them all one after another.")
     if libraries:
         print("\nThe fault space of a driver built on a library holds the library's code too: "
               + "; ".join(libraries) + ".")
