@@ -43,16 +43,12 @@ import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests", "system"))
+from suite_modules import ROOT, rerun_or_exit
 try:
     import ceph_helpers  # needs pytest (for the fixture) and conftest
     from ceph_helpers import CephCluster, CephError, MON_PORTS, port_busy, _die_with_parent
 except ImportError as e:
-    # `python3` may be a Python without the test suite's modules; Debian's has them.
-    if os.path.realpath(sys.executable) != os.path.realpath("/usr/bin/python3") and os.path.exists("/usr/bin/python3"):
-        os.execv("/usr/bin/python3", ["/usr/bin/python3", os.path.abspath(__file__), *sys.argv[1:]])
-    sys.exit(f"bench/remote.py: cannot import tests/system/ceph_helpers.py: {e} (apt-get install python3-pytest)")
+    rerun_or_exit(__file__, e)
 
 WORKLOADS = (("randread", 1), ("randread", 32), ("randwrite", 1), ("randwrite", 32))
 QSD_TARGET = 0.9          # isolde blk-rbd IOPS / qemu-storage-daemon's, at QD32

@@ -11,19 +11,14 @@ first failing command's, or 0.
 config set`): a setting of the test cluster, not of isolde.
 
 usage: bench/with_ceph.py [--mon KEY=VALUE]... SIZE_MB COMMAND [ARG...] [--also COMMAND [ARG...]]..."""
-import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests", "system"))
+from suite_modules import rerun_or_exit
 try:
     from ceph_helpers import CephCluster, CephError
 except ImportError as e:
-    # `python3` may be a Python without the test suite's modules; Debian's has them.
-    if os.path.realpath(sys.executable) != os.path.realpath("/usr/bin/python3") and os.path.exists("/usr/bin/python3"):
-        os.execv("/usr/bin/python3", ["/usr/bin/python3", os.path.abspath(__file__), *sys.argv[1:]])
-    sys.exit(f"bench/with_ceph.py: cannot import tests/system/ceph_helpers.py: {e} (apt-get install python3-pytest)")
+    rerun_or_exit(__file__, e)
 
 
 def parse(args):
