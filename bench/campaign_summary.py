@@ -100,7 +100,7 @@ def main():
     wall = os.environ.get("CAMPAIGN_WALL_SECONDS")
     if wall:
         print(f"\nThe campaigns ran side by side (bench/campaign.sh: blk-file, blk-uring, blk-nbd and "
-              f"net-tap one after another, and blk-rbd in two parts of four fault types each): {wall} s "
+              f"net-tap one after another, and blk-rbd in three parts: four fault types, three, and heap): {wall} s "
               f"from the campaign's start to its end, against {total[-1]} s for them all one after another.")
     if libraries:
         print("\nThe fault space of a driver built on a library holds the library's code too: "

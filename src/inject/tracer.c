@@ -106,12 +106,14 @@ static bool gone(const siginfo_t *info)
 }
 
 /*
- * Wait for the next stop of any of the driver's threads: 1 with its tid and
- * status, or 0 once the driver is gone. The driver's own exit is only
- * peeked at (WNOWAIT), never reaped; its other threads' exits are consumed,
- * as only then is the driver's own reported.
+ * Take the next event of the driver's threads: 1 with a stopped thread's tid
+ * and status; 0 once the driver is gone; -1 once thread target (if not 0)
+ * has exited. The driver's own exit is only peeked at (WNOWAIT), never
+ * reaped; its other threads' exits are consumed here, and must be: the
+ * kernel reports the driver's exit only after them. So the wait is always
+ * by the whole process group, whichever thread the caller is waiting for.
  */
-static int wait_any(struct tracer *t, pid_t *tid, int *status)
+static int take_event(struct tracer *t, pid_t target, pid_t *tid, int *status)
 {
 	for (;;) {
 		siginfo_t info;
@@ -130,6 +132,8 @@ static int wait_any(struct tracer *t, pid_t *tid, int *status)
 			return 0;
 		if (WIFEXITED(st) || WIFSIGNALED(st)) {
 			forget_thread(t, who);
+			if (who == target)
+				return -1;
 			continue;
 		}
 		*tid = who;
@@ -138,32 +142,50 @@ static int wait_any(struct tracer *t, pid_t *tid, int *status)
 	}
 }
 
-/* Wait for thread tid's next stop (a single step's end); false if it or the
- * driver is gone. Other threads' stops stay queued for wait_any. */
+/* Wait for the next stop of any of the driver's threads (those taken while
+ * waiting for another first): 1 with its tid and status, or 0 once the
+ * driver is gone. */
+static int wait_any(struct tracer *t, pid_t *tid, int *status)
+{
+	for (unsigned i = 0; i < t->nthreads; i++) {
+		if (t->threads[i].queued) {
+			t->threads[i].queued = false;
+			*tid = t->threads[i].tid;
+			*status = t->threads[i].queued_status;
+			return 1;
+		}
+	}
+	return take_event(t, 0, tid, status) == 1;
+}
+
+/* Wait for thread tid's next stop (its first, or a single step's end);
+ * false if it or the driver is gone. Other threads' stops are kept for
+ * wait_any. */
 static bool wait_thread(struct tracer *t, pid_t tid, int *status)
 {
-	if (tid != t->pid) {
-		while (waitpid(tid, status, __WALL) != tid)
-			if (errno != EINTR)
-				return false;
-		if (WIFEXITED(*status) || WIFSIGNALED(*status)) {
-			forget_thread(t, tid);
-			return false;
-		}
+	struct tracer_thread *th = thread_of(t, tid);
+	if (th && th->queued) {
+		th->queued = false;
+		*status = th->queued_status;
 		return true;
 	}
 	for (;;) {
-		siginfo_t info;
-		memset(&info, 0, sizeof info);
-		if (waitid(P_PID, (id_t)tid, &info, WEXITED | WSTOPPED | WNOWAIT | __WALL) != 0) {
-			if (errno == EINTR)
-				continue;
+		pid_t who;
+		int st;
+		int r = take_event(t, tid, &who, &st);
+		if (r != 1)
 			return false;
-		}
-		if (gone(&info))
-			return false;
-		if (waitpid(tid, status, __WALL | WNOHANG) == tid && !WIFEXITED(*status) && !WIFSIGNALED(*status))
+		if (who == tid) {
+			*status = st;
 			return true;
+		}
+		struct tracer_thread *other = add_thread(t, who);
+		if (!other) {
+			ptrace(PTRACE_DETACH, who, 0, 0);
+			continue;
+		}
+		other->queued = true;
+		other->queued_status = st;
 	}
 }
 
@@ -315,22 +337,29 @@ static bool seize_all(struct tracer *t)
 	}
 	for (unsigned i = 0; i < t->nthreads; i++)
 		ptrace(PTRACE_INTERRUPT, t->threads[i].tid, 0, 0);
-	for (unsigned i = 0; i < t->nthreads;) {
-		struct tracer_thread *th = &t->threads[i];
+	/* Until every thread is stopped: waiting for one takes the others'
+	 * stops and exits too, which reorders the table. */
+	for (;;) {
+		struct tracer_thread *next = NULL;
+		for (unsigned i = 0; i < t->nthreads && !next; i++)
+			if (!t->threads[i].stopped)
+				next = &t->threads[i];
+		if (!next)
+			break;
+		pid_t tid = next->tid;
 		int status;
-		if (!wait_thread(t, th->tid, &status)) {
-			if (th->tid == t->pid) {
+		if (!wait_thread(t, tid, &status)) {
+			if (tid == t->pid || thread_of(t, tid)) {
 				snprintf(t->error, sizeof t->error, "could not stop driver %d", (int)t->pid);
 				return false;
 			}
-			forget_thread(t, th->tid); /* it exited: the last one moved here */
-			continue;
+			continue; /* that thread exited */
 		}
+		struct tracer_thread *th = thread_of(t, tid);
 		th->stopped = true;
 		/* A real signal is the thread's; an event stop has none. */
 		if (!(status >> 16) && WSTOPSIG(status) != SIGTRAP)
 			th->pending_signal = WSTOPSIG(status);
-		i++;
 	}
 	return true;
 }

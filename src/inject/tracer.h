@@ -53,6 +53,8 @@ struct tracer_thread {
 	pid_t tid;
 	bool stopped;                       /* in a ptrace-stop the tracer has taken */
 	int pending_signal;                 /* to deliver when it is resumed */
+	bool queued;                        /* a stop taken while waiting for another thread, */
+	int queued_status;                  /* not yet handled */
 };
 
 struct tracer {

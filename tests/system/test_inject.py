@@ -272,6 +272,20 @@ def test_faults_reached_by_librbd_threads(tmp_path, isolde, ceph_cluster):
     assert "were reached by a thread other than the driver's first" in md
 
 
+def test_heap_faults_in_a_threaded_driver(tmp_path, isolde, ceph_cluster):
+    """A heap fault whose read was not the driver's data is stepped over on
+    the thread that reached it. When that is the driver's first thread and
+    the driver dies meanwhile, its other threads' exits must be reaped
+    while the tracer waits, or the driver's own exit is never reported: the
+    tracer waited for it alone, the front end for its exit, and the first
+    full blk-rbd campaign stood still at its first heap trial."""
+    doc, _ = rbd_campaign(isolde, ceph_cluster, "inject-heap", tmp_path, "--types", "heap",
+                          "--trials-per-type", 6, "--faults-per-trial", 100, "--seed", 1)
+    t = doc["totals"]
+    assert t["injected"] == 6 and t["faults_activated"] > 0, t
+    assert t["corrupt_returned"] == 0 and t["front_end_crash"] == 0
+
+
 def test_function_argument(isolde, image):
     p = isolde.run("inject", "--image", image, "--faults", 8, "--function", "no_such_function")
     assert p.returncode == 2, p.stderr
