@@ -73,7 +73,8 @@ bench: build bench-deps
 	./bench/run-all.sh $(BUILD)/src/tools/isolde
 
 # Fault injection at MINIX 3's scale: 8 types x 1000 trials x 100 faults into
-# each of blk-file, blk-uring, blk-nbd and net-tap (TRIALS=, PER_TRIAL= for other sizes).
+# each of blk-file, blk-uring, blk-nbd, blk-rbd and net-tap (TRIALS=, PER_TRIAL=
+# for other sizes; bench/campaign.sh says how they share the machine).
 campaign: build
 	./bench/campaign.sh $(BUILD)/src/tools/isolde
 
