@@ -18,6 +18,18 @@ FAILURE_CLASSES = [("CPU", ["cpu-exception"]), ("MMU", ["mmu-exception"]),
                    ("protocol", ["protocol-violation"]), ("shield", ["silent-corruption"]),
                    ("error status", ["error-status"])]
 DENIAL_CLASSES = ["device", "memory", "process", "network", "file", "other"]
+# docs/FAULTS.md, "Failing cleanly, by class": the words each class's report
+# begins with or holds. A trial's reason that matches none is counted as
+# "not a class of FAULTS.md", so that an unexplained end cannot hide.
+CLEAN_CLASSES = [("a write that never happened", lambda e: e.startswith("the integrity shield refused")),
+                 ("an error the device confirms", lambda e: "error status a fresh driver confirmed" in e),
+                 ("the device gives up", lambda e: e.startswith("the device failed:")),
+                 ("frames lost with no failure detected", lambda e: "frames lost with no failure detected" in e)]
+UNEXPLAINED = "not a class of FAULTS.md"
+
+
+def clean_class(error):
+    return next((name for name, matches in CLEAN_CLASSES if matches(error)), UNEXPLAINED)
 
 
 def machine():
@@ -50,18 +62,24 @@ def load(out, driver):
     docs = [json.loads(p.read_text()) for p in campaign_files(out, driver)]
     if not docs:
         sys.exit(f"campaign_summary.py: no {out / driver}/campaign.json (nor part-*/campaign.json)")
-    totals, seconds = {}, 0.0
+    totals, seconds, clean = {}, 0.0, {}
     for d in docs:
         add(totals, d["totals"])
         seconds += d["campaign"]["seconds"]
-    return {"campaign": {"seconds": seconds}, "totals": totals}, [d["campaign"]["command"] for d in docs]
+        for trial in d["notable_trials"]:
+            if trial["outcome"] == "io_error":
+                name = clean_class(trial["error"])
+                clean[name] = clean.get(name, 0) + 1
+    return ({"campaign": {"seconds": seconds}, "totals": totals, "clean": clean},
+            [d["campaign"]["command"] for d in docs])
 
 
 def main():
     if len(sys.argv) < 3:
         sys.exit(__doc__)
     out = Path(sys.argv[1])
-    rows, denials, commands, libraries = [], [], [], []
+    rows, denials, commands, libraries, cleans = [], [], [], [], []
+    quiet = not_planted = 0
     for driver in sys.argv[2:]:
         doc, driver_commands = load(out, driver)
         c, t = doc["campaign"], doc["totals"]
@@ -73,6 +91,10 @@ def main():
                      t["recovered"], clean, t["corrupt_returned"] + t["front_end_crash"],
                      f"{c['seconds']:.0f}"])
         denials.append([driver, *[t["denials"][k] for k in DENIAL_CLASSES], sum(t["denials"].values())])
+        quiet += t["not_activated"] + t["activated_no_failure"]
+        not_planted += t["not_injected"]
+        cleans.append([driver, *[doc["clean"].get(name, 0) for name, _ in CLEAN_CLASSES],
+                       doc["clean"].get(UNEXPLAINED, 0), clean])
         commands.extend(driver_commands)
         if t.get("faults_activated_in_libraries") or t.get("faults_activated_off_main_thread"):
             libraries.append(f"{driver}: {t['faults_activated_in_libraries']} of its {t['faults_activated']} "
@@ -108,6 +130,20 @@ def main():
     print("\nFailures detected count driver restarts (a trial can fail more than once); recovered "
           "and failed cleanly count trials. A trial that failed cleanly ended with an I/O error "
           "(block) or a failed or dead device (network), its reason in the driver's report.\n")
+    print("Trials that failed cleanly, by class (docs/FAULTS.md, \"Failing cleanly, by class\"; "
+          "each trial's reason is in the driver's report):\n")
+    head = ["driver", *[n for n, _ in CLEAN_CLASSES], UNEXPLAINED, "failed cleanly"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in cleans:
+        print("| " + " | ".join(str(x) for x in r) + " |")
+    faults, trials, recovered, clean, bad = total[1], total[2], total[-4], total[-3], total[-2]
+    print(f"\nIn all: {faults} faults in {trials} trials over {len(rows)} drivers. {recovered} trials "
+          f"recovered transparently ({100.0 * recovered / max(trials, 1):.2f}%) and {clean} failed cleanly, "
+          f"{sum(r[-2] for r in cleans)} of them with a reason that is not a class of FAULTS.md; in "
+          f"{quiet} there was nothing to recover from (no fault activated, or none that made the "
+          f"driver fail) and {not_planted} could not be planted. Corrupt data returned or front-end "
+          f"crashes: {bad}.\n")
     print("System calls the drivers' policies refused, by what they would have reached:\n")
     head = ["driver", *DENIAL_CLASSES, "total"]
     print("| " + " | ".join(head) + " |")

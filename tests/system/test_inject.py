@@ -4,9 +4,12 @@ failure recovered or failed cleanly with an explained error."""
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
+from conftest import ROOT
 from ceph_helpers import ceph_cluster  # noqa: F401  (the module's cluster, for blk-rbd)
 
 TYPES = {"source-register", "destination-register", "pointer", "interface", "branch", "bit-flip", "nop",
@@ -201,6 +204,57 @@ def test_many_faults_per_trial(tmp_path, isolde, driver):
     assert len(errors) == t["io_error"]
     for x in errors:
         assert any(e in x["error"] for e in EXPLANATIONS + NET_EXPLANATIONS), x
+
+
+def test_campaign_summary(tmp_path, isolde):
+    """make campaign's summary (bench/campaign_summary.py) over a real
+    campaign and a driver run in parts: the parts are summed into one row,
+    every trial that failed cleanly is counted under its FAULTS.md class,
+    and one whose reason is no class of FAULTS.md is counted as such, not
+    hidden among the explained."""
+    (tmp_path / "image").write_bytes(b"")
+    os.truncate(tmp_path / "image", 8 << 20)
+    (tmp_path / "blk-file").mkdir()
+    p = isolde.run("inject", "--driver", "blk-file", "--image", tmp_path / "image", "--trials-per-type", 1,
+                   "--faults-per-trial", 10, "--seed", 5, "--json", tmp_path / "blk-file" / "campaign.json",
+                   timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    real = json.loads((tmp_path / "blk-file" / "campaign.json").read_text())
+    # The same campaign as two parts of a driver, one with a trial whose
+    # end no class of FAULTS.md explains and one with each explained block class.
+    odd = json.loads(json.dumps(real))
+    odd["totals"]["recovered"] -= 1
+    odd["totals"]["io_error"] += 1
+    odd["notable_trials"] = [{"type": "nop", "outcome": "io_error", "target": "t",
+                              "error": "something no class explains"}]
+    explained = json.loads(json.dumps(real))
+    explained["totals"]["recovered"] -= 3
+    explained["totals"]["io_error"] += 3
+    explained["notable_trials"] = [{"type": "nop", "outcome": "io_error", "target": "t", "error": e} for e in (
+        "the integrity shield refused 2 block(s) that still differed from what was written after restarts",
+        "1 request(s) failed with an error status a fresh driver confirmed",
+        "the device failed: driver blk-x failed (hang) after 10 restarts in a row")]
+    for k, doc in enumerate((odd, explained), 1):
+        (tmp_path / "blk-x" / f"part-{k}").mkdir(parents=True)
+        (tmp_path / "blk-x" / f"part-{k}" / "campaign.json").write_text(json.dumps(doc))
+    out = subprocess.run([sys.executable, ROOT / "bench" / "campaign_summary.py", tmp_path, "blk-file", "blk-x"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    t = real["totals"]
+    clean_head = next(line for line in out.stdout.splitlines() if "not a class of FAULTS.md |" in line)
+    assert clean_head.strip("| ").split(" | ")[1:] == [
+        "a write that never happened", "an error the device confirms", "the device gives up",
+        "frames lost with no failure detected", "not a class of FAULTS.md", "failed cleanly"]
+    lines = out.stdout.splitlines()
+    main_row = next(line for line in lines if line.startswith("| blk-x | ") and line.count("|") > 12)
+    cells = main_row.strip("| ").split(" | ")
+    assert cells[1:4] == [str(2 * t["faults"]), str(2 * t["injected"]), str(2 * t["faults_activated"])]
+    assert cells[-4:-1] == [str(2 * t["recovered"] - 4), str(2 * t["io_error"] + 4), "0"]
+    clean_rows = [line.strip("| ").split(" | ") for line in lines[lines.index(clean_head) + 2:]
+                  if line.startswith("| blk-")][:2]
+    assert clean_rows[1] == ["blk-x", "1", "1", "1", "0", "1", "4"]
+    assert int(clean_rows[0][5]) == 0
+    assert ", 1 of them with a reason that is not a class of FAULTS.md" in out.stdout
 
 
 def test_remote_driver_blk_nbd(tmp_path, isolde):
